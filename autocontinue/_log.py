@@ -1,0 +1,28 @@
+"""Log events, politely.
+
+A library must not decide where its logs go. When the application has configured structlog, events go through the
+application's pipeline; otherwise they go to the standard ``logging`` logger ``"autocontinue"``, which prints
+nothing unless the application enables it (structlog's unconfigured default would print every event to stdout).
+Events carry counts, names and timings only: never message text or credentials, unless ``log_text`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import structlog
+
+_stdlib = logging.getLogger("autocontinue")
+_stdlib.addHandler(logging.NullHandler())
+
+
+def emit(level: str, event: str, **fields: Any) -> None:
+    """Emit one event at ``level`` ("debug", "info", "warning") with key/value fields."""
+    if structlog.is_configured():
+        getattr(structlog.get_logger("autocontinue"), level)(event, **fields)
+        return
+    numeric = logging.getLevelName(level.upper())
+    if _stdlib.isEnabledFor(numeric):
+        rendered = " ".join(f"{key}={value!r}" for key, value in fields.items())
+        _stdlib.log(numeric, "%s %s", event, rendered, extra={"autocontinue": fields})

@@ -1,0 +1,253 @@
+"""The SDK-shaped surface: ``wrap()``, ``create()`` and ``acreate()``.
+
+A wrapped client is the caller's client with one method replaced: ``chat.completions.create`` continues replies
+cut off by the output limit. Everything else passes through to the client untouched.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import openai
+import tenacity
+from openai.resources.chat.completions import AsyncCompletions, Completions
+from openai.types.chat import ChatCompletion
+
+from . import budget as _budget
+from .budget import Price, PriceTable, StopCondition
+from .core import Continuation, DoRequest, Settings
+from .dialects import Dialect, resolve_dialect
+from .drivers import aio, sync
+from .errors import ConfigurationError
+from .retry import default_retry
+from .tokens import TokenCounter, default_counter
+
+if TYPE_CHECKING:
+    from .drivers.stream import AsyncContinuedStream, ContinuedStream
+
+__all__ = ["DEFAULT_MAX_ROUNDS", "OPTION_NAMES", "acreate", "create", "make_settings", "wrap"]
+
+ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
+
+#: rounds per call unless the caller says otherwise; a call is always bounded
+DEFAULT_MAX_ROUNDS = 10
+#: keyword arguments that configure autocontinue rather than the request
+OPTION_NAMES = frozenset(
+    {"max_rounds", "max_total_tokens", "max_cost_usd", "stop_when", "dialect", "retry", "prices", "heal", "log_text"}
+)
+
+# The SDK's own methods, captured before anything (such as the decorator) can patch them: our rounds must reach the
+# network, not loop back into a continuation.
+_SYNC_CREATE = Completions.create
+_ASYNC_CREATE = AsyncCompletions.create
+
+_DEFAULT = object()
+
+
+def make_settings(
+    *,
+    max_rounds: int = DEFAULT_MAX_ROUNDS,
+    max_total_tokens: int | None = None,
+    max_cost_usd: float | None = None,
+    stop_when: StopCondition | None = None,
+    dialect: str | Dialect = "auto",
+    retry: Any = _DEFAULT,
+    prices: Mapping[str, Price | tuple[float, float]] | None = None,
+    heal: bool = True,
+    log_text: bool = False,
+    counter: TokenCounter | None = None,
+) -> Settings:
+    """Check the options and build the :class:`~autocontinue.core.Settings` of a call.
+
+    ``max_rounds``, ``max_total_tokens`` and ``max_cost_usd`` build stop conditions; ``stop_when`` adds any
+    composed condition (``max_rounds(8) | max_cost(0.5)``). A call always stops after ``max_rounds``.
+    """
+    stop: StopCondition = _budget.max_rounds(max_rounds)
+    if max_total_tokens is not None:
+        stop = stop | _budget.max_total_tokens(max_total_tokens)
+    if max_cost_usd is not None:
+        stop = stop | _budget.max_cost(max_cost_usd)
+    if stop_when is not None:
+        if not isinstance(stop_when, StopCondition):
+            raise ConfigurationError(f"stop_when must be a stop condition, got {type(stop_when).__name__}")
+        stop = stop | stop_when
+    if not isinstance(dialect, str | Dialect) and not (isinstance(dialect, type) and issubclass(dialect, Dialect)):
+        raise ConfigurationError(f"dialect must be a name or a Dialect, got {type(dialect).__name__}")
+    resolve_dialect(dialect, "http://localhost")  # unknown names fail here, before any request
+    if retry is _DEFAULT:
+        retry = default_retry()
+    elif retry is not None and not isinstance(retry, tenacity.BaseRetrying):
+        raise ConfigurationError("retry must be a tenacity.Retrying (or AsyncRetrying) policy, or None")
+    if prices is not None and not isinstance(prices, Mapping):
+        raise ConfigurationError("prices must be a mapping of model name to Price")
+    if not isinstance(heal, bool):
+        raise ConfigurationError("heal must be True or False")
+    return Settings(
+        stop=stop,
+        dialect=dialect,
+        retry=retry,
+        prices=PriceTable(prices),
+        heal=heal,
+        counter=counter or default_counter(),
+        log_text=bool(log_text),
+    )
+
+
+class _Transport:
+    """Sends one round: through a copy of the client without SDK retries (ours replace them), routed per round."""
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self._base = client.with_options(max_retries=0) if settings.retry is not None else client
+        self._routes: dict[str, Any] = {}
+
+    def target(self, action: DoRequest) -> Any:
+        if action.base_url is None:
+            return self._base.chat.completions
+        routed = self._routes.get(action.base_url)
+        if routed is None:
+            routed = self._routes[action.base_url] = self._base.with_options(base_url=action.base_url)
+        return routed.chat.completions
+
+    def send(self, action: DoRequest) -> Any:
+        return _SYNC_CREATE(self.target(action), **action.kwargs)
+
+    async def asend(self, action: DoRequest) -> Any:
+        return await _ASYNC_CREATE(self.target(action), **action.kwargs)
+
+
+_transports: weakref.WeakKeyDictionary[Any, dict[bool, _Transport]] = weakref.WeakKeyDictionary()
+
+
+def _transport(client: Any, settings: Settings) -> _Transport:
+    per_client = _transports.setdefault(client, {})
+    key = settings.retry is not None
+    if key not in per_client:
+        per_client[key] = _Transport(client, settings)
+    return per_client[key]
+
+
+def _check_client(client: Any, *, asynchronous: bool) -> None:
+    expected = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    if not isinstance(client, expected):
+        other = "acreate" if isinstance(client, openai.AsyncOpenAI) else "create"
+        raise ConfigurationError(
+            f"expected an {expected.__name__} client, got {type(client).__name__}"
+            + (f"; use autocontinue.{other}()" if isinstance(client, openai.OpenAI | openai.AsyncOpenAI) else "")
+        )
+
+
+def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_NAMES}
+    return options, kwargs
+
+
+def run_sync(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCompletion | ContinuedStream:
+    """One continued call on a sync client (streaming when ``stream=True``)."""
+    core = Continuation(kwargs, settings, base_url=str(client.base_url))
+    transport = _transport(client, settings)
+    if kwargs.get("stream") is True:
+        from .drivers.stream import ContinuedStream
+
+        return ContinuedStream(core, transport.send)
+    return sync.run(core, transport.send)
+
+
+async def run_async(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCompletion | AsyncContinuedStream:
+    """One continued call on an async client (streaming when ``stream=True``)."""
+    core = Continuation(kwargs, settings, base_url=str(client.base_url))
+    transport = _transport(client, settings)
+    if kwargs.get("stream") is True:
+        from .drivers.stream import AsyncContinuedStream
+
+        return AsyncContinuedStream(core, transport.asend)
+    return await aio.run(core, transport.asend)
+
+
+def create(client: openai.OpenAI, **kwargs: Any) -> Any:
+    """``client.chat.completions.create(**kwargs)``, continued until the reply is complete.
+
+    Takes the SDK's keyword arguments plus autocontinue's options (``max_rounds``, ``max_total_tokens``,
+    ``max_cost_usd``, ``stop_when``, ``dialect``, ``retry``, ``prices``, ``heal``, ``log_text``). Returns a
+    ``ChatCompletion`` (with ``.continuation``), or a stream when ``stream=True``.
+    """
+    _check_client(client, asynchronous=False)
+    options, request = _split(dict(kwargs))
+    return run_sync(client, make_settings(**options), request)
+
+
+async def acreate(client: openai.AsyncOpenAI, **kwargs: Any) -> Any:
+    """The async twin of :func:`create`, for ``AsyncOpenAI`` and ``AsyncAzureOpenAI`` clients."""
+    _check_client(client, asynchronous=True)
+    options, request = _split(dict(kwargs))
+    return await run_async(client, make_settings(**options), request)
+
+
+class _Proxy:
+    """Passes every attribute through to the wrapped object, except those the subclass defines."""
+
+    def __init__(self, target: Any) -> None:
+        object.__setattr__(self, "_target", target)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._target, name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self._target)) | set(super().__dir__()))
+
+
+class _ContinuingCompletions(_Proxy):
+    def __init__(self, target: Any, client: Any, settings: Settings, asynchronous: bool) -> None:
+        super().__init__(target)
+        object.__setattr__(self, "_client", client)
+        object.__setattr__(self, "_settings", settings)
+        object.__setattr__(self, "_async", asynchronous)
+
+    def create(self, **kwargs: Any) -> Any:
+        """``chat.completions.create``, continued until the reply is complete (same arguments as the SDK)."""
+        if self._async:
+            return run_async(self._client, self._settings, kwargs)
+        return run_sync(self._client, self._settings, kwargs)
+
+
+class _ContinuingChat(_Proxy):
+    def __init__(self, target: Any, completions: _ContinuingCompletions) -> None:
+        super().__init__(target)
+        object.__setattr__(self, "completions", completions)
+
+
+class _ContinuingClient(_Proxy):
+    def __init__(self, client: Any, settings: Settings) -> None:
+        super().__init__(client)
+        asynchronous = isinstance(client, openai.AsyncOpenAI)
+        completions = _ContinuingCompletions(client.chat.completions, client, settings, asynchronous)
+        object.__setattr__(self, "chat", _ContinuingChat(client.chat, completions))
+        object.__setattr__(self, "_settings", settings)
+        object.__setattr__(self, "__wrapped__", client)
+
+    def with_options(self, **kwargs: Any) -> Any:
+        """The client's ``with_options``, still continuing."""
+        return _ContinuingClient(self._target.with_options(**kwargs), self._settings)
+
+    copy = with_options
+
+    def __repr__(self) -> str:
+        return f"autocontinue.wrap({self._target!r})"
+
+
+def wrap(client: ClientT, **options: Any) -> ClientT:
+    """Return ``client`` with ``chat.completions.create`` continuing cut-off replies.
+
+    Works for ``OpenAI``, ``AsyncOpenAI``, ``AzureOpenAI`` and ``AsyncAzureOpenAI``; every other attribute passes
+    through. Options as for :func:`create`, checked now rather than at the first call.
+    """
+    if not isinstance(client, openai.OpenAI | openai.AsyncOpenAI):
+        raise ConfigurationError(f"wrap() takes an OpenAI or AsyncOpenAI client, got {type(client).__name__}")
+    unknown = sorted(set(options) - OPTION_NAMES)
+    if unknown:
+        raise ConfigurationError(f"wrap() got unknown option(s) {unknown}; expected some of {sorted(OPTION_NAMES)}")
+    return cast(ClientT, _ContinuingClient(client, make_settings(**options)))

@@ -1,0 +1,664 @@
+"""The continuation state machine: every decision of a continued call, and no I/O.
+
+:class:`Continuation` is fed what the network returned and answers with what to do next, in the manner of
+tenacity's ``BaseRetrying.iter`` and h11's ``Connection``:
+
+- :meth:`Continuation.start` → the first :class:`DoRequest`;
+- a whole reply → :meth:`Continuation.on_response`; a streamed reply → :meth:`Continuation.on_chunk` per chunk,
+  then :meth:`Continuation.on_stream_end`;
+- a failed request → :meth:`Continuation.on_error`; after a :class:`DoSleep`, :meth:`Continuation.resume`.
+
+Each returns the next action: :class:`DoRequest` (send this), :class:`DoSleep` (wait, then resume), :class:`Done`
+(here is the result) or :class:`Fail` (raise this). The drivers in ``autocontinue.drivers`` only execute actions,
+so the sync, async and streaming calls share every rule written here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import tenacity
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.completion_usage import CompletionUsage
+
+from . import _log
+from .budget import BudgetState, Price, PriceTable, StopCondition
+from .dialects import Dialect, DialectChoice, resolve_dialect
+from .errors import ConfigurationError, ContinuationFailed, TruncatedToolCallError
+from .request import CallRequest
+from .result import build_completion
+from .retry import RetryTracker
+from .stitch import HOLD_WINDOW, RESTART_PROBE, Seam, SeamPlan, hold_back_point
+from .tokens import TokenCounter, default_counter
+from .trace import ContinuationTrace, RoundTrace
+
+__all__ = [
+    "Action",
+    "Continuation",
+    "DoRequest",
+    "DoSleep",
+    "Done",
+    "Fail",
+    "IncompleteStream",
+    "Settings",
+    "StreamStep",
+]
+
+#: finish reasons that mean "the output limit was hit" (OpenAI-compatible, Anthropic-compatible, Gemini)
+LENGTH_STOPS = frozenset({"length", "max_tokens", "MAX_TOKENS"})
+#: finish reasons that mean "the context window is full": continuing cannot help
+CONTEXT_STOPS = frozenset({"model_length", "model_context_window_exceeded"})
+#: the shortest answer whose opening is used to recognise a restart
+MIN_RESTART_PROBE = 12
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options of a continued call (built by ``wrap()`` / ``create()`` from their keyword arguments)."""
+
+    stop: StopCondition
+    dialect: str | Dialect = "auto"
+    retry: tenacity.BaseRetrying | None = None
+    prices: PriceTable = field(default_factory=PriceTable)
+    heal: bool = True
+    counter: TokenCounter = field(default_factory=default_counter)
+    log_text: bool = False
+
+
+@dataclass(frozen=True)
+class DoRequest:
+    """Send ``kwargs`` to ``chat.completions.create`` (to ``base_url`` when set)."""
+
+    kwargs: dict[str, Any]
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
+class DoSleep:
+    """Wait ``seconds``, then call :meth:`Continuation.resume`."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Done:
+    """The call is complete."""
+
+    completion: ChatCompletion
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The call failed; raise ``error``."""
+
+    error: BaseException
+
+
+Action = DoRequest | DoSleep | Done | Fail
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """What one upstream chunk produced: chunks to hand to the caller, and whether to stop reading upstream."""
+
+    chunks: list[ChatCompletionChunk]
+    close: bool = False
+
+
+class IncompleteStream(Exception):
+    """The upstream stream ended without a finish_reason (a connection closed early or a broken event)."""
+
+
+@dataclass
+class _Round:
+    """The round in flight."""
+
+    index: int
+    sent: str  # the prefix sent ("" for an ordinary first request)
+    held: str  # text after ``sent`` that was held back for the model to regenerate
+    seam: Seam
+    kwargs: dict[str, Any]
+    started: float
+    pieces: list[str] = field(default_factory=list)
+    length: int = 0  # characters in pieces
+    unreleased: str = ""  # the end of pieces not yet handed to a stream
+    skip: int = 0  # leading characters of this round's text that were already released
+    raw_chars: int = 0  # characters of reply text received
+    finish_reason: str | None = None
+    usage: CompletionUsage | None = None
+    message: Any = None
+    tail: str = ""  # the end of sent + pieces, for hold-back decisions without joining
+    estimated_tokens: int = 0  # counted incrementally while streaming
+    tool_calls: list[Any] = field(default_factory=list)  # streamed tool-call deltas
+
+
+class Continuation:
+    """One continued chat completion: feed it responses, it tells you what to do next.
+
+    ``kwargs`` are the keyword arguments of ``chat.completions.create``; ``base_url`` is the client's (it decides
+    the dialect under "auto" and where DeepSeek's continuation rounds go). ``clock`` is only read, to time rounds.
+    """
+
+    def __init__(
+        self,
+        kwargs: Mapping[str, Any],
+        settings: Settings,
+        *,
+        base_url: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._call = CallRequest.parse(kwargs)
+        self._settings = settings
+        self._base_url = base_url
+        self._clock = clock
+        choice: DialectChoice = resolve_dialect(settings.dialect, base_url)
+        self._dialect = choice.dialect
+        self._fallback = choice.fallback
+        self._price: Price | None = settings.prices.lookup(self._call.model)
+        if settings.stop.needs_price:
+            self._price = settings.prices.require(self._call.model)
+        self._retry = RetryTracker(settings.retry)
+        self.trace = ContinuationTrace(dialect=self._dialect.name)
+        # The text so far (the caller's own prefix, if any, included) and what of it was handed to a stream.
+        self._text = self._call.prefix
+        self._released = len(self._text)
+        self._floor = 0  # length of the prefix sent last round: a heal never reaches back past it
+        self._first: ChatCompletion | ChatCompletionChunk | None = None
+        self._round: _Round | None = None
+        self._completion_tokens = 0
+        self._last_prompt_tokens = settings.counter.count_messages(self._call.messages) if self._price else 0
+        self._last_new_text: str | None = None
+        self._round_index = 0
+        # Streaming: ask upstream for usage (budgets need it) unless the server refuses the option.
+        self._stream = self._call.stream
+        self._upstream_usage = self._call.stream
+        self._stream_id: str | None = None
+        self._role_sent = False
+        self._round_limit: int | None = None
+        if self._price is not None and settings.stop.needs_price:
+            left = settings.stop.tokens_left(self._budget_state())
+            if left is not None and left <= 0:
+                raise ConfigurationError(
+                    f"the cost budget does not cover the prompt of this call (about {self._last_prompt_tokens} "
+                    f"tokens of {self._call.model!r})"
+                )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Actions in
+
+    def start(self) -> Action:
+        """The first request."""
+        return self._begin_round()
+
+    def resume(self) -> Action:
+        """After a :class:`DoSleep`: send the round again, continuing from the text so far."""
+        return self._begin_round()
+
+    def on_response(self, completion: ChatCompletion) -> Action:
+        """A whole (non-streamed) reply arrived."""
+        current = self._current()
+        if self._first is None:
+            self._first = completion
+        if not completion.choices:
+            return self._fail_round(ValueError("the provider returned a completion without choices"))
+        choice = completion.choices[0]
+        content = choice.message.content or ""
+        current.message = choice.message
+        current.usage = completion.usage
+        current.finish_reason = choice.finish_reason
+        self._feed(content)
+        return self._end_round()
+
+    def on_chunk(self, chunk: ChatCompletionChunk) -> StreamStep:
+        """One streamed chunk arrived; returns the chunks the caller should see now."""
+        current = self._current()
+        if self._first is None:
+            self._first = chunk
+            self._stream_id = chunk.id
+        if chunk.usage is not None:
+            current.usage = chunk.usage
+        if not chunk.choices:
+            return StreamStep([])
+        choice = chunk.choices[0]
+        delta = choice.delta
+        if choice.finish_reason is not None:
+            current.finish_reason = choice.finish_reason
+            choice.finish_reason = None  # interim finish reasons are swallowed; the last chunk carries the final one
+        if delta.tool_calls:
+            current.tool_calls.extend(delta.tool_calls)
+        released = ""
+        if delta.content:
+            if current.usage is None:
+                current.estimated_tokens += self._settings.counter.count(delta.content)
+            released = self._feed(delta.content)
+        # The chunk object is ours alone (fresh from the SDK's parser): reuse it rather than build a copy.
+        delta.content = released or None
+        if self._role_sent:
+            delta.role = None
+        elif delta.role is not None or released:
+            delta.role = "assistant"
+            self._role_sent = True
+        chunk.id = self._stream_id or chunk.id
+        chunk.usage = None
+        keep = released or delta.role or _has_payload(delta) or choice.logprobs is not None
+        close = self._round_limit is not None and current.estimated_tokens >= self._round_limit
+        if close:
+            current.finish_reason = "length"
+        return StreamStep([chunk] if keep else [], close=close)
+
+    def on_stream_end(self) -> Action:
+        """The upstream stream ended (or was closed because a budget was reached)."""
+        current = self._current()
+        if current.finish_reason is None:
+            return self.on_error(IncompleteStream("the stream ended without a finish_reason"))
+        return self._end_round()
+
+    def closing_chunks(self, completion: ChatCompletion) -> list[ChatCompletionChunk]:
+        """After :class:`Done` while streaming: the rest of the text, the final finish_reason, and the usage."""
+        choice = completion.choices[0]
+        rest = self._text[self._released :]
+        self._released = len(self._text)
+        delta: dict[str, Any] = {"content": rest} if rest else {}
+        if not self._role_sent:
+            delta["role"] = "assistant"
+            self._role_sent = True
+        base: dict[str, Any] = {
+            "id": self._stream_id or completion.id,
+            "object": "chat.completion.chunk",
+            "created": completion.created,
+            "model": completion.model,
+            "system_fingerprint": completion.system_fingerprint,
+        }
+        chunks = [
+            ChatCompletionChunk.model_construct(
+                **base,
+                choices=[_chunk_choice(delta, choice.finish_reason)],
+            )
+        ]
+        options = self._call.stream_options or {}
+        if options.get("include_usage") and completion.usage is not None:
+            chunks.append(ChatCompletionChunk.model_construct(**base, choices=[], usage=completion.usage))
+        return chunks
+
+    def on_error(self, error: BaseException) -> Action:
+        """The request (or the stream of its reply) failed with ``error``."""
+        current = self._round
+        continuing = current is not None and (current.sent != "" or self._call.has_prefix)
+        if continuing and self._fallback is not None and self._dialect.refuses(error):
+            self._round = None
+            self._switch_dialect(f"refused: {type(error).__name__}")
+            return self._begin_round()
+        if current is not None and self._upstream_usage and _mentions(error, "stream_options"):
+            # A server that does not know stream_options: ask again without it and count tokens ourselves.
+            self._round = None
+            self._upstream_usage = False
+            return self._begin_round()
+        if current is not None:
+            self._keep_partial(current)
+        seconds = self._retry.decide(error)
+        if seconds is None:
+            return self._give_up(error)
+        _log.emit(
+            "info",
+            "autocontinue.retry",
+            round=self._round_index,
+            attempt=self._retry.attempts,
+            wait_s=round(seconds, 3),
+            error=type(error).__name__,
+            status=getattr(error, "status_code", None),
+        )
+        return DoSleep(seconds)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Rounds
+
+    def _begin_round(self) -> Action:
+        self._round_index = len(self.trace.rounds) + 1
+        text = self._text
+        call = self._call
+        if text == "" and not call.has_prefix:
+            sent, held = "", ""
+            messages: list[Any] = list(call.messages)
+            kwargs = dict(call.kwargs)
+            base_url = None
+            plan = SeamPlan()
+        else:
+            heal = self._settings.heal and len(text) > len(call.prefix)
+            offset = max(0, len(text) - 2 * HOLD_WINDOW)
+            cut = hold_back_point(
+                text[offset:],
+                offset,
+                floor=max(self._floor, len(call.prefix)) if heal else 0,
+                heal=heal,
+                strip_whitespace=self._dialect.strips_trailing_whitespace,
+            )
+            if self._released > len(call.prefix):
+                cut = max(cut, self._released)  # never take back what a stream has already delivered
+            sent, held = text[:cut], text[cut:]
+            messages = self._dialect.messages(call.messages, sent, call.prefix_template)
+            kwargs = dict(call.kwargs)
+            extra = self._dialect.extra_body(call.kwargs.get("extra_body"))
+            if extra is not None:
+                kwargs["extra_body"] = extra
+            base_url = self._dialect.base_url(self._base_url)
+            plan = SeamPlan(
+                sent=sent,
+                held=held,
+                echo=self._dialect.echo,
+                remove_overlap=self._dialect.repeats_tail,
+                restart_probe=self._restart_probe(),
+            )
+        kwargs["messages"] = messages
+        if self._stream:
+            kwargs["stream"] = True
+            if self._upstream_usage:
+                kwargs["stream_options"] = {**(self._call.stream_options or {}), "include_usage": True}
+            elif self._call.stream_options:
+                kwargs["stream_options"] = dict(self._call.stream_options)
+        self._clamp(kwargs)
+        self._round = _Round(
+            index=self._round_index,
+            sent=sent,
+            held=held,
+            seam=Seam(plan),
+            kwargs=kwargs,
+            started=self._clock(),
+            tail=sent[-2 * HOLD_WINDOW :],
+            unreleased=sent[self._released :] if self._released < len(sent) else "",
+            skip=max(0, self._released - len(sent)),
+        )
+        return DoRequest(kwargs, base_url)
+
+    def _restart_probe(self) -> str:
+        if self._fallback is None:
+            return ""
+        answer = self._text[len(self._call.prefix) : len(self._call.prefix) + 4 * RESTART_PROBE].lstrip()
+        return answer[:RESTART_PROBE] if len(answer) >= MIN_RESTART_PROBE else ""
+
+    def _clamp(self, kwargs: dict[str, Any]) -> None:
+        """Keep the caller's per-round limit, lowered to what the budgets have left."""
+        left = self._settings.stop.tokens_left(self._budget_state())
+        self._round_limit = None
+        if left is None:
+            return
+        left = max(1, left)
+        names = [n for n in ("max_tokens", "max_completion_tokens") if kwargs.get(n) is not None]
+        if not names:
+            names = [self._dialect.limit_parameter]
+        for name in names:
+            current = kwargs.get(name)
+            kwargs[name] = left if current is None else min(current, left)
+        self._round_limit = left
+
+    def _feed(self, delta: str) -> str:
+        """Pass reply text through the seam; return the text now safe to hand to a stream."""
+        current = self._current()
+        current.raw_chars += len(delta)
+        return self._append(current, current.seam.feed(delta))
+
+    def _append(self, current: _Round, text: str) -> str:
+        if not text:
+            return ""
+        current.pieces.append(text)
+        current.length += len(text)
+        if current.skip:
+            # The start of this round's text re-creates held text that is not to be streamed (the caller's own).
+            skipped = text[: current.skip]
+            current.skip -= len(skipped)
+            text = text[len(skipped) :]
+        current.unreleased += text
+        current.tail = (current.tail + text)[-2 * HOLD_WINDOW :]
+        return self._release(current)
+
+    def _release(self, current: _Round) -> str:
+        """Text that can no longer change: all but what a cut here would hold back for the model to regenerate."""
+        total = len(current.sent) + current.length
+        end = hold_back_point(
+            current.tail,
+            total - len(current.tail),
+            floor=len(current.sent),
+            heal=self._settings.heal,
+            strip_whitespace=self._dialect.strips_trailing_whitespace,
+        )
+        if end <= self._released:
+            return ""
+        # Unreleased text is only ever the last few characters of the round, so this never touches the whole answer.
+        count = end - self._released
+        out, current.unreleased = current.unreleased[:count], current.unreleased[count:]
+        self._released = end
+        return out
+
+    def _end_round(self) -> Action:
+        current = self._current()
+        self._append(current, current.seam.finish())
+        if current.seam.restarted:
+            return self._restarted(current)
+        new_text = "".join(current.pieces)
+        before = len(self._text)
+        self._text = current.sent + new_text
+        self._floor = len(current.sent)
+        self._record(current, chars_added=len(self._text) - before)
+        self._round = None
+        self._retry.reset()
+        finish = current.finish_reason
+        message = current.message
+        tool_calls = list(getattr(message, "tool_calls", None) or []) or current.tool_calls
+        if finish in LENGTH_STOPS and tool_calls:
+            return self._fail_tool_call(tool_calls)
+        if finish not in LENGTH_STOPS:
+            return self._done(_cause_of(finish), finish_reason=_final_finish(finish))
+        repeated = bool(new_text) and new_text == self._last_new_text
+        self._last_new_text = new_text
+        if len(self._text) <= before or repeated:
+            return self._done("no_progress", finish_reason="length")
+        cause = self._settings.stop(self._budget_state())
+        if cause is None and self._settings.stop.tokens_left(self._budget_state()) == 0:
+            cause = "token_budget"
+        if cause is not None:
+            return self._done(cause, finish_reason="length")
+        return self._begin_round()
+
+    def _restarted(self, current: _Round) -> Action:
+        """The model began the answer again: the round is discarded and the fallback dialect takes over."""
+        self._record(current, chars_added=0, extra_seam=("restart_discarded",))
+        self._round = None
+        self._switch_dialect("restart")
+        cause = self._settings.stop(self._budget_state())
+        if cause is not None:
+            return self._done(cause, finish_reason="length")
+        return self._begin_round()
+
+    def _switch_dialect(self, reason: str) -> None:
+        assert self._fallback is not None
+        change = f"{self._dialect.name}->{self._fallback.name}"
+        _log.emit("info", "autocontinue.dialect_fallback", change=change, reason=reason)
+        self.trace.fallbacks.append(change)
+        self._dialect, self._fallback = self._fallback, None
+        self.trace.dialect = self._dialect.name
+
+    def _keep_partial(self, current: _Round) -> None:
+        """A reply broke off: keep every decided character, as if the round had been cut there."""
+        decided = "".join(current.pieces)
+        restored = current.seam.abort()
+        if not decided and not restored:
+            self._round = None
+            return
+        before = len(self._text)
+        self._text = current.sent + decided + restored
+        current.finish_reason = "error"
+        if self._text != current.sent + current.held or decided:
+            self._record(current, chars_added=len(self._text) - before)
+        self._floor = len(current.sent)
+        self._round = None
+
+    def _record(self, current: _Round, *, chars_added: int, extra_seam: tuple[str, ...] = ()) -> None:
+        usage, estimated = self._usage_of(current)
+        cost = self._price.cost(usage.prompt_tokens, usage.completion_tokens, _cached(usage)) if self._price else None
+        self._completion_tokens += usage.completion_tokens
+        self._last_prompt_tokens = usage.prompt_tokens + usage.completion_tokens
+        latency = self._clock() - current.started
+        record = RoundTrace(
+            index=current.index,
+            finish_reason=current.finish_reason,
+            usage=usage,
+            usage_estimated=estimated,
+            chars_added=chars_added,
+            seam=tuple(current.seam.actions) + extra_seam,
+            dialect=self._dialect.name if current.sent or current.index > 1 else "first",
+            latency_s=latency,
+            retries=self._retry.attempts,
+            cost_usd=cost,
+        )
+        self.trace.rounds.append(record)
+        if cost is not None:
+            self.trace.cost_usd = (self.trace.cost_usd or 0.0) + cost
+        fields: dict[str, Any] = {
+            "round": record.index,
+            "finish_reason": record.finish_reason,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cached_tokens": _cached(usage),
+            "usage_estimated": estimated,
+            "cost_usd": cost,
+            "seam": list(record.seam),
+            "dialect": record.dialect,
+            "chars_added": chars_added,
+            "latency_ms": round(latency * 1000, 1),
+        }
+        if self._settings.log_text:
+            fields["seam_text"] = (current.sent[-40:], "".join(current.pieces)[:40])
+        _log.emit("debug", "autocontinue.round", **fields)
+
+    def _usage_of(self, current: _Round) -> tuple[CompletionUsage, bool]:
+        if current.usage is not None:
+            return current.usage, False
+        counter = self._settings.counter
+        completion = counter.count("".join(current.pieces)) if current.pieces else current.estimated_tokens
+        prompt = counter.count_messages(current.kwargs.get("messages", []))
+        return CompletionUsage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        ), True
+
+    def _budget_state(self) -> BudgetState:
+        price = self._price
+        return BudgetState(
+            rounds=len(self.trace.rounds),
+            completion_tokens=self._completion_tokens,
+            cost_usd=self.trace.cost_usd or 0.0,
+            next_prompt_cost_usd=(self._last_prompt_tokens * price.input / 1e6) if price else 0.0,
+            output_price_per_token=(price.output / 1e6) if price else None,
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Endings
+
+    def _done(self, cause: str, *, finish_reason: str) -> Action:
+        self.trace.stop_cause = cause
+        completion = self._completion(finish_reason)
+        _log.emit(
+            "info",
+            "autocontinue.call",
+            rounds=len(self.trace.rounds),
+            stop_cause=cause,
+            finish_reason=finish_reason,
+            completion_tokens=self._completion_tokens,
+            cost_usd=self.trace.cost_usd,
+            dialect=self.trace.dialect,
+            chars=len(self._text) - len(self._call.prefix),
+            fallbacks=self.trace.fallbacks,
+        )
+        return Done(completion)
+
+    def _completion(self, finish_reason: str) -> ChatCompletion:
+        return build_completion(
+            first=self._first,
+            model=self._call.model,
+            content=self._text[len(self._call.prefix) :],
+            finish_reason=finish_reason,
+            rounds=self.trace.rounds,
+            trace=self.trace,
+        )
+
+    def _give_up(self, error: BaseException) -> Action:
+        self._round = None
+        if not self.trace.rounds:
+            # Nothing was generated, so nothing can be lost: the SDK's own error keeps the call a drop-in.
+            return Fail(error)
+        self.trace.stop_cause = "error"
+        partial = self._completion("length")
+        _log.emit("warning", "autocontinue.failed", rounds=len(self.trace.rounds), error=type(error).__name__)
+        failure = ContinuationFailed(
+            f"round {self._round_index} failed after {len(self.trace.rounds)} round(s) had produced "
+            f"{len(partial.choices[0].message.content or '')} characters: {type(error).__name__}: {error}",
+            partial=partial,
+            cause=error,
+        )
+        failure.__cause__ = error
+        return Fail(failure)
+
+    def _fail_round(self, error: BaseException) -> Action:
+        return self.on_error(error)
+
+    def _fail_tool_call(self, tool_calls: list[Any]) -> Action:
+        self.trace.stop_cause = "tool_call_truncated"
+        partial = self._completion("length")
+        return Fail(
+            TruncatedToolCallError(
+                "the reply was cut off by the output limit inside a tool call; a cut call is not continued",
+                partial=partial,
+                tool_calls=tool_calls,
+            )
+        )
+
+    def _current(self) -> _Round:
+        if self._round is None:
+            raise RuntimeError("no request is in flight: call start() or resume() first")
+        return self._round
+
+
+def _cached(usage: CompletionUsage) -> int:
+    details = usage.prompt_tokens_details
+    return (details.cached_tokens or 0) if details is not None else 0
+
+
+def _cause_of(finish_reason: str | None) -> str:
+    if finish_reason in (None, "stop", "end_turn", "stop_sequence", "STOP"):
+        return "natural"
+    if finish_reason in CONTEXT_STOPS:
+        return "context_window"
+    if finish_reason in ("content_filter", "tool_calls"):
+        return finish_reason
+    return "other"
+
+
+def _final_finish(finish_reason: str | None) -> str:
+    if finish_reason is None:
+        return "stop"
+    if finish_reason in CONTEXT_STOPS:
+        return "length"
+    return finish_reason
+
+
+def _mentions(error: BaseException, word: str) -> bool:
+    return getattr(error, "status_code", None) in (400, 422) and word in str(error)
+
+
+_DELTA_FIELDS = ("tool_calls", "function_call", "refusal")
+
+
+def _has_payload(delta: Any) -> bool:
+    if any(getattr(delta, name, None) for name in _DELTA_FIELDS):
+        return True
+    extra = getattr(delta, "model_extra", None) or {}
+    return any(value for value in extra.values())
+
+
+def _chunk_choice(delta: dict[str, Any], finish_reason: str) -> Any:
+    from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+
+    return Choice.model_construct(
+        index=0, delta=ChoiceDelta.model_construct(**delta), finish_reason=finish_reason, logprobs=None
+    )

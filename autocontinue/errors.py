@@ -1,0 +1,57 @@
+"""The exceptions autocontinue raises.
+
+Two families: :class:`ConfigurationError` for a call that is wrong before anything is sent (no request is made),
+and :class:`ContinuationFailed` for a call that failed after text had been generated; the latter always carries
+what was generated so far, because that text was paid for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletion
+
+
+class AutocontinueError(Exception):
+    """Base class of every error raised by autocontinue itself."""
+
+
+class ConfigurationError(AutocontinueError, ValueError):
+    """The call or the options are invalid; raised before any request is sent."""
+
+
+class UnknownPriceError(ConfigurationError):
+    """A cost budget was set but the model's price is not known (pass ``prices=`` to add it)."""
+
+
+class ContinuationFailed(AutocontinueError):
+    """A round failed after earlier text was generated.
+
+    ``partial`` is a complete ``ChatCompletion`` holding every character generated before the failure, with
+    usage summed over the rounds that finished and ``.continuation`` describing them. The original error is
+    ``__cause__`` (and ``cause``).
+    """
+
+    def __init__(self, message: str, *, partial: ChatCompletion, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.cause = cause
+
+    @property
+    def text(self) -> str:
+        """The text generated before the failure."""
+        return self.partial.choices[0].message.content or ""
+
+
+class TruncatedToolCallError(ContinuationFailed):
+    """The reply was cut off inside a tool call; a cut call is never continued as text or returned as complete.
+
+    ``tool_calls`` holds the partial calls as the provider returned them.
+    """
+
+    def __init__(
+        self, message: str, *, partial: ChatCompletion, tool_calls: list[Any], cause: BaseException | None = None
+    ) -> None:
+        super().__init__(message, partial=partial, cause=cause)
+        self.tool_calls = tool_calls

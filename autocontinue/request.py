@@ -1,0 +1,129 @@
+"""The caller's request, checked before anything is sent.
+
+Every mistake we can see up front becomes a :class:`~autocontinue.errors.ConfigurationError` naming the argument,
+so no request (and no cost) is made for a call that cannot work. The caller's objects are never modified: the
+messages are copied shallowly and each round builds its own list.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from openai.resources.chat.completions import Completions
+
+from .errors import ConfigurationError
+
+__all__ = ["CallRequest"]
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_NOT_GIVEN_TYPES = ("NotGiven", "Omit")
+
+
+@lru_cache(maxsize=1)
+def _create_parameters() -> frozenset[str]:
+    """Keyword arguments the installed SDK's ``chat.completions.create`` accepts."""
+    return frozenset(inspect.signature(Completions.create).parameters) - {"self"}
+
+
+def _given(value: Any) -> bool:
+    return value is not None and type(value).__name__ not in _NOT_GIVEN_TYPES
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """A checked ``chat.completions.create`` call, split into what every round shares and the caller's prefix."""
+
+    kwargs: dict[str, Any]  # the caller's keyword arguments (messages replaced per round)
+    model: str
+    messages: tuple[Any, ...]  # the caller's messages without a trailing assistant prefix
+    prefix: str  # the caller's own assistant prefix ("" when the last message is not an assistant message)
+    prefix_template: Mapping[str, Any]  # that message's other keys (e.g. "name"), reused for the prefix message
+    has_prefix: bool
+    stream: bool
+    stream_options: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, kwargs: Mapping[str, Any]) -> CallRequest:
+        """Check ``kwargs`` and split them; raises ``ConfigurationError`` on anything that cannot work."""
+        unknown = sorted(set(kwargs) - _create_parameters())
+        if unknown:
+            raise ConfigurationError(f"chat.completions.create() got unexpected keyword argument(s): {unknown}")
+        model = kwargs.get("model")
+        if not isinstance(model, str) or not model:
+            raise ConfigurationError("model must be a non-empty string")
+        messages = kwargs.get("messages")
+        if messages is None or isinstance(messages, str | bytes | Mapping) or not hasattr(messages, "__iter__"):
+            raise ConfigurationError("messages must be a list of message dicts")
+        messages = list(messages)
+        if not messages:
+            raise ConfigurationError("messages must not be empty")
+        for i, message in enumerate(messages):
+            _check_message(i, message)
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = kwargs.get(name)
+            if _given(value) and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        n = kwargs.get("n")
+        if _given(n) and n != 1:
+            raise ConfigurationError(f"n={n!r} is not supported: only one choice can be continued (n=1)")
+        extra_body = kwargs.get("extra_body")
+        if _given(extra_body) and not isinstance(extra_body, Mapping):
+            raise ConfigurationError("extra_body must be a mapping")
+        stream = kwargs.get("stream")
+        if _given(stream) and not isinstance(stream, bool):
+            raise ConfigurationError(f"stream must be True or False, got {stream!r}")
+
+        # stream and stream_options are the driver's to set, round by round.
+        cleaned = {k: v for k, v in kwargs.items() if _given(v) and k not in ("stream", "stream_options")}
+        stream_options = kwargs.get("stream_options")
+        last = messages[-1]
+        has_prefix = _role(last) == "assistant"
+        if has_prefix:
+            content = last.get("content") if isinstance(last, Mapping) else None
+            if content is None:
+                content = ""
+            if not isinstance(content, str):
+                raise ConfigurationError(
+                    "the last message is an assistant message to be continued, so its content must be a string"
+                )
+            if getattr(last, "get", lambda _k: None)("tool_calls"):
+                raise ConfigurationError("a trailing assistant message with tool_calls cannot be continued as text")
+            base = tuple(messages[:-1])
+            if not base:
+                raise ConfigurationError("messages must contain more than the assistant prefix to continue")
+            template: Mapping[str, Any] = dict(last)
+            prefix = content
+        else:
+            base, template, prefix = tuple(messages), {}, ""
+        return cls(
+            kwargs=cleaned,
+            model=model,
+            messages=base,
+            prefix=prefix,
+            prefix_template=template,
+            has_prefix=has_prefix,
+            stream=bool(stream),
+            stream_options=dict(stream_options) if isinstance(stream_options, Mapping) else None,
+        )
+
+
+def _role(message: Any) -> Any:
+    return message.get("role") if isinstance(message, Mapping) else getattr(message, "role", None)
+
+
+def _check_message(index: int, message: Any) -> None:
+    if not isinstance(message, Mapping):
+        kind = type(message).__name__
+        raise ConfigurationError(f"messages[{index}] must be a dict with 'role' and 'content', got {kind}")
+    role = message.get("role")
+    if role not in _ROLES:
+        raise ConfigurationError(f"messages[{index}] has role {role!r}; expected one of {sorted(_ROLES)}")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str | list | tuple):
+        raise ConfigurationError(f"messages[{index}].content must be a string or a list of parts")
+    if content is None and role in ("user", "system", "developer"):
+        raise ConfigurationError(f"messages[{index}] ({role}) has no content")

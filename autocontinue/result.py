@@ -1,0 +1,91 @@
+"""Building the ``ChatCompletion`` a continued call returns.
+
+The result is the SDK's own type (``isinstance(result, ChatCompletion)`` holds), so code written against the SDK
+keeps working; it also carries ``.continuation``, the :class:`~autocontinue.trace.ContinuationTrace`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pydantic
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
+
+from .trace import ContinuationTrace, RoundTrace
+
+__all__ = ["ContinuedChatCompletion", "build_completion", "sum_usage"]
+
+
+class ContinuedChatCompletion(ChatCompletion):
+    """A ``ChatCompletion`` assembled from one or more rounds; ``continuation`` tells how."""
+
+    _continuation: ContinuationTrace | None = pydantic.PrivateAttr(default=None)
+
+    @property
+    def continuation(self) -> ContinuationTrace:
+        """The rounds, the stop cause and the total cost of this call."""
+        assert self._continuation is not None
+        return self._continuation
+
+
+def sum_usage(usages: list[CompletionUsage]) -> CompletionUsage:
+    """Usage summed over rounds, cached prompt tokens and reasoning tokens included."""
+    prompt = sum(u.prompt_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    cached = sum((u.prompt_tokens_details.cached_tokens or 0) for u in usages if u.prompt_tokens_details is not None)
+    reasoning = sum(
+        (u.completion_tokens_details.reasoning_tokens or 0) for u in usages if u.completion_tokens_details is not None
+    )
+    return CompletionUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning),
+    )
+
+
+def build_completion(
+    *,
+    first: ChatCompletion | ChatCompletionChunk | None,
+    model: str,
+    content: str,
+    finish_reason: str,
+    rounds: list[RoundTrace],
+    trace: ContinuationTrace,
+    message_extra: dict[str, Any] | None = None,
+) -> ContinuedChatCompletion:
+    """One ``ChatCompletion`` for the whole call: the first reply's identity, the joined text, the summed usage."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if message_extra:
+        message.update(message_extra)
+    body: dict[str, Any] = {
+        "id": first.id if first is not None else f"chatcmpl-ac-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": first.created if first is not None else int(time.time()),
+        "model": first.model if first is not None else model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": sum_usage([r.usage for r in rounds]).model_dump() if rounds else None,
+    }
+    if first is not None and first.system_fingerprint is not None:
+        body["system_fingerprint"] = first.system_fingerprint
+    if first is not None and first.service_tier is not None:
+        body["service_tier"] = first.service_tier
+    # model_construct: the values come from validated SDK objects; finish_reason may be a provider's own value.
+    completion = ContinuedChatCompletion.model_validate(body) if _standard(finish_reason) else _construct(body)
+    completion._continuation = trace
+    return completion
+
+
+def _standard(finish_reason: str) -> bool:
+    return finish_reason in ("stop", "length", "tool_calls", "content_filter", "function_call")
+
+
+def _construct(body: dict[str, Any]) -> ContinuedChatCompletion:
+    from openai._models import construct_type
+
+    constructed: Any = construct_type(type_=ContinuedChatCompletion, value=body)
+    return constructed  # type: ignore[no-any-return]

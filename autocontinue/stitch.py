@@ -1,0 +1,320 @@
+"""Joining a continuation onto the text so far: pure, incremental, bounded.
+
+One round's reply passes through up to four stages, each of which holds back only the text it cannot decide yet
+and releases the rest:
+
+1. **echo** - some providers (Mistral, llama.cpp) return the prefix they were given before the new text. While the
+   reply still agrees with the prefix we wait; a full match is dropped, a divergence releases everything.
+2. **restart** - on an unknown host a trailing assistant message may be ignored and the answer begun again; a reply
+   that starts with the answer's opening words is reported so the caller can change dialect.
+3. **overlap** - a model asked by instruction to continue may repeat the tail it was shown. The longest suffix of
+   the prefix that starts the reply is removed, if it is long enough and occurs only once in the window (so that
+   repetitive text, where a match proves nothing, is never cut).
+4. **reconcile** - the part of the text held back from the prefix (trailing whitespace some providers refuse, a
+   partial last word re-tokenized badly, a cut multi-byte character) is put back: held whitespace is kept and the
+   model's re-emission of it dropped; a held word is replaced by the model's regeneration, and kept if the model
+   writes nothing new in its place.
+
+Every comparison is against a bounded window or advances by the size of the new text, so the work per round does
+not grow with the length of the answer. Pieces are never stripped: whitespace is significant.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "EchoMode",
+    "Seam",
+    "SeamPlan",
+    "hold_back_point",
+]
+
+EchoMode = Literal["never", "maybe", "always"]
+
+#: characters of the text's end examined when choosing what to hold back
+HOLD_WINDOW = 256
+#: the most text a heal may hold back; a longer "word" (base64, CJK run) is sent as it is
+MAX_HOLD = 48
+#: overlap shorter than this is indistinguishable from a natural continuation
+MIN_OVERLAP = 8
+#: how far back a repeated tail is looked for
+OVERLAP_WINDOW = 1024
+#: opening characters of the answer used to recognise a restart
+RESTART_PROBE = 24
+
+REPLACEMENT_CHAR = "\ufffd"
+# The last "pretoken" in the GPT-2 sense: a word or a punctuation run, with at most one leading space.
+_LAST_PRETOKEN = re.compile(r"(?: ?\w+| ?[^\s\w]+)\Z")
+
+
+def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whitespace: bool) -> int:
+    """Where the prefix to send ends; the text after it is held back for the model to regenerate.
+
+    ``tail`` is the end of the text so far, starting at absolute index ``offset`` (at least :data:`HOLD_WINDOW`
+    characters of it, unless the text is shorter). ``floor`` is the length of the prefix sent last round: a heal
+    never reaches back to it, so every round makes progress.
+
+    - U+FFFD (a multi-byte character cut in two by the provider) is never sent.
+    - ``strip_whitespace`` (providers that refuse a prefix ending in whitespace): the trailing whitespace run.
+    - ``heal``: trailing whitespace, or else the last word or punctuation run with the whitespace before it, so the
+      prefix ends where the tokenizer splits the same way the model did.
+    """
+    text = tail[-HOLD_WINDOW:] if len(tail) > HOLD_WINDOW else tail
+    base = offset + len(tail) - len(text)
+    without_garbage = text.rstrip(REPLACEMENT_CHAR)
+    mandatory = len(without_garbage)
+    stripped = without_garbage.rstrip()
+    ws_cut = len(stripped)
+    fallback = ws_cut if strip_whitespace else mandatory
+    if not heal:
+        return base + fallback
+    if ws_cut < mandatory:
+        cut = ws_cut
+    else:
+        match = _LAST_PRETOKEN.search(without_garbage)
+        cut = match.start() if match else mandatory
+        cut = len(without_garbage[:cut].rstrip())
+    if base + cut <= floor or mandatory - cut > MAX_HOLD:
+        return base + fallback
+    return base + cut
+
+
+@dataclass(frozen=True)
+class SeamPlan:
+    """How one continuation round's reply is to be joined.
+
+    ``sent`` is the prefix as sent, ``held`` the text held back from it, ``echo`` whether the provider may return
+    ``sent`` first, ``remove_overlap`` whether a repeated tail is expected (instruction dialect), and
+    ``restart_probe`` the answer's opening to recognise a restart by (empty: don't look).
+    """
+
+    sent: str = ""
+    held: str = ""
+    echo: EchoMode = "never"
+    remove_overlap: bool = False
+    restart_probe: str = ""
+
+
+@dataclass
+class _Echo:
+    sent: str
+    mode: EchoMode
+    actions: list[str]
+    matched: int = 0
+    pending: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pending = self.mode != "never" and bool(self.sent)
+
+    def feed(self, delta: str) -> str:
+        if not self.pending:
+            return delta
+        n = min(len(delta), len(self.sent) - self.matched)
+        if self.sent[self.matched : self.matched + n] == delta[:n]:
+            self.matched += n
+            if self.matched == len(self.sent):
+                self.pending = False
+                self.actions.append("echo_stripped")
+                return delta[n:]
+            return ""
+        self.pending = False
+        return self.sent[: self.matched] + delta
+
+    def finish(self) -> str:
+        if not self.pending:
+            return ""
+        self.pending = False
+        if self.mode == "always":
+            # A provider that always echoes returned only part of the prefix: that part is echo, not new text.
+            self.actions.append("echo_stripped")
+            return ""
+        return self.sent[: self.matched]
+
+
+@dataclass
+class _Restart:
+    probe: str
+    buffer: str = ""
+    decided: bool = False
+    restarted: bool = False
+
+    def __post_init__(self) -> None:
+        self.decided = not self.probe
+
+    def feed(self, text: str) -> str:
+        if self.restarted:
+            return ""
+        if self.decided:
+            return text
+        self.buffer += text
+        head = self.buffer.lstrip()
+        if len(head) < len(self.probe) and self.probe.startswith(head):
+            return ""
+        self.decided = True
+        if head.startswith(self.probe):
+            self.restarted = True
+            return ""
+        return self.buffer
+
+    def finish(self) -> str:
+        if self.decided:
+            return ""
+        self.decided = True
+        return self.buffer
+
+
+@dataclass
+class _Overlap:
+    window: str
+    actions: list[str]
+    enabled: bool
+    buffer: str = ""
+    decided: bool = False
+
+    def __post_init__(self) -> None:
+        self.decided = not self.enabled or len(self.window) < MIN_OVERLAP
+
+    def feed(self, text: str) -> str:
+        if self.decided:
+            return text
+        self.buffer += text
+        if len(self.buffer) <= len(self.window) and self.buffer in self.window:
+            return ""  # could still grow into a repeat of the tail
+        return self._decide()
+
+    def finish(self) -> str:
+        return "" if self.decided else self._decide()
+
+    def _decide(self) -> str:
+        self.decided = True
+        buffer, window = self.buffer, self.window
+        for k in range(min(len(buffer), len(window)), MIN_OVERLAP - 1, -1):
+            candidate = buffer[:k]
+            # Unique in the window: in repetitive text a match could be real new content.
+            if window.endswith(candidate) and window.find(candidate) == len(window) - k:
+                self.actions.append(f"overlap_removed:{k}")
+                return buffer[k:]
+        return buffer
+
+
+@dataclass
+class _Reconcile:
+    held: str
+    actions: list[str]
+    whitespace: str = field(init=False)
+    word: str = field(init=False)
+    buffer: str = ""
+    stage: int = 0  # 0: matching held whitespace, 1: matching the held word, 2: passing through
+
+    def __post_init__(self) -> None:
+        body = self.held.lstrip()
+        self.whitespace = self.held[: len(self.held) - len(body)]
+        self.word = body
+        self.stage = 0 if self.whitespace else (1 if self.word else 2)
+
+    def feed(self, text: str) -> str:
+        if self.stage == 2:
+            return text
+        self.buffer += text
+        out = ""
+        if self.stage == 0:
+            if len(self.buffer) < len(self.whitespace) and self.whitespace.startswith(self.buffer):
+                return ""
+            common = _common_prefix(self.whitespace, self.buffer)
+            if common < len(self.whitespace):
+                self.actions.append("whitespace_restored")
+            out, self.buffer = self.whitespace, self.buffer[common:]
+            self.stage = 1 if self.word else 2
+            if self.stage == 2:
+                out, self.buffer = out + self.buffer, ""
+                return out
+        # stage 1: the model regenerates the held word
+        if len(self.buffer) < len(self.word) and self.word.startswith(self.buffer):
+            return out
+        self.actions.append("healed" if self.buffer.startswith(self.word) else "heal_diverged")
+        self.stage = 2
+        out, self.buffer = out + self.buffer, ""
+        return out
+
+    def finish(self) -> str:
+        if self.stage == 0:
+            # Nothing but (part of) the held whitespace came back: keep all of it.
+            self.stage = 1 if self.word else 2
+            if self.stage == 2:
+                self.buffer = ""
+                return self.whitespace
+            self.buffer = ""
+            return self.whitespace + self.finish()
+        if self.stage == 1:
+            # The model wrote nothing new in place of the held word: keep the word rather than lose it.
+            self.stage = 2
+            self.buffer = ""
+            self.actions.append("held_kept")
+            return self.word
+        return ""
+
+    def abort(self) -> str:
+        """The reply broke off: the held text the model had not yet re-emitted, to keep."""
+        if self.stage == 0:
+            self.stage = 2
+            return self.whitespace + self.word
+        if self.stage == 1:
+            self.stage = 2
+            return self.word
+        return ""
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Seam:
+    """Joins one round's reply onto the text so far, chunk by chunk.
+
+    ``feed`` takes the reply's text as it arrives and returns what can be appended to the answer now; ``finish``
+    returns the rest at the end of the reply. ``restarted`` tells the model began the answer again (the reply is
+    discarded); ``actions`` records what was done, for the trace.
+    """
+
+    def __init__(self, plan: SeamPlan) -> None:
+        self.actions: list[str] = []
+        self._echo = _Echo(plan.sent, plan.echo, self.actions)
+        self._restart = _Restart(plan.restart_probe)
+        self._overlap = _Overlap(plan.sent[-OVERLAP_WINDOW:], self.actions, plan.remove_overlap)
+        self._reconcile = _Reconcile(plan.held, self.actions)
+
+    @property
+    def restarted(self) -> bool:
+        """True when the reply began the answer again instead of continuing it."""
+        return self._restart.restarted
+
+    def feed(self, delta: str) -> str:
+        """Take the next piece of the reply; return the text that is decided."""
+        return self._after_echo(self._echo.feed(delta))
+
+    def finish(self) -> str:
+        """The reply has ended: return every character still held."""
+        text = self._after_echo(self._echo.finish())
+        text += self._after_restart(self._restart.finish())
+        if self._restart.restarted:
+            return ""
+        text += self._reconcile.feed(self._overlap.finish())
+        return text + self._reconcile.finish()
+
+    def abort(self) -> str:
+        """The reply broke off mid-way: undecided text is dropped (the model will write it again) and the held
+        text not yet re-emitted is returned, to keep."""
+        return self._reconcile.abort()
+
+    def _after_echo(self, text: str) -> str:
+        return self._after_restart(self._restart.feed(text)) if text else ""
+
+    def _after_restart(self, text: str) -> str:
+        return self._reconcile.feed(self._overlap.feed(text)) if text else ""
