@@ -26,8 +26,9 @@ from openai.types.completion_usage import CompletionUsage
 
 from . import _log
 from .budget import BudgetState, Price, PriceTable, StopCondition
-from .dialects import Dialect, DialectChoice, resolve_dialect
-from .errors import ConfigurationError, ContinuationFailed, TruncatedToolCallError
+from .dialects import Dialect, DialectChoice, Instruction, Partial, resolve_dialect
+from .errors import ConfigurationError, ContinuationFailed, InvalidJSONError, TruncatedToolCallError
+from .jsoncheck import check_json
 from .request import CallRequest
 from .result import build_completion
 from .retry import RetryTracker
@@ -66,6 +67,8 @@ class Settings:
     heal: bool = True
     counter: TokenCounter = field(default_factory=default_counter)
     log_text: bool = False
+    #: retry a round cut inside the reasoning phase once with a larger limit (where it cannot be continued)
+    reasoning_retry: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,9 @@ class _Round:
     tail: str = ""  # the end of sent + pieces, for hold-back decisions without joining
     estimated_tokens: int = 0  # counted incrementally while streaming
     tool_calls: list[Any] = field(default_factory=list)  # streamed tool-call deltas
+    released_at_start: int = 0
+    reasoning: list[str] = field(default_factory=list)  # reasoning text of this round
+    logprobs: list[Any] = field(default_factory=list)  # token logprobs of this round
 
 
 class Continuation:
@@ -149,8 +155,13 @@ class Continuation:
         *,
         base_url: str,
         clock: Callable[[], float] = time.monotonic,
+        seed: ChatCompletion | None = None,
     ) -> None:
         self._call = CallRequest.parse(kwargs)
+        # n > 1: the first request asks for every choice; this object continues choice 0, and one seeded object
+        # per other choice (see take_siblings) continues that choice from the same first reply.
+        self._seed = seed
+        self._siblings: list[ChatCompletion] = []
         self._settings = settings
         self._base_url = base_url
         self._clock = clock
@@ -178,6 +189,15 @@ class Continuation:
         self._stream_id: str | None = None
         self._role_sent = False
         self._round_limit: int | None = None
+        # Reasoning text over all rounds, kept apart from the answer; logprobs in order.
+        self._reasoning: list[str] = []
+        self._logprobs: list[Any] = []
+        self._limit_override: int | None = None  # a larger limit for a retried round
+        self._enlarged = False  # a round is retried with a larger limit at most once per call
+        if self._call.json_mode and isinstance(self._dialect, Partial) and _is_kimi(base_url):
+            # Kimi: "Do not mix Partial Mode with response_format=json_object".
+            self._dialect = Instruction()
+            self.trace.dialect = self._dialect.name
         if self._price is not None and settings.stop.needs_price:
             left = settings.stop.tokens_left(self._budget_state())
             if left is not None and left <= 0:
@@ -190,8 +210,20 @@ class Continuation:
     # Actions in
 
     def start(self) -> Action:
-        """The first request."""
-        return self._begin_round()
+        """The first request (for a seeded object: the decision on the reply it was seeded with)."""
+        action = self._begin_round()
+        if self._seed is not None:
+            return self.on_response(self._seed)
+        return action
+
+    def take_siblings(self) -> list[Continuation]:
+        """After the first reply of an ``n > 1`` call: one object per further choice, to be run like this one."""
+        seeds, self._siblings = self._siblings, []
+        kwargs = {**self._call.kwargs, "n": None}
+        return [
+            Continuation(kwargs, self._settings, base_url=self._base_url, clock=self._clock, seed=seed)
+            for seed in seeds
+        ]
 
     def resume(self) -> Action:
         """After a :class:`DoSleep`: send the round again, continuing from the text so far."""
@@ -204,13 +236,46 @@ class Continuation:
             self._first = completion
         if not completion.choices:
             return self._fail_round(ValueError("the provider returned a completion without choices"))
+        if len(completion.choices) > 1:
+            completion = self._split_choices(completion)
         choice = completion.choices[0]
         content = choice.message.content or ""
         current.message = choice.message
         current.usage = completion.usage
         current.finish_reason = choice.finish_reason
+        reasoning = _reasoning_of(choice.message)
+        if reasoning:
+            current.reasoning.append(reasoning)
+        if choice.logprobs is not None and choice.logprobs.content:
+            current.logprobs.extend(choice.logprobs.content)
         self._feed(content)
         return self._end_round()
+
+    def _split_choices(self, completion: ChatCompletion) -> ChatCompletion:
+        """Keep choice 0 here and the others for sibling objects; the reported usage is shared between them
+        (prompt to choice 0, completion tokens in proportion to each choice's text) so that sums stay exact."""
+        choices = sorted(completion.choices, key=lambda c: c.index)
+        usage = completion.usage
+        shares = _split_tokens(
+            usage.completion_tokens if usage is not None else 0,
+            [self._settings.counter.count(c.message.content or "") for c in choices],
+        )
+        singles = []
+        for i, choice in enumerate(choices):
+            part = None
+            if usage is not None:
+                prompt = usage.prompt_tokens if i == 0 else 0
+                part = CompletionUsage(
+                    prompt_tokens=prompt,
+                    completion_tokens=shares[i],
+                    total_tokens=prompt + shares[i],
+                    prompt_tokens_details=usage.prompt_tokens_details if i == 0 else None,
+                )
+            singles.append(
+                completion.model_copy(update={"choices": [choice.model_copy(update={"index": 0})], "usage": part})
+            )
+        self._siblings = singles[1:]
+        return singles[0]
 
     def on_chunk(self, chunk: ChatCompletionChunk) -> StreamStep:
         """One streamed chunk arrived; returns the chunks the caller should see now."""
@@ -229,6 +294,9 @@ class Continuation:
             choice.finish_reason = None  # interim finish reasons are swallowed; the last chunk carries the final one
         if delta.tool_calls:
             current.tool_calls.extend(delta.tool_calls)
+        reasoning = _reasoning_of(delta)
+        if reasoning:
+            current.reasoning.append(reasoning)
         released = ""
         if delta.content:
             if current.usage is None:
@@ -298,6 +366,10 @@ class Continuation:
             return self._begin_round()
         if current is not None:
             self._keep_partial(current)
+        if self.trace.rounds and _is_context_overflow(error):
+            # The prompt plus the text so far no longer fits: continuing cannot help, and the text is kept.
+            self._round = None
+            return self._done("context_window", finish_reason="length")
         seconds = self._retry.decide(error)
         if seconds is None:
             return self._give_up(error)
@@ -319,7 +391,8 @@ class Continuation:
         self._round_index = len(self.trace.rounds) + 1
         text = self._text
         call = self._call
-        if text == "" and not call.has_prefix:
+        reasoning = "".join(self._reasoning)
+        if text == "" and not call.has_prefix and not reasoning:
             sent, held = "", ""
             messages: list[Any] = list(call.messages)
             kwargs = dict(call.kwargs)
@@ -338,9 +411,10 @@ class Continuation:
             if self._released > len(call.prefix):
                 cut = max(cut, self._released)  # never take back what a stream has already delivered
             sent, held = text[:cut], text[cut:]
-            messages = self._dialect.messages(call.messages, sent, call.prefix_template)
+            messages = self._dialect.messages(call.messages, sent, call.prefix_template, reasoning)
             kwargs = dict(call.kwargs)
-            extra = self._dialect.extra_body(call.kwargs.get("extra_body"))
+            kwargs.pop("n", None)
+            extra = self._dialect.extra_body(call.kwargs.get("extra_body"), reasoning)
             if extra is not None:
                 kwargs["extra_body"] = extra
             base_url = self._dialect.base_url(self._base_url)
@@ -369,6 +443,7 @@ class Continuation:
             tail=sent[-2 * HOLD_WINDOW :],
             unreleased=sent[self._released :] if self._released < len(sent) else "",
             skip=max(0, self._released - len(sent)),
+            released_at_start=self._released,
         )
         return DoRequest(kwargs, base_url)
 
@@ -379,19 +454,33 @@ class Continuation:
         return answer[:RESTART_PROBE] if len(answer) >= MIN_RESTART_PROBE else ""
 
     def _clamp(self, kwargs: dict[str, Any]) -> None:
-        """Keep the caller's per-round limit, lowered to what the budgets have left."""
+        """Keep the caller's per-round limit (or a retried round's larger one), lowered to what budgets allow."""
         left = self._settings.stop.tokens_left(self._budget_state())
-        self._round_limit = None
-        if left is None:
-            return
-        left = max(1, left)
+        self._round_limit = left
+        override, self._limit_override = self._limit_override, None
         names = [n for n in ("max_tokens", "max_completion_tokens") if kwargs.get(n) is not None]
-        if not names:
+        if not names and (left is not None or override is not None):
             names = [self._dialect.limit_parameter]
         for name in names:
-            current = kwargs.get(name)
-            kwargs[name] = left if current is None else min(current, left)
-        self._round_limit = left
+            limit = override if override is not None else kwargs.get(name)
+            if left is not None:
+                limit = max(1, left) if limit is None else min(limit, max(1, left))
+            kwargs[name] = limit
+
+    def _round_limit_of(self, kwargs: Mapping[str, Any]) -> int | None:
+        limits = [kwargs[n] for n in ("max_tokens", "max_completion_tokens") if kwargs.get(n) is not None]
+        return min(limits) if limits else None
+
+    def _larger_limit(self, current: _Round) -> int | None:
+        """A doubled limit for retrying ``current`` once, if the budgets leave room for more than it had."""
+        if self._enlarged:
+            return None
+        had = self._round_limit_of(current.kwargs)
+        if had is None:
+            return None
+        left = self._settings.stop.tokens_left(self._budget_state())
+        larger = 2 * had if left is None else min(2 * had, left)
+        return larger if larger > had else None
 
     def _feed(self, delta: str) -> str:
         """Pass reply text through the seam; return the text now safe to hand to a stream."""
@@ -436,23 +525,22 @@ class Continuation:
         self._append(current, current.seam.finish())
         if current.seam.restarted:
             return self._restarted(current)
+        finish = current.finish_reason
+        cut = finish in LENGTH_STOPS
+        tool_calls = list(getattr(current.message, "tool_calls", None) or []) or current.tool_calls
+        if cut and tool_calls:
+            return self._cut_tool_call(current, tool_calls)
+        in_reasoning = cut and current.raw_chars == 0 and bool(current.reasoning)
+        if in_reasoning and not self._dialect.resumes_reasoning:
+            return self._cut_reasoning(current)
         new_text = "".join(current.pieces)
         before = len(self._text)
-        self._text = current.sent + new_text
-        self._floor = len(current.sent)
-        self._record(current, chars_added=len(self._text) - before)
-        self._round = None
-        self._retry.reset()
-        finish = current.finish_reason
-        message = current.message
-        tool_calls = list(getattr(message, "tool_calls", None) or []) or current.tool_calls
-        if finish in LENGTH_STOPS and tool_calls:
-            return self._fail_tool_call(tool_calls)
-        if finish not in LENGTH_STOPS:
+        self._commit(current, new_text)
+        if not cut:
             return self._done(_cause_of(finish), finish_reason=_final_finish(finish))
         repeated = bool(new_text) and new_text == self._last_new_text
         self._last_new_text = new_text
-        if len(self._text) <= before or repeated:
+        if (len(self._text) <= before and not in_reasoning) or repeated:
             return self._done("no_progress", finish_reason="length")
         cause = self._settings.stop(self._budget_state())
         if cause is None and self._settings.stop.tokens_left(self._budget_state()) == 0:
@@ -460,6 +548,54 @@ class Continuation:
         if cause is not None:
             return self._done(cause, finish_reason="length")
         return self._begin_round()
+
+    def _commit(self, current: _Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
+        """Make the round's text (and reasoning and logprobs) part of the answer, and record the round."""
+        before = len(self._text)
+        self._text = current.sent + new_text
+        self._floor = len(current.sent)
+        self._reasoning.extend(current.reasoning)
+        self._logprobs.extend(current.logprobs)
+        self._record(current, chars_added=len(self._text) - before, extra_seam=extra_seam)
+        self._round = None
+        self._retry.reset()
+
+    def _discard(self, current: _Round, action: str) -> None:
+        """Record a round whose output is not kept (it is paid for, so its usage counts)."""
+        self._released = current.released_at_start
+        self._record(current, chars_added=0, extra_seam=(action,))
+        self._round = None
+        self._retry.reset()
+
+    def _cut_tool_call(self, current: _Round, tool_calls: list[Any]) -> Action:
+        """A tool call cut by the limit is never continued as text: retry once with room, else fail closed."""
+        # While streaming, the call's deltas have already reached the caller: a second attempt would garble them.
+        larger = None if self._stream else self._larger_limit(current)
+        if larger is not None:
+            self._discard(current, "tool_call_retry")
+            self._enlarged, self._limit_override = True, larger
+            return self._begin_round()
+        self._commit(current, "".join(current.pieces), extra_seam=("tool_call_cut",))
+        self.trace.stop_cause = "tool_call_truncated"
+        partial = self._completion("length", tool_calls=tool_calls)
+        return Fail(
+            TruncatedToolCallError(
+                "the reply was cut off by the output limit inside a tool call, and there was no room to retry it "
+                "with a larger limit; a cut call is never continued as text",
+                partial=partial,
+                tool_calls=tool_calls,
+            )
+        )
+
+    def _cut_reasoning(self, current: _Round) -> Action:
+        """Cut inside the reasoning phase where the dialect cannot resume it: stop, or retry once if asked to."""
+        larger = self._larger_limit(current) if self._settings.reasoning_retry and not self._stream else None
+        if larger is not None:
+            self._discard(current, "reasoning_retry")
+            self._enlarged, self._limit_override = True, larger
+            return self._begin_round()
+        self._commit(current, "".join(current.pieces))
+        return self._done("reasoning_truncated", finish_reason="length")
 
     def _restarted(self, current: _Round) -> Action:
         """The model began the answer again: the round is discarded and the fallback dialect takes over."""
@@ -488,6 +624,8 @@ class Continuation:
             return
         before = len(self._text)
         self._text = current.sent + decided + restored
+        self._reasoning.extend(current.reasoning)
+        self._logprobs.extend(current.logprobs)
         current.finish_reason = "error"
         if self._text != current.sent + current.held or decided:
             self._record(current, chars_added=len(self._text) - before)
@@ -558,6 +696,14 @@ class Continuation:
     def _done(self, cause: str, *, finish_reason: str) -> Action:
         self.trace.stop_cause = cause
         completion = self._completion(finish_reason)
+        if self._call.json_mode and len(self.trace.rounds) > 1:
+            problem = check_json(completion.choices[0].message.content or "", self._call.json_schema)
+            if problem is not None:
+                return Fail(
+                    InvalidJSONError(
+                        f"the joined reply is not valid JSON ({problem}); stop cause: {cause}", partial=completion
+                    )
+                )
         _log.emit(
             "info",
             "autocontinue.call",
@@ -572,7 +718,12 @@ class Continuation:
         )
         return Done(completion)
 
-    def _completion(self, finish_reason: str) -> ChatCompletion:
+    def _completion(self, finish_reason: str, *, tool_calls: list[Any] | None = None) -> ChatCompletion:
+        extra: dict[str, Any] = {}
+        if self._reasoning:
+            extra["reasoning_content"] = "".join(self._reasoning)
+        if tool_calls:
+            extra["tool_calls"] = [_plain(call) for call in tool_calls]
         return build_completion(
             first=self._first,
             model=self._call.model,
@@ -580,6 +731,8 @@ class Continuation:
             finish_reason=finish_reason,
             rounds=self.trace.rounds,
             trace=self.trace,
+            message_extra=extra,
+            logprobs=[_plain(item) for item in self._logprobs] if self._logprobs else None,
         )
 
     def _give_up(self, error: BaseException) -> Action:
@@ -601,17 +754,6 @@ class Continuation:
 
     def _fail_round(self, error: BaseException) -> Action:
         return self.on_error(error)
-
-    def _fail_tool_call(self, tool_calls: list[Any]) -> Action:
-        self.trace.stop_cause = "tool_call_truncated"
-        partial = self._completion("length")
-        return Fail(
-            TruncatedToolCallError(
-                "the reply was cut off by the output limit inside a tool call; a cut call is not continued",
-                partial=partial,
-                tool_calls=tool_calls,
-            )
-        )
 
     def _current(self) -> _Round:
         if self._round is None:
@@ -662,3 +804,56 @@ def _chunk_choice(delta: dict[str, Any], finish_reason: str) -> Any:
     return Choice.model_construct(
         index=0, delta=ChoiceDelta.model_construct(**delta), finish_reason=finish_reason, logprobs=None
     )
+
+
+def _reasoning_of(message: Any) -> str:
+    """Reasoning text of a message or delta: ``reasoning_content`` (DeepSeek, DashScope, vLLM) or ``reasoning``."""
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(message, name, None)
+        if value is None:
+            value = (getattr(message, "model_extra", None) or {}).get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+# Phrases of the errors servers give when the prompt no longer fits (OpenAI, vLLM, llama.cpp, Anthropic, Mistral).
+_CONTEXT_MARKERS = (
+    "context length",
+    "context_length",
+    "context window",
+    "context size",
+    "exceed_context_size",
+    "prompt is too long",
+    "too many tokens",
+)
+
+
+def _is_context_overflow(error: BaseException) -> bool:
+    if getattr(error, "status_code", None) not in (400, 413, 422):
+        return False
+    text = f"{error} {getattr(error, 'body', '')} {getattr(error, 'code', '')}".lower()
+    return any(marker in text for marker in _CONTEXT_MARKERS)
+
+
+def _is_kimi(base_url: str) -> bool:
+    lowered = base_url.lower()
+    return "moonshot" in lowered or "kimi" in lowered
+
+
+def _plain(item: Any) -> Any:
+    dump = getattr(item, "model_dump", None)
+    return dump(exclude_none=True) if dump is not None else item
+
+
+def _split_tokens(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` (largest remainder), summing exactly to ``total``."""
+    weight = sum(weights)
+    if weight <= 0:
+        return [total] + [0] * (len(weights) - 1)
+    exact = [total * w / weight for w in weights]
+    shares = [int(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: exact[i] - shares[i], reverse=True)
+    for i in order[: total - sum(shares)]:
+        shares[i] += 1
+    return shares

@@ -47,20 +47,25 @@ class Dialect:
     body_flags: ClassVar[Mapping[str, Any]] = {}
     #: when a request carries no output limit but one is needed, which parameter to set
     limit_parameter: ClassVar[str] = "max_tokens"
+    #: a reply cut inside the reasoning phase can be continued (else the call stops: "reasoning_truncated")
+    resumes_reasoning: ClassVar[bool] = False
 
-    def prefix_message(self, prefix: str, template: Message) -> dict[str, Any]:
+    def prefix_message(self, prefix: str, template: Message, reasoning: str = "") -> dict[str, Any]:
         """The assistant message that carries the prefix; keeps the caller's own keys (e.g. Kimi's ``name``)."""
-        message = {k: v for k, v in template.items() if k not in ("content", "partial", "prefix")}
+        message = {k: v for k, v in template.items() if k not in _OWN_KEYS}
         message["role"] = "assistant"
         message["content"] = prefix
         message.update(self.message_flags)
         return message
 
-    def messages(self, base: Sequence[Message], prefix: str, template: Message) -> list[Any]:
-        """The messages of a round that continues ``prefix``; ``base`` is never modified."""
-        return [*base, self.prefix_message(prefix, template)]
+    def messages(self, base: Sequence[Message], prefix: str, template: Message, reasoning: str = "") -> list[Any]:
+        """The messages of a round that continues ``prefix``; ``base`` is never modified.
 
-    def extra_body(self, caller_extra: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        ``reasoning`` is the reasoning text produced so far, for dialects that can carry it.
+        """
+        return [*base, self.prefix_message(prefix, template, reasoning)]
+
+    def extra_body(self, caller_extra: Mapping[str, Any] | None, reasoning: str = "") -> dict[str, Any] | None:
         """The extra_body of a continuation round: the caller's, plus this dialect's flags."""
         if not self.body_flags:
             return dict(caller_extra) if caller_extra is not None else None
@@ -82,6 +87,9 @@ class Dialect:
         return f"{type(self).__name__}()"
 
 
+# Keys of the caller's prefix message that the dialect sets itself.
+_OWN_KEYS = frozenset({"content", "partial", "prefix", "reasoning_content"})
+
 # Phrases of the errors providers give for a prefix they will not take (providers.md §4, §5, §6, §7).
 _REFUSAL_MARKERS = (
     "prefill",
@@ -101,6 +109,14 @@ class Partial(Dialect):
     name = "partial"
     echo = "never"
     message_flags: ClassVar[Mapping[str, Any]] = {"partial": True}
+    resumes_reasoning = True
+
+    def extra_body(self, caller_extra: Mapping[str, Any] | None, reasoning: str = "") -> dict[str, Any] | None:
+        # DashScope does not take a partial prefix in thinking mode: continuation rounds switch thinking off; the
+        # reasoning of round 1 is kept in the result.
+        if reasoning or (caller_extra or {}).get("enable_thinking"):
+            return {**(caller_extra or {}), "enable_thinking": False}
+        return super().extra_body(caller_extra, reasoning)
 
 
 class Prefix(Dialect):
@@ -113,6 +129,14 @@ class Prefix(Dialect):
     name = "prefix"
     echo = "maybe"
     message_flags: ClassVar[Mapping[str, Any]] = {"prefix": True}
+    resumes_reasoning = True
+
+    def prefix_message(self, prefix: str, template: Message, reasoning: str = "") -> dict[str, Any]:
+        message = super().prefix_message(prefix, template, reasoning)
+        if reasoning:
+            # DeepSeek's thinking mode continues the chain of thought given on the prefix message (beta API).
+            message["reasoning_content"] = reasoning
+        return message
 
     def base_url(self, base_url: str) -> str | None:
         parts = urlsplit(base_url)
@@ -159,8 +183,8 @@ class Instruction(Dialect):
     #: characters of the tail quoted in the instruction
     quote_chars = 200
 
-    def messages(self, base: Sequence[Message], prefix: str, template: Message) -> list[Any]:
-        message = {k: v for k, v in template.items() if k not in ("content", "partial", "prefix")}
+    def messages(self, base: Sequence[Message], prefix: str, template: Message, reasoning: str = "") -> list[Any]:
+        message = {k: v for k, v in template.items() if k not in _OWN_KEYS}
         message["role"] = "assistant"
         message["content"] = prefix
         return [*base, message, {"role": "user", "content": self.instruction(prefix)}]

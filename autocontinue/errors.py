@@ -55,3 +55,8 @@ class TruncatedToolCallError(ContinuationFailed):
     ) -> None:
         super().__init__(message, partial=partial, cause=cause)
         self.tool_calls = tool_calls
+
+
+class InvalidJSONError(ContinuationFailed):
+    """A JSON-mode reply (``response_format``) was continued, and the joined text is not valid JSON (or does not
+    match the schema). ``text`` (and ``partial``) hold it."""

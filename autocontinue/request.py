@@ -45,6 +45,9 @@ class CallRequest:
     has_prefix: bool
     stream: bool
     stream_options: dict[str, Any] | None = None
+    n: int = 1
+    json_mode: bool = False  # response_format asks for JSON: the joined reply is checked
+    json_schema: Mapping[str, Any] | None = None
 
     @classmethod
     def parse(cls, kwargs: Mapping[str, Any]) -> CallRequest:
@@ -67,9 +70,11 @@ class CallRequest:
             value = kwargs.get(name)
             if _given(value) and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-        n = kwargs.get("n")
-        if _given(n) and n != 1:
-            raise ConfigurationError(f"n={n!r} is not supported: only one choice can be continued (n=1)")
+        n: Any = kwargs.get("n") if _given(kwargs.get("n")) else 1
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigurationError(f"n must be a positive integer, got {n!r}")
+        if n > 1 and kwargs.get("stream") is True:
+            raise ConfigurationError("stream=True with n > 1 is not supported: stream one choice per call")
         extra_body = kwargs.get("extra_body")
         if _given(extra_body) and not isinstance(extra_body, Mapping):
             raise ConfigurationError("extra_body must be a mapping")
@@ -99,7 +104,11 @@ class CallRequest:
             prefix = content
         else:
             base, template, prefix = tuple(messages), {}, ""
+        json_mode, json_schema = _json_format(kwargs.get("response_format"))
         return cls(
+            n=n,
+            json_mode=json_mode,
+            json_schema=json_schema,
             kwargs=cleaned,
             model=model,
             messages=base,
@@ -109,6 +118,23 @@ class CallRequest:
             stream=bool(stream),
             stream_options=dict(stream_options) if isinstance(stream_options, Mapping) else None,
         )
+
+
+def _json_format(response_format: Any) -> tuple[bool, Mapping[str, Any] | None]:
+    if not isinstance(response_format, Mapping):
+        if _given(response_format) and isinstance(response_format, type):
+            raise ConfigurationError(
+                "response_format got a class: that is for chat.completions.parse(); create() takes a dict"
+            )
+        return False, None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return True, None
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        return True, schema if isinstance(schema, Mapping) else None
+    return False, None
 
 
 def _role(message: Any) -> Any:

@@ -57,6 +57,7 @@ def build_completion(
     rounds: list[RoundTrace],
     trace: ContinuationTrace,
     message_extra: dict[str, Any] | None = None,
+    logprobs: list[Any] | None = None,
 ) -> ContinuedChatCompletion:
     """One ``ChatCompletion`` for the whole call: the first reply's identity, the joined text, the summed usage."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -67,7 +68,14 @@ def build_completion(
         "object": "chat.completion",
         "created": first.created if first is not None else int(time.time()),
         "model": first.model if first is not None else model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish_reason,
+                "logprobs": {"content": logprobs} if logprobs is not None else None,
+            }
+        ],
         "usage": sum_usage([r.usage for r in rounds]).model_dump() if rounds else None,
     }
     if first is not None and first.system_fingerprint is not None:
@@ -89,3 +97,28 @@ def _construct(body: dict[str, Any]) -> ContinuedChatCompletion:
 
     constructed: Any = construct_type(type_=ContinuedChatCompletion, value=body)
     return constructed  # type: ignore[no-any-return]
+
+
+def merge_choices(completions: list[ChatCompletion]) -> ContinuedChatCompletion:
+    """One completion from the per-choice results of an ``n > 1`` call: choices in order, usage summed.
+
+    ``continuation`` lists every round of every choice; ``continuation.per_choice[i]`` is choice i's own trace.
+    """
+    first = completions[0]
+    traces = [getattr(c, "continuation", None) or ContinuationTrace() for c in completions]
+    rounds = [r for trace in traces for r in trace.rounds]
+    costs = [t.cost_usd for t in traces if t.cost_usd is not None]
+    trace = ContinuationTrace(
+        rounds=rounds,
+        stop_cause=traces[0].stop_cause,
+        cost_usd=sum(costs) if costs else None,
+        dialect=traces[0].dialect,
+        fallbacks=[f for t in traces for f in t.fallbacks],
+        per_choice=traces,
+    )
+    choices = [c.choices[0].model_copy(update={"index": i}) for i, c in enumerate(completions)]
+    usages = [c.usage for c in completions if c.usage is not None]
+    merged = first.model_copy(update={"choices": choices, "usage": sum_usage(usages) if usages else None})
+    result = ContinuedChatCompletion.model_construct(**dict(merged))
+    result._continuation = trace
+    return result

@@ -18,6 +18,8 @@ STOP_CAUSES = (
     "token_budget",
     "cost_budget",
     "no_progress",  # a round added nothing or repeated the previous one
+    "reasoning_truncated",  # cut inside the reasoning phase where the dialect cannot resume it
+    "tool_call_truncated",  # cut inside a tool call (only on TruncatedToolCallError.partial)
     "content_filter",
     "tool_calls",
     "context_window",  # the prompt plus the text so far no longer fits
@@ -58,6 +60,8 @@ class ContinuationTrace:
     dialect: str = ""
     #: dialect changes made during the call, e.g. ["prefill->instruction"]
     fallbacks: list[str] = field(default_factory=list)
+    #: for n > 1: each choice's own trace (the lists above then cover all choices)
+    per_choice: list[ContinuationTrace] = field(default_factory=list)
 
     @property
     def continued(self) -> bool:

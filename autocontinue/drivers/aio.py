@@ -8,23 +8,35 @@ from collections.abc import Awaitable, Callable
 from openai.types.chat import ChatCompletion
 
 from ..core import Continuation, Done, DoRequest, DoSleep
+from ..result import merge_choices
 
 
 async def run(core: Continuation, send: Callable[[DoRequest], Awaitable[ChatCompletion]]) -> ChatCompletion:
-    """Run ``core`` to the end, awaiting ``send`` for each request; return the joined completion."""
-    action = core.start()
-    while True:
-        if isinstance(action, DoRequest):
-            try:
-                response = await send(action)
-            except Exception as error:  # the core decides: retry, fall back, or fail with the partial
-                action = core.on_error(error)
+    """Run ``core`` to the end, awaiting ``send`` for each request; return the joined completion.
+
+    For ``n > 1`` the other choices are continued concurrently, each in its own task.
+    """
+    siblings: list[asyncio.Task[ChatCompletion]] = []
+    try:
+        action = core.start()
+        while True:
+            if isinstance(action, DoRequest):
+                try:
+                    response = await send(action)
+                except Exception as error:  # the core decides: retry, fall back, or fail with the partial
+                    action = core.on_error(error)
+                else:
+                    action = core.on_response(response)
+                    siblings += [asyncio.ensure_future(run(s, send)) for s in core.take_siblings()]
+            elif isinstance(action, DoSleep):
+                await asyncio.sleep(action.seconds)
+                action = core.resume()
+            elif isinstance(action, Done):
+                if not siblings:
+                    return action.completion
+                return merge_choices([action.completion, *await asyncio.gather(*siblings)])
             else:
-                action = core.on_response(response)
-        elif isinstance(action, DoSleep):
-            await asyncio.sleep(action.seconds)
-            action = core.resume()
-        elif isinstance(action, Done):
-            return action.completion
-        else:
-            raise action.error
+                raise action.error
+    finally:
+        for task in siblings:
+            task.cancel()

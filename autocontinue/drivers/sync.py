@@ -8,10 +8,15 @@ from collections.abc import Callable
 from openai.types.chat import ChatCompletion
 
 from ..core import Continuation, Done, DoRequest, DoSleep
+from ..result import merge_choices
 
 
 def run(core: Continuation, send: Callable[[DoRequest], ChatCompletion]) -> ChatCompletion:
-    """Run ``core`` to the end, sending each request with ``send``; return the joined completion."""
+    """Run ``core`` to the end, sending each request with ``send``; return the joined completion.
+
+    For ``n > 1`` the other choices are continued one after another once this one is done.
+    """
+    siblings: list[Continuation] = []
     action = core.start()
     while True:
         if isinstance(action, DoRequest):
@@ -21,10 +26,13 @@ def run(core: Continuation, send: Callable[[DoRequest], ChatCompletion]) -> Chat
                 action = core.on_error(error)
             else:
                 action = core.on_response(response)
+                siblings += core.take_siblings()
         elif isinstance(action, DoSleep):
             time.sleep(action.seconds)
             action = core.resume()
         elif isinstance(action, Done):
-            return action.completion
+            if not siblings:
+                return action.completion
+            return merge_choices([action.completion, *(run(sibling, send) for sibling in siblings)])
         else:
             raise action.error
