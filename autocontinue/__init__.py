@@ -7,12 +7,13 @@ reply.continuation                 # rounds, stop cause, cost
 """
 
 from .budget import Price, StopCondition, max_cost, max_rounds, max_total_tokens
-from .client import acreate, create, wrap
+from .client import acreate, create, trace_of, wrap
 from .dialects import ContinueFinalMessage, Dialect, Instruction, Partial, Prefill, Prefix
 from .errors import (
     AutocontinueError,
     ConfigurationError,
     ContinuationFailed,
+    InvalidJSONError,
     TruncatedToolCallError,
     UnknownPriceError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ContinuedChatCompletion",
     "Dialect",
     "Instruction",
+    "InvalidJSONError",
     "Partial",
     "Prefill",
     "Prefix",
@@ -47,5 +49,6 @@ __all__ = [
     "max_cost",
     "max_rounds",
     "max_total_tokens",
+    "trace_of",
     "wrap",
 ]

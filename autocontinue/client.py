@@ -27,7 +27,7 @@ from .tokens import TokenCounter, default_counter
 if TYPE_CHECKING:
     from .drivers.stream import AsyncContinuedStream, ContinuedStream
 
-__all__ = ["DEFAULT_MAX_ROUNDS", "OPTION_NAMES", "acreate", "create", "make_settings", "wrap"]
+__all__ = ["DEFAULT_MAX_ROUNDS", "OPTION_NAMES", "acreate", "create", "make_settings", "trace_of", "wrap"]
 
 ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
 
@@ -35,7 +35,18 @@ ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
 DEFAULT_MAX_ROUNDS = 10
 #: keyword arguments that configure autocontinue rather than the request
 OPTION_NAMES = frozenset(
-    {"max_rounds", "max_total_tokens", "max_cost_usd", "stop_when", "dialect", "retry", "prices", "heal", "log_text"}
+    {
+        "max_rounds",
+        "max_total_tokens",
+        "max_cost_usd",
+        "stop_when",
+        "dialect",
+        "retry",
+        "prices",
+        "heal",
+        "log_text",
+        "reasoning_retry",
+    }
 )
 
 # The SDK's own methods, captured before anything (such as the decorator) can patch them: our rounds must reach the
@@ -57,6 +68,7 @@ def make_settings(
     prices: Mapping[str, Price | tuple[float, float]] | None = None,
     heal: bool = True,
     log_text: bool = False,
+    reasoning_retry: bool = False,
     counter: TokenCounter | None = None,
 ) -> Settings:
     """Check the options and build the :class:`~autocontinue.core.Settings` of a call.
@@ -92,6 +104,7 @@ def make_settings(
         heal=heal,
         counter=counter or default_counter(),
         log_text=bool(log_text),
+        reasoning_retry=bool(reasoning_retry),
     )
 
 
@@ -213,6 +226,45 @@ class _ContinuingCompletions(_Proxy):
             return run_async(self._client, self._settings, kwargs)
         return run_sync(self._client, self._settings, kwargs)
 
+    def parse(self, **kwargs: Any) -> Any:
+        """``chat.completions.parse``, continued: the joined reply is parsed into ``response_format`` (a pydantic
+        model) exactly as the SDK does, so a reply cut by the limit no longer raises ``LengthFinishReasonError``
+        unless a budget ended it. The result's ``continuation`` is the trace."""
+        request, finish = _parse_request(kwargs)
+        if self._async:
+            return _aparse(self._client, self._settings, request, finish)
+        return finish(run_sync(self._client, self._settings, request))
+
+
+def _parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The create() arguments of a parse() call, and the function that turns the joined completion into the SDK's
+    ``ParsedChatCompletion``. Uses the SDK's own parsing helpers, so results match ``parse()`` exactly."""
+    from openai.lib._parsing._completions import (
+        parse_chat_completion,
+        type_to_response_format_param,
+        validate_input_tools,
+    )
+
+    if kwargs.get("stream"):
+        raise ConfigurationError("parse() does not stream; use create(stream=True)")
+    response_format = kwargs.pop("response_format", openai.omit)
+    tools = kwargs.get("tools", openai.omit)
+    validate_input_tools(tools)
+    request = dict(kwargs)
+    request["response_format"] = type_to_response_format_param(response_format)
+
+    def finish(completion: Any) -> Any:
+        parsed = parse_chat_completion(response_format=response_format, input_tools=tools, chat_completion=completion)
+        # Keep the trace reachable without making it a model field (it must not appear in model_dump()).
+        object.__setattr__(parsed, "__autocontinue_trace__", getattr(completion, "continuation", None))
+        return parsed
+
+    return request, finish
+
+
+async def _aparse(client: Any, settings: Settings, request: dict[str, Any], finish: Any) -> Any:
+    return finish(await run_async(client, settings, request))
+
 
 class _ContinuingChat(_Proxy):
     def __init__(self, target: Any, completions: _ContinuingCompletions) -> None:
@@ -251,3 +303,12 @@ def wrap(client: ClientT, **options: Any) -> ClientT:
     if unknown:
         raise ConfigurationError(f"wrap() got unknown option(s) {unknown}; expected some of {sorted(OPTION_NAMES)}")
     return cast(ClientT, _ContinuingClient(client, make_settings(**options)))
+
+
+def trace_of(result: Any) -> Any:
+    """The :class:`~autocontinue.trace.ContinuationTrace` of any continued result: a completion, a stream, a
+    ``parse()`` result, or the ``partial`` of an error; ``None`` for anything else."""
+    trace = getattr(result, "__autocontinue_trace__", None)
+    if trace is not None:
+        return trace
+    return getattr(result, "continuation", None)
