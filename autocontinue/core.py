@@ -299,8 +299,6 @@ class Continuation:
             current.reasoning.append(reasoning)
         released = ""
         if delta.content:
-            if current.usage is None:
-                current.estimated_tokens += self._settings.counter.count(delta.content)
             released = self._feed(delta.content)
         # The chunk object is ours alone (fresh from the SDK's parser): reuse it rather than build a copy.
         delta.content = released or None
@@ -493,6 +491,9 @@ class Continuation:
             return ""
         current.pieces.append(text)
         current.length += len(text)
+        if self._round_limit is not None and self._stream:
+            # Only while a budget is running: count the new text (never an echo) incrementally, chunk by chunk.
+            current.estimated_tokens += self._settings.counter.count(text)
         if current.skip:
             # The start of this round's text re-creates held text that is not to be streamed (the caller's own).
             skipped = text[: current.skip]
