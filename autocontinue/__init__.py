@@ -8,6 +8,7 @@ reply.continuation                 # rounds, stop cause, cost
 
 from .budget import Price, StopCondition, max_cost, max_rounds, max_total_tokens
 from .client import acreate, create, trace_of, wrap
+from .decorator import autocontinue, enabled
 from .dialects import ContinueFinalMessage, Dialect, Instruction, Partial, Prefill, Prefix
 from .errors import (
     AutocontinueError,
@@ -43,8 +44,10 @@ __all__ = [
     "UnknownPriceError",
     "__version__",
     "acreate",
+    "autocontinue",
     "create",
     "default_retry",
+    "enabled",
     "is_transient",
     "max_cost",
     "max_rounds",

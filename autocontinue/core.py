@@ -16,12 +16,14 @@ so the sync, async and streaming calls share every rule written here.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import ChoiceLogprobs
 from openai.types.completion_usage import CompletionUsage
 
 from . import _log
@@ -138,7 +140,11 @@ class _Round:
     tool_calls: list[Any] = field(default_factory=list)  # streamed tool-call deltas
     released_at_start: int = 0
     reasoning: list[str] = field(default_factory=list)  # reasoning text of this round
-    logprobs: list[Any] = field(default_factory=list)  # token logprobs of this round
+    # Token logprobs wait here until the text they cover is released, so that those of held-back text (which
+    # the model writes again) are dropped with it and a stream carries each entry with its own text.
+    logprob_queue: deque[Any] = field(default_factory=deque)
+    logprob_credit: int = 0  # released characters not yet matched to queued entries
+    fresh_logprobs: list[Any] = field(default_factory=list)  # entries released by the last chunk
 
 
 class Continuation:
@@ -189,6 +195,9 @@ class Continuation:
         self._stream_id: str | None = None
         self._role_sent = False
         self._round_limit: int | None = None
+        self._flush = ""  # text released when a round ended, not yet handed to the stream
+        self._flush_logprobs: list[Any] = []
+        self._last_queue: deque[Any] = deque()  # logprobs of the last round's unreleased text
         # Reasoning text over all rounds, kept apart from the answer; logprobs in order.
         self._reasoning: list[str] = []
         self._logprobs: list[Any] = []
@@ -247,7 +256,7 @@ class Continuation:
         if reasoning:
             current.reasoning.append(reasoning)
         if choice.logprobs is not None and choice.logprobs.content:
-            current.logprobs.extend(choice.logprobs.content)
+            current.logprob_queue.extend(choice.logprobs.content)
         self._feed(content)
         return self._end_round()
 
@@ -297,9 +306,15 @@ class Continuation:
         reasoning = _reasoning_of(delta)
         if reasoning:
             current.reasoning.append(reasoning)
+        if choice.logprobs is not None:
+            current.logprob_queue.extend(choice.logprobs.content or ())
+            choice.logprobs = None
         released = ""
         if delta.content:
             released = self._feed(delta.content)
+        if current.fresh_logprobs:
+            choice.logprobs = ChoiceLogprobs.model_construct(content=current.fresh_logprobs, refusal=None)
+            current.fresh_logprobs = []
         # The chunk object is ours alone (fresh from the SDK's parser): reuse it rather than build a copy.
         delta.content = released or None
         if self._role_sent:
@@ -322,32 +337,54 @@ class Continuation:
             return self.on_error(IncompleteStream("the stream ended without a finish_reason"))
         return self._end_round()
 
+    def take_released(self) -> list[ChatCompletionChunk]:
+        """Text decided when a round ended (the seam's last held characters), as a chunk for the stream."""
+        if not self._flush:
+            return []
+        text, self._flush = self._flush, ""
+        chunk = self._make_chunk({"content": text}, None)
+        if self._flush_logprobs:
+            chunk.choices[0].logprobs = ChoiceLogprobs.model_construct(content=self._flush_logprobs, refusal=None)
+            self._flush_logprobs = []
+        return [chunk]
+
     def closing_chunks(self, completion: ChatCompletion) -> list[ChatCompletionChunk]:
         """After :class:`Done` while streaming: the rest of the text, the final finish_reason, and the usage."""
-        choice = completion.choices[0]
+        self._flush = ""
         rest = self._text[self._released :]
         self._released = len(self._text)
-        delta: dict[str, Any] = {"content": rest} if rest else {}
-        if not self._role_sent:
-            delta["role"] = "assistant"
-            self._role_sent = True
-        base: dict[str, Any] = {
-            "id": self._stream_id or completion.id,
-            "object": "chat.completion.chunk",
-            "created": completion.created,
-            "model": completion.model,
-            "system_fingerprint": completion.system_fingerprint,
-        }
-        chunks = [
-            ChatCompletionChunk.model_construct(
-                **base,
-                choices=[_chunk_choice(delta, choice.finish_reason)],
-            )
-        ]
+        chunks = [self._make_chunk({"content": rest} if rest else {}, completion.choices[0].finish_reason)]
+        tail_logprobs = self._flush_logprobs + list(self._last_queue)
+        if tail_logprobs:
+            chunks[0].choices[0].logprobs = ChoiceLogprobs.model_construct(content=tail_logprobs, refusal=None)
         options = self._call.stream_options or {}
         if options.get("include_usage") and completion.usage is not None:
-            chunks.append(ChatCompletionChunk.model_construct(**base, choices=[], usage=completion.usage))
+            usage_chunk = self._make_chunk({}, None)
+            usage_chunk.choices = []
+            usage_chunk.usage = completion.usage
+            chunks.append(usage_chunk)
         return chunks
+
+    def _make_chunk(self, delta: dict[str, Any], finish_reason: str | None) -> ChatCompletionChunk:
+        from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+
+        if not self._role_sent:
+            delta = {"role": "assistant", **delta}
+            self._role_sent = True
+        first = self._first
+        return ChatCompletionChunk.model_construct(
+            id=self._stream_id or (first.id if first is not None else "chatcmpl-autocontinue"),
+            object="chat.completion.chunk",
+            created=first.created if first is not None else int(time.time()),
+            model=first.model if first is not None else self._call.model,
+            system_fingerprint=first.system_fingerprint if first is not None else None,
+            choices=[
+                Choice.model_construct(
+                    index=0, delta=ChoiceDelta.model_construct(**delta), finish_reason=finish_reason, logprobs=None
+                )
+            ],
+            usage=None,
+        )
 
     def on_error(self, error: BaseException) -> Action:
         """The request (or the stream of its reply) failed with ``error``."""
@@ -442,6 +479,7 @@ class Continuation:
             unreleased=sent[self._released :] if self._released < len(sent) else "",
             skip=max(0, self._released - len(sent)),
             released_at_start=self._released,
+            logprob_queue=self._carry_logprobs(len(sent)),
         )
         return DoRequest(kwargs, base_url)
 
@@ -476,7 +514,18 @@ class Continuation:
         had = self._round_limit_of(current.kwargs)
         if had is None:
             return None
-        left = self._settings.stop.tokens_left(self._budget_state())
+        # The round just spent counts (it is paid for) before deciding whether another one fits.
+        usage, _ = self._usage_of(current)
+        cost = self._price.cost(usage.prompt_tokens, usage.completion_tokens, _cached(usage)) if self._price else 0.0
+        after = replace(
+            self._budget_state(),
+            rounds=len(self.trace.rounds) + 1,
+            completion_tokens=self._completion_tokens + usage.completion_tokens,
+            cost_usd=(self.trace.cost_usd or 0.0) + cost,
+        )
+        if self._settings.stop(after) is not None:
+            return None
+        left = self._settings.stop.tokens_left(after)
         larger = 2 * had if left is None else min(2 * had, left)
         return larger if larger > had else None
 
@@ -519,16 +568,41 @@ class Continuation:
         count = end - self._released
         out, current.unreleased = current.unreleased[:count], current.unreleased[count:]
         self._released = end
+        if current.logprob_queue:
+            self._take_logprobs(current, len(out))
         return out
+
+    def _carry_logprobs(self, sent_length: int) -> deque[Any]:
+        """Entries of the last round that cover text being sent but not yet released; the rest covered held-back
+        text, which the model writes again, so they are dropped."""
+        queue, self._last_queue = self._last_queue, deque()
+        room = sent_length - self._released
+        carried: deque[Any] = deque()
+        while queue and room > 0 and len(queue[0].token) <= room:
+            entry = queue.popleft()
+            room -= len(entry.token)
+            carried.append(entry)
+        return carried
+
+    def _take_logprobs(self, current: _Round, chars: int) -> None:
+        current.logprob_credit += chars
+        queue = current.logprob_queue
+        while queue and len(queue[0].token) <= current.logprob_credit:
+            entry = queue.popleft()
+            current.logprob_credit -= len(entry.token)
+            self._logprobs.append(entry)
+            current.fresh_logprobs.append(entry)
 
     def _end_round(self) -> Action:
         current = self._current()
-        self._append(current, current.seam.finish())
+        self._flush += self._append(current, current.seam.finish())
+        self._flush_logprobs += current.fresh_logprobs
+        current.fresh_logprobs = []
         if current.seam.restarted:
             return self._restarted(current)
         finish = current.finish_reason
         cut = finish in LENGTH_STOPS
-        tool_calls = list(getattr(current.message, "tool_calls", None) or []) or current.tool_calls
+        tool_calls = list(getattr(current.message, "tool_calls", None) or []) or _merge_tool_deltas(current.tool_calls)
         if cut and tool_calls:
             return self._cut_tool_call(current, tool_calls)
         in_reasoning = cut and current.raw_chars == 0 and bool(current.reasoning)
@@ -538,7 +612,7 @@ class Continuation:
         before = len(self._text)
         self._commit(current, new_text)
         if not cut:
-            return self._done(_cause_of(finish), finish_reason=_final_finish(finish))
+            return self._done(_cause_of(finish), finish_reason=_final_finish(finish), tool_calls=tool_calls)
         repeated = bool(new_text) and new_text == self._last_new_text
         self._last_new_text = new_text
         if (len(self._text) <= before and not in_reasoning) or repeated:
@@ -556,7 +630,7 @@ class Continuation:
         self._text = current.sent + new_text
         self._floor = len(current.sent)
         self._reasoning.extend(current.reasoning)
-        self._logprobs.extend(current.logprobs)
+        self._last_queue = current.logprob_queue
         self._record(current, chars_added=len(self._text) - before, extra_seam=extra_seam)
         self._round = None
         self._retry.reset()
@@ -626,7 +700,6 @@ class Continuation:
         before = len(self._text)
         self._text = current.sent + decided + restored
         self._reasoning.extend(current.reasoning)
-        self._logprobs.extend(current.logprobs)
         current.finish_reason = "error"
         if self._text != current.sent + current.held or decided:
             self._record(current, chars_added=len(self._text) - before)
@@ -694,9 +767,9 @@ class Continuation:
     # ----------------------------------------------------------------------------------------------------------
     # Endings
 
-    def _done(self, cause: str, *, finish_reason: str) -> Action:
+    def _done(self, cause: str, *, finish_reason: str, tool_calls: list[Any] | None = None) -> Action:
         self.trace.stop_cause = cause
-        completion = self._completion(finish_reason)
+        completion = self._completion(finish_reason, tool_calls=tool_calls)
         if self._call.json_mode and len(self.trace.rounds) > 1:
             problem = check_json(completion.choices[0].message.content or "", self._call.json_schema)
             if problem is not None:
@@ -720,6 +793,7 @@ class Continuation:
         return Done(completion)
 
     def _completion(self, finish_reason: str, *, tool_calls: list[Any] | None = None) -> ChatCompletion:
+        logprobs = self._logprobs + list(self._last_queue)
         extra: dict[str, Any] = {}
         if self._reasoning:
             extra["reasoning_content"] = "".join(self._reasoning)
@@ -733,7 +807,7 @@ class Continuation:
             rounds=self.trace.rounds,
             trace=self.trace,
             message_extra=extra,
-            logprobs=[_plain(item) for item in self._logprobs] if self._logprobs else None,
+            logprobs=[_plain(item) for item in logprobs] if logprobs else None,
         )
 
     def _give_up(self, error: BaseException) -> Action:
@@ -799,14 +873,6 @@ def _has_payload(delta: Any) -> bool:
     return any(value for value in extra.values())
 
 
-def _chunk_choice(delta: dict[str, Any], finish_reason: str) -> Any:
-    from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
-
-    return Choice.model_construct(
-        index=0, delta=ChoiceDelta.model_construct(**delta), finish_reason=finish_reason, logprobs=None
-    )
-
-
 def _reasoning_of(message: Any) -> str:
     """Reasoning text of a message or delta: ``reasoning_content`` (DeepSeek, DashScope, vLLM) or ``reasoning``."""
     for name in ("reasoning_content", "reasoning"):
@@ -858,3 +924,23 @@ def _split_tokens(total: int, weights: list[int]) -> list[int]:
     for i in order[: total - sum(shares)]:
         shares[i] += 1
     return shares
+
+
+def _merge_tool_deltas(deltas: list[Any]) -> list[dict[str, Any]]:
+    """Streamed tool-call fragments, joined by index into whole calls (arguments concatenated in order)."""
+    calls: dict[int, dict[str, Any]] = {}
+    for delta in deltas:
+        call = calls.setdefault(
+            delta.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if delta.id:
+            call["id"] = delta.id
+        if delta.type:
+            call["type"] = delta.type
+        function = delta.function
+        if function is not None:
+            if function.name:
+                call["function"]["name"] += function.name
+            if function.arguments:
+                call["function"]["arguments"] += function.arguments
+    return [calls[index] for index in sorted(calls)]

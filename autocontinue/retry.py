@@ -17,7 +17,7 @@ from typing import Any
 
 import openai
 import tenacity
-from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 from tenacity.wait import wait_base
 
 __all__ = ["RetryTracker", "default_retry", "is_transient", "retry_after_seconds", "wait_retry_after"]
@@ -88,7 +88,7 @@ def default_retry() -> tenacity.Retrying:
     """Four attempts per round; Retry-After honoured; otherwise exponential backoff with jitter (0.25 s → 8 s)."""
     return tenacity.Retrying(
         stop=stop_after_attempt(4),
-        wait=wait_retry_after(wait_exponential_jitter(initial=0.25, max=8.0)),
+        wait=wait_retry_after(wait_exponential(multiplier=0.25, max=8.0) + wait_random(0, 0.25)),
         retry=retry_if_exception(is_transient),
         reraise=True,
     )

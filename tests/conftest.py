@@ -16,6 +16,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+import pytest_asyncio
 import structlog
 import tenacity
 from tenacity import retry_if_exception, stop_after_attempt, wait_fixed
@@ -164,7 +165,7 @@ def sync_client(emu: Emulator) -> Iterator[Callable[..., openai.OpenAI]]:
         client.close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def async_client(emu: Emulator) -> Any:
     """``make(persona, **kwargs)`` -> an ``openai.AsyncOpenAI`` for the persona; closed at teardown."""
     clients: list[openai.AsyncOpenAI] = []

@@ -73,6 +73,7 @@ class ContinuedStream:
                             chunk = next(chunks)
                         except StopIteration:
                             action = core.on_stream_end()
+                            yield from core.take_released()
                             break
                         except Exception as error:
                             action = core.on_error(error)
@@ -81,6 +82,7 @@ class ContinuedStream:
                         yield from step.chunks
                         if step.close:
                             action = core.on_stream_end()
+                            yield from core.take_released()
                             break
                 finally:
                     upstream.close()
@@ -144,6 +146,8 @@ class AsyncContinuedStream:
                             chunk = await chunks.__anext__()
                         except StopAsyncIteration:
                             action = core.on_stream_end()
+                            for out in core.take_released():
+                                yield out
                             break
                         except Exception as error:
                             action = core.on_error(error)
@@ -153,6 +157,8 @@ class AsyncContinuedStream:
                             yield out
                         if step.close:
                             action = core.on_stream_end()
+                            for out in core.take_released():
+                                yield out
                             break
                 finally:
                     await upstream.close()

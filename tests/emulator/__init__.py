@@ -14,6 +14,16 @@ max_completion_tokens or default_max_tokens, output_cap)`` tokens of ``tokenize(
 ``runaway`` ("empty" | "identical" | "repeat") always answers "length" without progress;
 ``finish_reasons[n]`` overrides request #n's reason. Requests are numbered per script from 1, at arrival.
 
+More of the model (``Script`` fields): ``reasoning`` is thought first (``reasoning_content``; the output
+limit covers reasoning + answer, so a cut can fall inside it: content "", "length"). Fresh answers think;
+continuations do not, except a DeepSeek-beta prefix message with ``reasoning_content`` and empty content
+(the reasoning resumes there); DashScope refuses ``partial`` with ``enable_thinking: true`` and does not
+think with ``enable_thinking: false``. ``tool_call`` makes the reply a tool call, its arguments cut by
+the limit ("length"). ``n`` > 1: choice i writes ``targets[i]``. ``logprobs: true``: one
+``logprobs.content`` entry per generated answer token. ``context_window`` (+ ``context_finish``, the
+llama.cpp way: cut at the window instead of a 400). Kimi + ``partial`` + ``json_object`` answers
+``KIMI_JSON_PARTIAL`` (Kimi's documented "unexpected responses"); Kimi follows the instruction pattern.
+
 Usage. prompt_tokens = tokens of every message's text + 1 per message; completion_tokens = new tokens
 (echo not counted); ``prompt_tokens_details.cached_tokens`` = longest common token prefix with any of the
 script's last 64 earlier prompts. ``usage=False`` omits usage everywhere; streams carry a usage chunk only
@@ -50,9 +60,18 @@ Stream-only kinds are ignored for non-stream requests and vice versa.
 """
 
 from .app import PREFIX_NOT_IN_TARGET, EmulatorApp
-from .personas import PERSONA_PATHS
+from .personas import KIMI_JSON_PARTIAL, PERSONA_PATHS
 from .script import Fault, Script
 from .server import Emulator
 from .tokenizer import tokenize
 
-__all__ = ["PERSONA_PATHS", "PREFIX_NOT_IN_TARGET", "Emulator", "EmulatorApp", "Fault", "Script", "tokenize"]
+__all__ = [
+    "KIMI_JSON_PARTIAL",
+    "PERSONA_PATHS",
+    "PREFIX_NOT_IN_TARGET",
+    "Emulator",
+    "EmulatorApp",
+    "Fault",
+    "Script",
+    "tokenize",
+]

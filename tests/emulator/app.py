@@ -21,7 +21,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -78,15 +78,44 @@ class _Disconnected(Exception):
 
 @dataclass
 class _Reply:
-    """What the model says for one request: optional echo, new tokens, finish reason."""
+    """What the model says in one choice: optional echo, reasoning tokens, new tokens, finish reason.
+
+    With ``tool`` set (``{"id", "name"}``) the reply is a tool call and ``tokens`` are its arguments.
+    """
 
     echo: str
     tokens: list[str]
     finish_reason: str
+    reasoning: list[str] = field(default_factory=list)
+    tool: dict[str, str] | None = None
 
     @property
     def content(self) -> str:
         return self.echo + "".join(self.tokens)
+
+    @property
+    def completion_tokens(self) -> int:
+        """New tokens, reasoning included (an echo is not generated, so not counted)."""
+        return len(self.reasoning) + len(self.tokens)
+
+    def message(self) -> dict[str, Any]:
+        """The non-streamed ``message`` object."""
+        if self.tool is not None:
+            call = {
+                "id": self.tool["id"],
+                "type": "function",
+                "function": {"name": self.tool["name"], "arguments": "".join(self.tokens)},
+            }
+            return {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+        message: dict[str, Any] = {"role": "assistant", "content": self.content, "refusal": None}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        return message
+
+
+def _logprob(token: str) -> dict[str, Any]:
+    """A deterministic logprobs entry for one generated token (OpenAI's shape)."""
+    return {"token": token, "logprob": -round(len(token) / 100, 4), "bytes": list(token.encode()), "top_logprobs": []}
 
 
 class _ScriptState:
@@ -165,18 +194,38 @@ class _ChunkWriter:
                 "system_fingerprint": SYSTEM_FINGERPRINT,
             }
         )
-        self._head = b"data: " + head[:-1].encode() + b', "choices": [{"index": 0, "delta": '
+        self._choices = b"data: " + head[:-1].encode() + b', "choices": [{"index": '
+        self._head = self._choices + b'0, "delta": '
+        self.index = 0  # the choice the next events belong to (n > 1 streams choice after choice)
         # OpenAI sends "usage": null on every chunk when include_usage is on.
         usage_null = b', "usage": null' if include_usage else b""
         self._tail = b', "logprobs": null, "finish_reason": null}]' + usage_null + b"}\n\n"
+        self._logprobs_tail = b', "logprobs": %s, "finish_reason": null}]' + usage_null + b"}\n\n"
         self._finish_tail = b', "logprobs": null, "finish_reason": %s}]' + usage_null + b"}\n\n"
         self._usage_head = b"data: " + head[:-1].encode() + b', "choices": [], "usage": '
+
+    def choice(self, index: int) -> None:
+        """Make the following events belong to choice ``index``."""
+        self.index = index
+        self._head = self._choices + str(index).encode() + b', "delta": '
 
     def role(self) -> bytes:
         return self._head + b'{"role": "assistant", "content": ""}' + self._tail
 
-    def content(self, text: str) -> bytes:
-        return self._head + b'{"content": ' + json.dumps(text).encode() + b"}" + self._tail
+    def content(self, text: str, logprobs: bool = False) -> bytes:
+        tail = self._logprobs_tail % json.dumps({"content": [_logprob(text)]}).encode() if logprobs else self._tail
+        return self._head + b'{"content": ' + json.dumps(text).encode() + b"}" + tail
+
+    def reasoning(self, text: str) -> bytes:
+        return self._head + b'{"content": null, "reasoning_content": ' + json.dumps(text).encode() + b"}" + self._tail
+
+    def tool_call(self, tool: dict[str, str], arguments: str, first: bool) -> bytes:
+        function: dict[str, str] = {"arguments": arguments}
+        call: dict[str, Any] = {"index": 0, "function": function}
+        if first:  # the first delta names the call, as OpenAI's do; later ones carry argument fragments
+            call.update(id=tool["id"], type="function")
+            function["name"] = tool["name"]
+        return self._head + json.dumps({"content": None, "tool_calls": [call]}).encode() + self._tail
 
     def finish(self, reason: str) -> bytes:
         return self._head + b"{}" + self._finish_tail % json.dumps(reason).encode()
@@ -442,8 +491,9 @@ class EmulatorApp:
         if isinstance(requested, PersonaError):
             await self._send_persona_error(call.send, requested)
             return
+        targets = self._targets(script, body, messages)
         try:
-            cont = resolve(call.persona, body, messages, script.target, script.overlap)
+            cont = resolve(call.persona, body, messages, targets[0], script.overlap)
         except PersonaError as exc:
             call.entry["error"] = exc.message
             await self._send_persona_error(call.send, exc)
@@ -452,7 +502,20 @@ class EmulatorApp:
 
         prompt = self._prompt_tokens(messages)
         prompt_tokens = len(prompt)
-        if script.context_window is not None and prompt_tokens + requested > script.context_window:
+        window = script.context_window
+        if window is not None and script.context_finish:
+            # llama.cpp: generation stops where the context is full; only a prompt that fills it is refused.
+            if prompt_tokens >= window:
+                await self._send_persona_error(
+                    call.send,
+                    PersonaError(
+                        "the request exceeds the available context size, try increasing it",
+                        type_="exceed_context_size_error",
+                    ),
+                )
+                return
+            requested = min(requested, window - prompt_tokens)
+        elif window is not None and prompt_tokens + requested > window:
             total = prompt_tokens + requested
             await self._send_persona_error(
                 call.send,
@@ -468,23 +531,46 @@ class EmulatorApp:
         cached = call.state.cached_tokens(prompt)
 
         cap = requested if script.output_cap is None else min(requested, script.output_cap)
-        reply = self._generate(script, cont, cap)
-        reply.finish_reason = script.finish_reasons.get(call.ordinal, reply.finish_reason)
+        replies = [self._generate(script, cont, cap, target) for target in targets]
+        for reply in replies:
+            reply.finish_reason = script.finish_reasons.get(call.ordinal, reply.finish_reason)
         usage: dict[str, Any] | None = None
         if script.usage:
-            completion_tokens = len(reply.tokens)
+            completion_tokens = sum(reply.completion_tokens for reply in replies)
             usage = {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
                 "prompt_tokens_details": {"cached_tokens": cached},
             }
+            if script.reasoning:
+                reasoning_tokens = sum(len(reply.reasoning) for reply in replies)
+                usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+        logprobs = body.get("logprobs") is True
         if call.stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            await self._stream(call, cont, reply, usage if include_usage else None, include_usage)
+            await self._stream(call, cont, replies, usage if include_usage else None, include_usage, logprobs)
         else:
-            await self._complete(call, cont, reply, usage)
+            await self._complete(call, cont, replies, usage, logprobs)
+
+    @staticmethod
+    def _targets(script: Script, body: dict[str, Any], messages: list[dict[str, Any]]) -> list[str]:
+        """The answer of each choice (``n`` of them). One choice with several ``targets``: the target the
+        text in the messages belongs to, because a continuation round of choice i carries choice i's text
+        and asks for one choice."""
+        given = script.targets or []
+        n = body.get("n")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+            return [given[i] if i < len(given) else script.target for i in range(n)]
+        if not given:
+            return [script.target]
+        written = ""
+        if messages[-1].get("role") == "assistant":
+            written = message_text(messages[-1])
+        elif len(messages) >= 2 and messages[-2].get("role") == "assistant":
+            written = message_text(messages[-2])  # the instruction pattern: [..., assistant, user]
+        return [next((t for t in given if written and t.startswith(written)), given[0])]
 
     @staticmethod
     def _requested_max_tokens(body: dict[str, Any], script: Script) -> int | PersonaError:
@@ -515,9 +601,28 @@ class EmulatorApp:
         return tokens
 
     @staticmethod
-    def _generate(script: Script, cont: Continuation, cap: int) -> _Reply:
-        """The model proper: locate the prefix in the target and write the next ``cap`` tokens."""
+    def _generate(script: Script, cont: Continuation, cap: int, target: str) -> _Reply:
+        """The model proper: locate the prefix in the target and write the next ``cap`` tokens.
+
+        Reasoning (when this reply thinks) comes first and shares the ``cap`` with the answer.
+        """
+        if script.tool_call is not None:
+            tool = {"id": "call_" + os.urandom(6).hex(), "name": script.tool_call["name"]}
+            arguments = tokenize(script.tool_call["arguments"])
+            if len(arguments) > cap:
+                return _Reply("", arguments[:cap], "length", tool=tool)
+            return _Reply("", arguments, "tool_calls", tool=tool)
+        if cont.broken is not None:
+            return _Reply("", [cont.broken], "stop")
         echo = cont.prefix if cont.echo else ""
+        thought: list[str] = []
+        if cont.reasoning is not None and script.reasoning:
+            if not script.reasoning.startswith(cont.reasoning):
+                return _Reply(echo, [PREFIX_NOT_IN_TARGET], "stop")
+            thought = tokenize(script.reasoning[len(cont.reasoning) :])
+            if len(thought) >= cap:
+                return _Reply(echo, [], "length", reasoning=thought[:cap])
+            cap -= len(thought)
         if script.runaway is not None:
             # A degenerate model: always "length", never making progress (the echo contract still holds).
             if script.runaway == "empty":
@@ -527,13 +632,12 @@ class EmulatorApp:
             else:  # "repeat"
                 text = cont.prefix[-20:] if cont.prefix else script.target[:20]
             return _Reply(echo, tokenize(text)[:cap], "length")
-        target = script.target
         if not target.startswith(cont.prefix):
-            return _Reply(echo, [PREFIX_NOT_IN_TARGET], "stop")
+            return _Reply(echo, [PREFIX_NOT_IN_TARGET], "stop", reasoning=thought)
         rest = tokenize(target[len(cont.prefix) :])
         if len(rest) > cap:
-            return _Reply(echo, rest[:cap], "length")
-        return _Reply(echo, rest, "stop")
+            return _Reply(echo, rest[:cap], "length", reasoning=thought)
+        return _Reply(echo, rest, "stop", reasoning=thought)
 
     async def _send_status_fault(self, send: Send, fault: Fault) -> None:
         status = fault.status or 500
@@ -554,14 +658,22 @@ class EmulatorApp:
 
     # ------------------------------------------------------------------ non-streaming reply
 
-    async def _complete(self, call: _Call, cont: Continuation, reply: _Reply, usage: dict[str, Any] | None) -> None:
+    async def _complete(
+        self,
+        call: _Call,
+        cont: Continuation,
+        replies: list[_Reply],
+        usage: dict[str, Any] | None,
+        logprobs: bool = False,
+    ) -> None:
         script = call.state.script
         kind = call.fault.kind if call.fault is not None else None
         if kind == "drop":
             await self._abort(call)
             return
         # A non-streamed reply takes as long as streaming it would have.
-        delay = script.first_token_delay + script.token_delay * self._content_chunks(script, cont, reply)
+        chunks = sum(self._content_chunks(script, cont, reply) for reply in replies)
+        delay = script.first_token_delay + script.token_delay * chunks
         if delay > 0:
             await asyncio.sleep(delay)
         obj: dict[str, Any] = {
@@ -571,11 +683,15 @@ class EmulatorApp:
             "model": call.model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.content, "refusal": None},
-                    "logprobs": None,
+                    "index": index,
+                    "message": reply.message(),
+                    # One entry per generated answer token (not for an echo, reasoning or tool arguments).
+                    "logprobs": {"content": [_logprob(t) for t in reply.tokens], "refusal": None}
+                    if logprobs and reply.tool is None
+                    else None,
                     "finish_reason": reply.finish_reason,
                 }
+                for index, reply in enumerate(replies)
             ],
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
@@ -600,7 +716,7 @@ class EmulatorApp:
         echo_pieces = len(_split_even(reply.echo, script.echo_chunks)) if reply.echo else 0
         if cont.glue_echo and echo_pieces and reply.tokens:
             echo_pieces -= 1
-        return echo_pieces + len(reply.tokens)
+        return echo_pieces + len(reply.reasoning) + len(reply.tokens)
 
     async def _abort(self, call: _Call) -> None:
         """Reset the connection without sending a response (non-stream "drop")."""
@@ -617,24 +733,39 @@ class EmulatorApp:
 
     @staticmethod
     def _events(
-        writer: _ChunkWriter, script: Script, cont: Continuation, reply: _Reply, usage: dict[str, Any] | None
+        writer: _ChunkWriter,
+        script: Script,
+        cont: Continuation,
+        replies: list[_Reply],
+        usage: dict[str, Any] | None,
+        logprobs: bool = False,
     ) -> Iterator[tuple[bytes, bool]]:
         """The normal SSE event sequence as (event bytes, carries content) pairs, generated lazily so a
-        long reply never sits in memory as a list of events."""
-        yield writer.role(), False
-        tokens = reply.tokens
-        first = 0
-        if reply.echo:
-            pieces = _split_even(reply.echo, script.echo_chunks)
-            if cont.glue_echo and tokens:
-                # llama.cpp: the last echo piece and the first new token arrive in one delta.
-                pieces[-1] += tokens[0]
-                first = 1
-            for piece in pieces:
-                yield writer.content(piece), True
-        for i in range(first, len(tokens)):
-            yield writer.content(tokens[i]), True
-        yield writer.finish(reply.finish_reason), False
+        long reply never sits in memory as a list of events. With ``n`` > 1, choice after choice."""
+        for index, reply in enumerate(replies):
+            writer.choice(index)
+            yield writer.role(), False
+            for piece in reply.reasoning:
+                yield writer.reasoning(piece), True
+            tokens = reply.tokens
+            if reply.tool is not None:
+                yield writer.tool_call(reply.tool, tokens[0] if tokens else "", first=True), True
+                for token in tokens[1:]:
+                    yield writer.tool_call(reply.tool, token, first=False), True
+                yield writer.finish(reply.finish_reason), False
+                continue
+            first = 0
+            if reply.echo:
+                pieces = _split_even(reply.echo, script.echo_chunks)
+                if cont.glue_echo and tokens:
+                    # llama.cpp: the last echo piece and the first new token arrive in one delta.
+                    pieces[-1] += tokens[0]
+                    first = 1
+                for piece in pieces:
+                    yield writer.content(piece), True
+            for i in range(first, len(tokens)):
+                yield writer.content(tokens[i], logprobs), True
+            yield writer.finish(reply.finish_reason), False
         if usage is not None:
             yield writer.usage(usage), False
         yield b"data: [DONE]\n\n", False
@@ -643,9 +774,10 @@ class EmulatorApp:
         self,
         call: _Call,
         cont: Continuation,
-        reply: _Reply,
+        replies: list[_Reply],
         usage: dict[str, Any] | None,
         include_usage: bool,
+        logprobs: bool = False,
     ) -> None:
         script = call.state.script
         send = call.send
@@ -660,7 +792,7 @@ class EmulatorApp:
                 await asyncio.sleep(script.first_token_delay)
             token_delay = script.token_delay
             buf = bytearray()
-            events = self._events(writer, script, cont, reply, usage)
+            events = self._events(writer, script, cont, replies, usage, logprobs)
             for sent, (event, is_content) in enumerate(events):
                 if limit is not None and sent >= limit:
                     break

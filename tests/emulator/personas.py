@@ -8,10 +8,11 @@ one pure function so the HTTP layer stays small and the rules are easy to audit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = [
+    "KIMI_JSON_PARTIAL",
     "PERSONA_PATHS",
     "ROUTES",
     "Continuation",
@@ -71,16 +72,24 @@ class Continuation:
                as completion tokens.
     glue_echo: streaming only: the last echo piece shares a delta with the first new token (llama.cpp).
     mode:      why ("first", "restart", "prefill", "instruction"); recorded in the request log for tests.
+    reasoning: the reasoning already done when the model thinks in this reply (it writes the rest of the
+               script's ``reasoning`` before the answer; "" = all of it), ``None`` when it does not think.
+    broken:    a fixed reply (finish "stop") for a request the real provider mishandles.
     """
 
     prefix: str = ""
     echo: bool = False
     glue_echo: bool = False
     mode: str = "first"
+    reasoning: str | None = None
+    broken: str | None = None
 
 
-FIRST = Continuation()
-RESTART = Continuation(mode="restart")
+#: A fresh answer thinks first (when the script has reasoning); continuations do not, unless resumed.
+FIRST = Continuation(reasoning="")
+RESTART = Continuation(mode="restart", reasoning="")
+#: Kimi's documented pitfall: "Do not mix Partial Mode with response_format=json_object".
+KIMI_JSON_PARTIAL = "<<EMULATOR: partial with json_object>>"
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -111,7 +120,22 @@ def _instruction(messages: list[dict[str, Any]], target: str, overlap: int) -> C
 def resolve(
     persona: str, body: dict[str, Any], messages: list[dict[str, Any]], target: str, overlap: int
 ) -> Continuation:
-    """Apply ``persona``'s dialect to a validated request; raise :class:`PersonaError` for its 400s."""
+    """Apply ``persona``'s dialect to a validated request; raise :class:`PersonaError` for its 400s.
+
+    Reasoning: a fresh answer (first, restart) thinks; a prefilled or instructed continuation continues the
+    answer without thinking, except DeepSeek (beta), whose prefix message may carry ``reasoning_content``:
+    with empty content that resumes the reasoning from there. DashScope thinks unless ``enable_thinking``
+    is false, and refuses ``partial`` when ``enable_thinking`` is true.
+    """
+    cont = _resolve(persona, body, messages, target, overlap)
+    if persona == "dashscope" and body.get("enable_thinking") is False and cont.reasoning is not None:
+        cont = replace(cont, reasoning=None)
+    return cont
+
+
+def _resolve(
+    persona: str, body: dict[str, Any], messages: list[dict[str, Any]], target: str, overlap: int
+) -> Continuation:
     last = messages[-1]
     trailing = last.get("role") == "assistant"
     partial = message_text(last) if trailing else ""
@@ -128,14 +152,23 @@ def resolve(
             )
         return _instruction(messages, target, overlap)
     if not trailing:
-        return FIRST
+        # Kimi is a chat model that follows an explicit "continue" instruction (the library's dialect for
+        # Kimi + json_object); the other prefill personas answer such a request from scratch.
+        return _instruction(messages, target, overlap) if persona == "kimi" else FIRST
 
     if persona == "anthropic":
         if partial != partial.rstrip():
             raise PersonaError("messages: final assistant content cannot end with trailing whitespace")
         return Continuation(prefix=partial, mode="prefill")
     if persona in ("dashscope", "kimi"):
-        return Continuation(prefix=partial, mode="prefill") if last.get("partial") is True else RESTART
+        if last.get("partial") is not True:
+            return RESTART
+        if persona == "dashscope" and body.get("enable_thinking") is True:
+            raise PersonaError("Partial mode is not supported when enable_thinking is true.")
+        response_format = body.get("response_format")
+        if persona == "kimi" and isinstance(response_format, dict) and response_format.get("type") == "json_object":
+            return Continuation(prefix=partial, mode="prefill", broken=KIMI_JSON_PARTIAL)
+        return Continuation(prefix=partial, mode="prefill")
     if persona in ("deepseek", "deepseek-beta"):
         if last.get("prefix") is not True:
             return RESTART
@@ -143,6 +176,10 @@ def resolve(
             raise PersonaError(
                 'prefix is only available when using beta api (set base_url="https://api.deepseek.com/beta")'
             )
+        thought = last.get("reasoning_content")
+        if isinstance(thought, str) and thought and not partial:
+            # Thinking mode (beta): the chain of thought on the prefix message is continued, then the answer.
+            return Continuation(prefix="", mode="prefill", reasoning=thought)
         return Continuation(prefix=partial, mode="prefill")
     if persona == "mistral":
         if last.get("prefix") is not True:

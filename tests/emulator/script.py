@@ -73,6 +73,19 @@ class Script:
     token_delay, first_token_delay: seconds (see the package docstring for where they apply).
     context_window:     prompt tokens + requested max tokens above this -> OpenAI's 400
                         "This model's maximum context length is N tokens...".
+    context_finish:     with ``context_window``: llama.cpp's behaviour instead of that 400: the reply
+                        stops with "length" where prompt + output reach the window; a prompt that alone
+                        fills the window gets llama.cpp's 400 "the request exceeds the available context
+                        size, try increasing it".
+    reasoning:          the model first "thinks" this text (``reasoning_content``; counted in completion
+                        tokens and ``completion_tokens_details.reasoning_tokens``), then writes the answer;
+                        the output limit covers both, so a cut can fall inside the reasoning (content "").
+                        Which requests think, and how a cut reasoning resumes: ``personas.resolve``.
+    tool_call:          ``{"name": ..., "arguments": "<JSON text>"}``: the reply is this tool call (content
+                        null, finish "tool_calls"); an output limit below the arguments' token count cuts
+                        the arguments (finish "length"). ``target`` and ``reasoning`` are then unused.
+    targets:            per-choice answers for ``n`` > 1 (choice i writes ``targets[i]``, ``target`` past
+                        the list's end); an ``n`` = 1 continuation continues the target its prefix is in.
     """
 
     target: str
@@ -88,6 +101,10 @@ class Script:
     token_delay: float = 0.0
     first_token_delay: float = 0.0
     context_window: int | None = None
+    context_finish: bool = False
+    reasoning: str = ""
+    tool_call: dict[str, str] | None = None
+    targets: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.runaway is not None and self.runaway not in RUNAWAY_MODES:
@@ -96,6 +113,8 @@ class Script:
             raise ValueError("echo_chunks must be >= 1")
         if self.overlap < 0:
             raise ValueError("overlap must be >= 0")
+        if self.tool_call is not None and not {"name", "arguments"} <= set(self.tool_call):
+            raise ValueError("tool_call needs 'name' and 'arguments'")
         # Accept dicts (from JSON) for faults, and str keys (JSON object keys are always strings).
         self.faults = {int(n): f if isinstance(f, Fault) else Fault.from_dict(f) for n, f in self.faults.items()}
         self.finish_reasons = {int(n): str(r) for n, r in self.finish_reasons.items()}

@@ -37,7 +37,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """Bind the listening socket ourselves, so the real port is known even when ``port`` is 0."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it every response written in two parts (headers, body) waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock

@@ -1,0 +1,378 @@
+"""The ``autocontinue`` command: ask a model, and get the whole answer even when it needs several rounds.
+
+    autocontinue "Explain in three paragraphs why the sea is salty."
+    echo "Write a haiku about rain." | autocontinue --max-tokens 8
+    autocontinue --base-url https://api.example.com/v1 --api-key KEY --model some-model "..."
+    autocontinue --json --max-tokens 16 "List three primes." | jq .continuation.stop_cause
+
+The answer goes to stdout as it is generated, round after round; a short trace of the rounds (tokens, finish
+reason, what the seam did, latency) and the totals go to stderr, so stdout holds the answer alone and can be piped.
+
+Where it sends requests: with ``--base-url`` or an API key (``--api-key``, or ``OPENAI_BASE_URL`` /
+``OPENAI_API_KEY`` in the environment) to that OpenAI-compatible API; with neither (or ``--local``) to the
+embedded local model, a ``llama-server`` running SmolLM2-135M-Instruct that is built or fetched on first use
+(see :mod:`autocontinue.local`).
+
+Exit codes: 0 success, 1 the request failed (API error, a round failed after text was generated, the local
+engine could not start), 2 the command or its options are wrong, 130 interrupted. Errors are one line on stderr;
+when a round fails after others succeeded, the text generated so far is still printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+import openai
+import pydantic
+
+from .client import DEFAULT_MAX_ROUNDS, create, trace_of
+from .dialects import DIALECTS
+from .errors import ConfigurationError, ContinuationFailed
+from .local import LocalEngine, LocalEngineError
+from .trace import ContinuationTrace
+
+__all__ = ["DEFAULT_MAX_TOKENS", "format_trace", "main", "trace_to_dict"]
+
+#: tokens per round unless --max-tokens says otherwise: small enough that a long answer visibly takes several
+#: rounds on the local model, large enough that a remote API is not asked for many tiny rounds
+DEFAULT_MAX_TOKENS = 128
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+PROG = "autocontinue"
+
+
+class _UsageError(Exception):
+    """The command line is wrong in a way argparse cannot see (e.g. an empty prompt)."""
+
+
+# ----------------------------------------------------------------------------------------------------- parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the prompt, the request, the budgets, where to send it, and how to print the result."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Ask an LLM and get the whole answer: a reply cut off by the output-token limit is continued "
+        "until it ends by itself or a budget runs out.",
+        epilog="Without --base-url and without an API key (--api-key, OPENAI_API_KEY) the embedded local model "
+        "(SmolLM2-135M-Instruct on llama.cpp) is started and used; it is built or fetched on first use. "
+        "The answer goes to stdout, the round trace to stderr.",
+    )
+    parser.add_argument("prompt", nargs="*", help="the user message (read from stdin when omitted)")
+    request = parser.add_argument_group("request")
+    request.add_argument("--model", help="model name (default: the local model; required for a remote API)")
+    request.add_argument("--system", help="a system message to put before the prompt")
+    request.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=DEFAULT_MAX_TOKENS,
+        help="output tokens per round (default %(default)s)",
+    )
+    request.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
+    request.add_argument("--seed", type=int, help="sampling seed, for reproducible answers")
+    budgets = parser.add_argument_group("continuation")
+    budgets.add_argument(
+        "--max-rounds",
+        type=_positive_int,
+        default=DEFAULT_MAX_ROUNDS,
+        help="most requests for one answer (default %(default)s)",
+    )
+    budgets.add_argument("--max-total-tokens", type=_positive_int, help="most output tokens over all rounds")
+    budgets.add_argument(
+        "--max-cost", type=float, metavar="USD", help="most money to spend on the answer (needs a known model price)"
+    )
+    budgets.add_argument(
+        "--dialect",
+        default="auto",
+        choices=["auto", *sorted(DIALECTS)],
+        help="how the text so far is sent back to the model (default: chosen from the base URL)",
+    )
+    budgets.add_argument(
+        "--no-heal",
+        dest="heal",
+        action="store_false",
+        help="send the text so far as it is, instead of holding back its last word for the model to rewrite",
+    )
+    where = parser.add_argument_group("where")
+    where.add_argument("--base-url", help="an OpenAI-compatible API's base URL (default: $OPENAI_BASE_URL)")
+    where.add_argument("--api-key", help="the API key (default: $OPENAI_API_KEY)")
+    where.add_argument("--local", action="store_true", help="use the embedded local model even if an API is set")
+    output = parser.add_argument_group("output")
+    output.add_argument("--no-stream", dest="stream", action="store_false", help="print the answer only at the end")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final ChatCompletion, trace included, as JSON on stdout (implies --no-stream)",
+    )
+    output.add_argument("-q", "--quiet", action="store_true", help="print no trace and no progress on stderr")
+    output.add_argument("-v", "--verbose", action="store_true", help="also log every round's event on stderr")
+    return parser
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def read_prompt(words: Sequence[str], stdin: TextIO) -> str:
+    """The prompt: the words on the command line, else all of stdin."""
+    if words:
+        prompt = " ".join(words)
+    else:
+        if stdin.isatty():
+            print(f"{PROG}: reading the prompt from stdin (end it with Ctrl-D)", file=sys.stderr)
+        prompt = stdin.read()
+    if not prompt.strip():
+        raise _UsageError("the prompt is empty: give it as an argument or on stdin")
+    return prompt
+
+
+# ---------------------------------------------------------------------------------------------------- endpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where requests go."""
+
+    base_url: str | None  # None: the SDK's default (api.openai.com)
+    api_key: str
+    model: str
+    local: bool
+
+
+@contextlib.contextmanager
+def open_endpoint(args: argparse.Namespace, *, quiet: bool) -> Iterator[Endpoint]:
+    """The API given on the command line or in the environment, or else the local engine, for the ``with`` block."""
+    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
+    if args.local or (base_url is None and api_key is None):
+        if not quiet:
+            print(f"{PROG}: starting the local model (llama-server, SmolLM2-135M-Instruct)", file=sys.stderr)
+        with LocalEngine() as engine:
+            yield Endpoint(engine.base_url, "unused", args.model or engine.model, local=True)
+        return
+    if not args.model:
+        raise _UsageError("--model is required when an API is given (--base-url, --api-key or the environment)")
+    # A server on the caller's own network (llama.cpp, vLLM, Ollama) often needs no key, but the SDK wants one.
+    yield Endpoint(base_url, api_key or "unused", args.model, local=False)
+
+
+def build_request(args: argparse.Namespace, prompt: str, model: str) -> dict[str, Any]:
+    """The keyword arguments of ``autocontinue.create``: the SDK request plus the continuation options."""
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": prompt})
+    request: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": args.max_tokens,
+        "max_rounds": args.max_rounds,
+        "dialect": args.dialect,
+        "heal": args.heal,
+    }
+    # Unset options stay out of the request, so the server's and the library's defaults apply.
+    optional = {
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "max_total_tokens": args.max_total_tokens,
+        "max_cost_usd": args.max_cost,
+    }
+    request.update({name: value for name, value in optional.items() if value is not None})
+    return request
+
+
+# ------------------------------------------------------------------------------------------------------ output
+
+
+def format_trace(trace: ContinuationTrace) -> str:
+    """The round trace for stderr: one line per round, then the totals."""
+    lines = [f"{'round':>5} {'tokens':>7} {'finish':<10} {'latency':>8}  seam"]
+    for r in trace.rounds:
+        tokens = f"{'~' if r.usage_estimated else ''}{r.usage.completion_tokens}"
+        seam = ", ".join(r.seam) if r.seam else "-"
+        lines.append(f"{r.index:>5} {tokens:>7} {r.finish_reason or '-':<10} {r.latency_s:>7.2f}s  {seam}")
+    completion = sum(r.usage.completion_tokens for r in trace.rounds)
+    prompt = sum(r.usage.prompt_tokens for r in trace.rounds)
+    cached = sum(
+        (r.usage.prompt_tokens_details.cached_tokens or 0) if r.usage.prompt_tokens_details else 0 for r in trace.rounds
+    )
+    estimated = any(r.usage_estimated for r in trace.rounds)
+    cost = f"${trace.cost_usd:.6f}" if trace.cost_usd is not None else "cost unknown"
+    totals = (
+        f"{len(trace.rounds)} round{'s' if len(trace.rounds) != 1 else ''}, "
+        f"{'~' if estimated else ''}{completion} output tokens "
+        f"({prompt} prompt tokens, {cached} cached), {cost}, stop: {trace.stop_cause}"
+    )
+    if trace.fallbacks:
+        totals += f", dialect fallback {', '.join(trace.fallbacks)}"
+    lines.append(totals)
+    return "\n".join(lines)
+
+
+def trace_to_dict(trace: ContinuationTrace) -> dict[str, Any]:
+    """The trace as plain JSON-able data (its usage objects are pydantic models, its seams tuples)."""
+    data = _plain(trace)
+    assert isinstance(data, dict)
+    data["continued"] = trace.continued
+    return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return value
+
+
+def completion_to_json(completion: Any) -> str:
+    """The final ChatCompletion as JSON, with its trace under ``continuation``."""
+    data = completion.model_dump(mode="json", exclude_none=True)
+    trace = getattr(completion, "continuation", None)
+    if trace is not None:
+        data["continuation"] = trace_to_dict(trace)
+    return json.dumps(data, ensure_ascii=False, indent=2)
+
+
+class _Output:
+    """stdout for the answer, remembering what was written so a failure prints only the rest."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.written = ""
+
+    def write(self, text: str) -> None:
+        if text:
+            self._stream.write(text)
+            # Flushed per piece: the point of streaming is to see the answer as it is generated.
+            self._stream.flush()
+            self.written += text
+
+    def end(self) -> None:
+        # A terminal prompt must not be glued to the answer's last line; the text itself is unchanged.
+        if self.written and not self.written.endswith("\n"):
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace, prompt: str, out: _Output) -> ContinuationTrace | None:
+    """Send the request and print the answer; returns the trace (None when --json printed it already)."""
+    quiet = args.quiet
+    with open_endpoint(args, quiet=quiet) as endpoint:
+        # SDK retries off: autocontinue's own retry policy (per round, keeping the text so far) replaces them.
+        client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0)
+        with client:
+            request = build_request(args, prompt, endpoint.model)
+            if args.json:
+                completion = create(client, **request)
+                out.write(completion_to_json(completion) + "\n")
+                return completion.continuation if not quiet else None
+            if not args.stream:
+                completion = create(client, **request)
+                out.write(completion.choices[0].message.content or "")
+                out.end()
+                trace: ContinuationTrace = completion.continuation
+                return trace
+            with create(client, stream=True, **request) as stream:
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        out.write(chunk.choices[0].delta.content)
+                out.end()
+                streamed: ContinuationTrace = stream.continuation
+                return streamed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (the console script passes it to ``sys.exit``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json:
+        args.stream = False
+    if args.verbose:
+        _log_to_stderr()
+    out = _Output(sys.stdout)
+    try:
+        prompt = read_prompt(args.prompt, sys.stdin)
+        trace = run(args, prompt, out)
+    except _UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ContinuationFailed as exc:
+        # The text was generated (and paid for): print what the stream has not shown yet, then the error.
+        text = exc.text
+        if args.json:
+            out.write(completion_to_json(exc.partial) + "\n")
+        else:
+            out.write(text[len(out.written) :] if text.startswith(out.written) else text)
+            out.end()
+        partial_trace = trace_of(exc.partial)
+        if partial_trace is not None and not args.quiet:
+            _print_trace(partial_trace)
+        return _fail(f"{_one_line(exc)} (kept {len(text)} characters)", EXIT_FAILED)
+    except ConfigurationError as exc:
+        return _fail(_one_line(exc), EXIT_USAGE)
+    except openai.APIError as exc:
+        return _fail(f"{type(exc).__name__}: {_one_line(exc)}", EXIT_FAILED)
+    except openai.OpenAIError as exc:
+        return _fail(_one_line(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        out.end()
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): nothing left to say. Point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except LocalEngineError as exc:
+        return _fail(f"the local model could not be started: {_one_line(exc)}", EXIT_FAILED)
+    if trace is not None and not args.quiet:
+        _print_trace(trace)
+    return 0
+
+
+def _print_trace(trace: ContinuationTrace) -> None:
+    print(format_trace(trace), file=sys.stderr, flush=True)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _one_line(exc: BaseException) -> str:
+    # Server errors and LocalEngineError quote logs over many lines; the first says what happened.
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _log_to_stderr() -> None:
+    """--verbose: show the library's per-round and per-call events.
+
+    Only the ``autocontinue`` logger of the standard library is configured, and only in this command: the library
+    itself never configures logging (it is the application's choice, and here the command is the application).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    logger = logging.getLogger("autocontinue")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)

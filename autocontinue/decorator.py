@@ -1,0 +1,333 @@
+"""Continuation for every ``chat.completions.create`` call made inside a function or a block.
+
+    @autocontinue.autocontinue(max_rounds=6, max_cost_usd=0.2)
+    def summarize(doc): ...              # any OpenAI / AsyncOpenAI / Azure client, however deep in the call
+
+    with autocontinue.enabled(max_rounds=4):
+        client.chat.completions.create(...)
+
+How: the SDK's ``Completions.create`` / ``AsyncCompletions.create`` (and ``parse``) are patched once, at class
+level, by a function that reads one :class:`~contextvars.ContextVar`. Outside a scope the variable is ``None`` and
+the SDK's own method runs untouched; inside a scope the call goes through the continuation engine with the scope's
+options. A scope is a context, not a thread or a time window: it reaches what the decorated function runs, asyncio
+tasks it starts (they copy the context), and threads it starts with ``contextvars.copy_context().run``; concurrent
+code outside is not affected.
+
+The engine's own rounds call the SDK methods captured in :mod:`autocontinue.client` before any patch, so a call is
+never continued twice: not by nested scopes (the innermost options win), and not when a ``wrap()``-ed client is used
+inside a scope. Not continued inside a scope either: ``with_raw_response`` / ``with_streaming_response`` calls (their
+caller wants the one HTTP response) and the SDK's ``chat.completions.stream()`` helper (it needs the raw stream's
+HTTP response, which a continued stream spanning several requests does not have).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import types
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
+from contextvars import ContextVar, Token
+from typing import Any, TypeVar, cast, overload
+
+from openai.resources.chat.completions import AsyncCompletions, Completions
+
+from . import client as _client
+from .core import Settings
+from .errors import ConfigurationError
+
+__all__ = ["Scope", "active_settings", "autocontinue", "enabled", "install"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: the options of the innermost active scope in this context, or None outside any scope
+_ACTIVE: ContextVar[Settings | None] = ContextVar("autocontinue_active", default=None)
+#: tokens of the ``with`` blocks entered in this context, innermost last: a Scope object can be shared (a module
+#: constant used by many tasks or threads), so its tokens cannot live on the object itself
+_WITH_TOKENS: ContextVar[tuple[Token[Settings | None], ...]] = ContextVar("autocontinue_with_tokens", default=())
+
+# Headers by which the SDK marks calls that must reach the network as one plain request: with_raw_response /
+# with_streaming_response (the caller reads that response) and the chat.completions.stream() helper (it wraps the
+# raw stream and reads its HTTP response).
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+_HELPER_HEADER = "X-Stainless-Helper-Method"
+_PASSTHROUGH_HELPERS = frozenset({"chat.completions.stream"})
+
+_install_lock = threading.Lock()
+_installed = False
+
+
+def active_settings() -> Settings | None:
+    """The options of the innermost scope active in the current context, or ``None``."""
+    return _ACTIVE.get()
+
+
+def install() -> None:
+    """Patch the SDK's chat-completion methods once (idempotent, thread-safe).
+
+    Called when the first scope is made, not at import: importing autocontinue changes nothing in the SDK.
+    """
+    global _installed
+    if _installed:  # the common case after the first scope: no lock taken
+        return
+    with _install_lock:
+        if _installed:
+            return
+        # Patch over whatever is on the class now (the SDK's method, or another library's instrumentation of it),
+        # so that outside a scope every call behaves exactly as before.
+        patches: tuple[tuple[type, str, Callable[[Any], Callable[..., Any]]], ...] = (
+            (Completions, "create", _patched_create),
+            (AsyncCompletions, "create", _patched_acreate),
+            (Completions, "parse", _patched_parse),
+            (AsyncCompletions, "parse", _patched_aparse),
+        )
+        for cls, name, patch in patches:
+            setattr(cls, name, patch(getattr(cls, name)))
+        _installed = True
+
+
+def _passthrough(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    """Whether a call inside a scope must still go straight to the SDK."""
+    if args:  # the SDK takes keywords only: let it raise its own TypeError
+        return True
+    headers = kwargs.get("extra_headers")
+    if not headers:
+        return False
+    return _RAW_RESPONSE_HEADER in headers or headers.get(_HELPER_HEADER) in _PASSTHROUGH_HELPERS
+
+
+def _patched_create(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)  # keeps the SDK's signature visible to inspect.signature (request.py reads it)
+    def create(self: Completions, *args: Any, **kwargs: Any) -> Any:
+        settings = _ACTIVE.get()
+        if settings is None or _passthrough(args, kwargs):
+            return original(self, *args, **kwargs)
+        return _client.run_sync(self._client, settings, kwargs)
+
+    return create
+
+
+def _patched_acreate(original: Callable[..., Any]) -> Callable[..., Any]:
+    # A plain function returning an awaitable, like the SDK's own (its required_args wrapper is not async): outside a
+    # scope the caller awaits the SDK's coroutine itself, with no frame of ours in between.
+    @functools.wraps(original)
+    def create(self: AsyncCompletions, *args: Any, **kwargs: Any) -> Any:
+        settings = _ACTIVE.get()
+        if settings is None or _passthrough(args, kwargs):
+            return original(self, *args, **kwargs)
+        return _client.run_async(self._client, settings, kwargs)
+
+    return create
+
+
+def _patched_parse(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def parse(self: Completions, *args: Any, **kwargs: Any) -> Any:
+        settings = _ACTIVE.get()
+        if settings is None or _passthrough(args, kwargs):
+            return original(self, *args, **kwargs)
+        # The same path as a wrap()-ed client's parse(): the joined reply is parsed by the SDK's own helpers.
+        request, finish = _client._parse_request(kwargs)
+        return finish(_client.run_sync(self._client, settings, request))
+
+    return parse
+
+
+def _patched_aparse(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    # The SDK's AsyncCompletions.parse is an ``async def``; staying one keeps inspect.iscoroutinefunction true.
+    @functools.wraps(original)
+    async def parse(self: AsyncCompletions, *args: Any, **kwargs: Any) -> Any:
+        settings = _ACTIVE.get()
+        if settings is None or _passthrough(args, kwargs):
+            return await original(self, *args, **kwargs)
+        request, finish = _client._parse_request(kwargs)
+        return finish(await _client.run_async(self._client, settings, request))
+
+    return parse
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scopes
+
+
+def _make_settings(options: Mapping[str, Any]) -> Settings:
+    unknown = sorted(set(options) - _client.OPTION_NAMES)
+    if unknown:
+        raise ConfigurationError(f"unknown option(s) {unknown}; expected some of {sorted(_client.OPTION_NAMES)}")
+    return _client.make_settings(**options)
+
+
+class Scope:
+    """The options of an autocontinue scope; a decorator, and a context manager (``with`` and ``async with``).
+
+    Made by :func:`autocontinue` and :func:`enabled`, with the options checked once, when it is made. One Scope can
+    be applied to many functions and entered by many tasks and threads at once.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        install()
+        self.settings = settings
+
+    # -- as a context manager: the scope is active in the current context until the block ends
+
+    def __enter__(self) -> Scope:
+        token = _ACTIVE.set(self.settings)
+        _WITH_TOKENS.set((*_WITH_TOKENS.get(), token))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        tokens = _WITH_TOKENS.get()
+        _WITH_TOKENS.set(tokens[:-1])
+        _ACTIVE.reset(tokens[-1])
+
+    async def __aenter__(self) -> Scope:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+    # -- as a decorator: the scope is active while the function's own code runs
+
+    def __call__(self, func: F) -> F:
+        """Decorate ``func`` (a function, ``async`` function, generator or async generator)."""
+        if not callable(func):
+            raise ConfigurationError(f"autocontinue decorates a function, got {type(func).__name__}")
+        wrapper: Callable[..., Any]
+        if inspect.isasyncgenfunction(func):
+            wrapper = _async_generator_wrapper(func, self.settings)
+        elif inspect.isgeneratorfunction(func):
+            wrapper = _generator_wrapper(func, self.settings)
+        elif inspect.iscoroutinefunction(func):
+            wrapper = _coroutine_wrapper(func, self.settings)
+        else:
+            wrapper = _function_wrapper(func, self.settings)
+        return cast(F, functools.wraps(func)(wrapper))
+
+    def __repr__(self) -> str:
+        return f"<autocontinue.Scope stop={self.settings.stop!r}>"
+
+
+def _function_wrapper(func: Callable[..., Any], settings: Settings) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = _ACTIVE.set(settings)
+        try:
+            result = func(*args, **kwargs)
+        finally:
+            _ACTIVE.reset(token)
+        # A plain function may hand back code that runs later (e.g. it is itself a decorator's wrapper around a
+        # generator or a coroutine function): that code is the function's too, so it runs in the scope as well.
+        if isinstance(result, types.GeneratorType):
+            return _generator_wrapper(lambda: result, settings)()
+        if isinstance(result, types.CoroutineType):
+            return _coroutine_wrapper(lambda: result, settings)()
+        if isinstance(result, types.AsyncGeneratorType):
+            return _async_generator_wrapper(lambda: result, settings)()
+        return result
+
+    return wrapper
+
+
+def _coroutine_wrapper(
+    func: Callable[..., Coroutine[Any, Any, Any]], settings: Settings
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # The coroutine runs in its awaiting task's context: set there, and reset when it returns. Tasks it starts
+        # copy the context, so they are in the scope too.
+        token = _ACTIVE.set(settings)
+        try:
+            return await func(*args, **kwargs)
+        finally:
+            _ACTIVE.reset(token)
+
+    return wrapper
+
+
+def _generator_wrapper(func: Callable[..., Generator[Any, Any, Any]], settings: Settings) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        # The scope is active while the generator's body runs (each next/send/throw/close), never while the caller's
+        # own code runs between items: the caller's calls are not ours to continue.
+        inner = func(*args, **kwargs)
+        step: Callable[[Any], Any] = inner.send
+        value: Any = None
+        while True:
+            token = _ACTIVE.set(settings)
+            try:
+                item = step(value)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                _ACTIVE.reset(token)
+            try:
+                value = yield item
+                step = inner.send
+            except GeneratorExit:
+                token = _ACTIVE.set(settings)
+                try:
+                    inner.close()
+                finally:
+                    _ACTIVE.reset(token)
+                raise
+            except BaseException as error:  # thrown in by the caller: the inner generator decides
+                step, value = inner.throw, error
+
+    return wrapper
+
+
+def _async_generator_wrapper(
+    func: Callable[..., AsyncGenerator[Any, Any]], settings: Settings
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        # As for generators: the scope is set around each asend/athrow/aclose, in the task that drives the step.
+        inner = func(*args, **kwargs)
+        step: Callable[[Any], Awaitable[Any]] = inner.asend
+        value: Any = None
+        while True:
+            token = _ACTIVE.set(settings)
+            try:
+                item = await step(value)
+            except StopAsyncIteration:
+                return
+            finally:
+                _ACTIVE.reset(token)
+            try:
+                value = yield item
+                step = inner.asend
+            except GeneratorExit:
+                token = _ACTIVE.set(settings)
+                try:
+                    await inner.aclose()
+                finally:
+                    _ACTIVE.reset(token)
+                raise
+            except BaseException as error:
+                step, value = inner.athrow, error
+
+    return wrapper
+
+
+@overload
+def autocontinue(func: F, /) -> F: ...
+
+
+@overload
+def autocontinue(func: None = None, /, **options: Any) -> Scope: ...
+
+
+def autocontinue(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Continue every ``chat.completions.create`` call made while the decorated function runs.
+
+    ``@autocontinue`` (defaults) or ``@autocontinue(max_rounds=6, max_cost_usd=0.2)``, with the options of
+    :func:`autocontinue.wrap`; they are checked here, so a bad option fails at decoration time with
+    :class:`~autocontinue.ConfigurationError`. Works on functions, ``async`` functions, generators and async
+    generators; streaming calls (``stream=True``) are continued too.
+    """
+    scope = Scope(_make_settings(options))
+    return scope if func is None else scope(func)
+
+
+def enabled(**options: Any) -> Scope:
+    """``with autocontinue.enabled(max_rounds=4): ...`` (or ``async with``): the decorator's scope as a block.
+
+    Options as for :func:`autocontinue`, checked here. The result can also decorate functions.
+    """
+    return Scope(_make_settings(options))

@@ -1,0 +1,246 @@
+"""Run the benchmarks in sequence and write ``benchmarks/results/summary.md``.
+
+    python -m benchmarks                 # all of them (make bench)
+    python -m benchmarks --quick         # a smoke run of all of them, about a minute: not a measurement
+    python -m benchmarks overhead memory # some of them
+
+Each benchmark runs in its own process (``python -m benchmarks.<name>``), so none inherits another's imports,
+threads, connection pools or tracemalloc, and one that fails does not stop the others. Each writes
+``benchmarks/results/<name>.json``; the summary table is built from those files. Seam fidelity
+(``benchmarks.fidelity``) is owned separately: it is run with its own defaults (a reduced set with ``--quick``)
+and skipped, with a message, if it is not there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import REPO_ROOT, RESULTS_DIR, load_result, loadavg, machine_info, write_result
+
+#: in the order they run; the numbers are the ones of the summary table
+BENCHMARKS: tuple[tuple[str, str], ...] = (
+    ("overhead", "1. Overhead of a wrapped create()"),
+    ("engine", "2. Engine cost per round as the answer grows"),
+    ("streaming", "3. Streaming: per-chunk overhead and the seam gap"),
+    ("concurrency", "4. Concurrency: 500 calls x 4 rounds"),
+    ("efficiency", "5. Token efficiency, budgets, prompt cache"),
+    ("fidelity", "6. Seam fidelity (benchmarks.fidelity)"),
+    ("memory", "7. Memory for a 1 M-character answer"),
+)
+NAMES = tuple(name for name, _ in BENCHMARKS)
+#: fidelity --quick: a few prompts and two round sizes (its full run uses its own defaults)
+FIDELITY_QUICK_PROMPTS = 2
+FIDELITY_QUICK_K = "7,23"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _fidelity_command(quick: bool) -> list[str] | None:
+    if importlib.util.find_spec("benchmarks.fidelity") is None:
+        return None
+    command = [sys.executable, "-m", "benchmarks.fidelity"]
+    if quick:
+        try:
+            from .prompts import PROMPTS
+
+            names = ",".join(p.name for p in PROMPTS[:FIDELITY_QUICK_PROMPTS])
+            command += ["--prompts", names, "--k", FIDELITY_QUICK_K]
+        except Exception as error:  # the prompts module is the fidelity owner's: run its defaults then
+            print(f"[bench] fidelity --quick: prompts not found ({error}); running its defaults", flush=True)
+    return command
+
+
+def _run_one(name: str, quick: bool) -> dict[str, Any]:
+    if name == "fidelity":
+        command = _fidelity_command(quick)
+        if command is None:
+            print(
+                "[bench] fidelity: SKIPPED - benchmarks/fidelity.py is not there (it is owned separately)", flush=True
+            )
+            return {"name": name, "status": "skipped", "seconds": 0.0, "detail": "benchmarks.fidelity not present"}
+    else:
+        command = [sys.executable, "-m", f"benchmarks.{name}"] + (["--quick"] if quick else [])
+    print(f"\n[bench] {name}: {' '.join(command[1:])}", flush=True)
+    path = RESULTS_DIR / f"{name}.json"
+    before = path.stat().st_mtime if path.exists() else None
+    started = time.perf_counter()
+    rc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), check=False).returncode
+    seconds = time.perf_counter() - started
+    fresh = path.exists() and path.stat().st_mtime != before
+    status = "ok" if rc == 0 and fresh else f"failed (exit {rc}{'' if fresh else ', no new results'})"
+    print(f"[bench] {name}: {status}, {seconds:.1f} s", flush=True)
+    return {"name": name, "status": status, "seconds": round(seconds, 1)}
+
+
+def _fidelity_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Summary rows from the fidelity owner's results file (its format, read defensively)."""
+    try:
+        table = data["summary"]["all"]
+        modes = [m for m in ("healed", "naive") if m in table] or list(table)
+        rows = []
+        cells = {m: table[m] for m in modes}
+        if "healed" in cells and "naive" in cells:
+            healed, naive = cells["healed"], cells["naive"]
+            ratio = healed["rate"] / naive["rate"] if naive.get("rate") else None
+            rows.append(
+                {
+                    "benchmark": "fidelity",
+                    "metric": "joined answer identical to the one-shot answer, healed vs naive seams (all k)",
+                    "ours": f"{healed['identical']}/{healed['total']} ({100 * (healed['rate'] or 0):.1f} %)",
+                    "baseline": f"{naive['identical']}/{naive['total']} ({100 * (naive['rate'] or 0):.1f} %)",
+                    "ratio": round(ratio, 4) if ratio is not None else None,
+                    "goal": "info",
+                    "ok": None,
+                }
+            )
+        else:
+            for mode, cell in cells.items():
+                rows.append(
+                    {
+                        "benchmark": "fidelity",
+                        "metric": f"joined answer identical to the one-shot answer, {mode}",
+                        "ours": f"{cell['identical']}/{cell['total']}",
+                        "baseline": "-",
+                        "ratio": cell.get("rate"),
+                        "goal": "info",
+                        "ok": None,
+                    }
+                )
+        return rows
+    except (KeyError, TypeError, ZeroDivisionError):
+        return [
+            {
+                "benchmark": "fidelity",
+                "metric": "results in an unknown format: see fidelity.json",
+                "ours": "-",
+                "baseline": "-",
+                "ratio": None,
+                "goal": "info",
+                "ok": None,
+            }
+        ]
+
+
+def _emulator_note() -> str:
+    try:
+        from ._emulator import _emulator_sets_nodelay
+
+        if _emulator_sets_nodelay():
+            return "tests.emulator as it is: its connections have TCP_NODELAY"
+        return (
+            "through benchmarks._emulator, which only adds TCP_NODELAY to its connections: without it every "
+            "keep-alive request waits ~40 ms for a delayed ACK"
+        )
+    except Exception as error:
+        return f"emulator check failed: {error}"
+
+
+def _fmt_ratio(value: Any) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _verdict(ok: Any) -> str:
+    return {True: "ok", False: "**missed**", None: ""}[ok]
+
+
+def _summary(runs: list[dict[str, Any]], info: dict[str, Any], quick: bool, total: float) -> str:
+    by_name = {r["name"]: r for r in runs}
+    rows: list[dict[str, Any]] = []
+    for name, _title in BENCHMARKS:
+        if name not in by_name:
+            continue
+        run = by_name[name]
+        data = load_result(name) if run["status"] == "ok" else None
+        if data is None:
+            rows.append(
+                {
+                    "benchmark": name,
+                    "metric": run["status"],
+                    "ours": "-",
+                    "baseline": "-",
+                    "ratio": None,
+                    "goal": "-",
+                    "ok": None if run["status"] == "skipped" else False,
+                }
+            )
+            continue
+        rows += _fidelity_rows(data) if name == "fidelity" else data.get("rows", [])
+    load_end = loadavg()
+    lines = [
+        "# autocontinue benchmarks",
+        "",
+        f"{'Quick smoke run (not a measurement)' if quick else 'Full run'} of {len(runs)} benchmark(s) in "
+        f"{total:.0f} s, {info['date']}.",
+        "",
+        f"Machine: {info['platform']}; CPU {info['cpu_model']}, {info['cores']} cores "
+        f"({info['cores_usable']} usable); Python {info['python']}; openai {info['openai']}, httpx2 "
+        f"{info['httpx2']}; autocontinue {info['autocontinue']} at {info['commit']}. Load average at start "
+        f"{info['loadavg_at_start']}, at end {load_end}: on a shared machine, wall-clock numbers are noisier than "
+        "the CPU-time ones next to them.",
+        "",
+        "Each ratio is ours / baseline, measured in the same run. A goal of `info` reports a number without a verdict.",
+        "",
+        "| # | benchmark | metric | ours | baseline | ratio | goal | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    numbers = {name: title.split(".")[0] for name, title in BENCHMARKS}
+    for row in rows:
+        lines.append(
+            f"| {numbers.get(row['benchmark'], '')} | {row['benchmark']} | {row['metric']} | {row['ours']} | "
+            f"{row['baseline']} | {_fmt_ratio(row['ratio'])} | {row['goal']} | {_verdict(row['ok'])} |"
+        )
+    lines += ["", "| benchmark | status | seconds |", "|---|---|---|"]
+    for run in runs:
+        lines.append(f"| {run['name']} | {run['status']} | {run['seconds']} |")
+    missed = [r for r in rows if r["ok"] is False]
+    if missed:
+        lines += ["", "Missed goals (the benchmark's JSON has the details, and a profile where one was taken):"]
+        lines += [
+            f"- {r['benchmark']}: {r['metric']}: {r['ours']} vs {r['baseline']} (goal {r['goal']})" for r in missed
+        ]
+    lines += [
+        "",
+        f"The emulator runs in its own process ({_emulator_note()}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"some of {', '.join(NAMES)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute (not a measurement)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NAMES))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; expected some of {', '.join(NAMES)}")
+    wanted = [name for name in NAMES if not args.names or name in args.names]
+    info = machine_info()
+    started = time.perf_counter()
+    runs = [_run_one(name, args.quick) for name in wanted]
+    total = time.perf_counter() - started
+    summary = _summary(runs, info, args.quick, total)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / "summary.md"
+    path.write_text(summary, encoding="utf-8")
+    write_result("summary", {"quick": args.quick, "seconds": round(total, 1), "machine": info, "runs": runs})
+    print("\n" + summary)
+    print(f"[bench] {len(runs)} benchmark(s) in {total:.0f} s; summary: {Path(path).relative_to(REPO_ROOT)}")
+    failed = [r for r in runs if r["status"].startswith("failed")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

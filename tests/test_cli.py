@@ -1,0 +1,182 @@
+"""The ``autocontinue`` command, run as a subprocess the way a person runs it.
+
+The main tests use the embedded local model (a real llama-server, started by the command itself), so they check
+what matters to a user end to end: several rounds really happen, the streamed answer is the same text as the
+non-streamed one, and the trace on stderr tells the rounds. Error paths that the real model cannot be made to
+produce on demand (a round failing after others succeeded, an API error) run against the provider emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autocontinue.local import ensure_llama_server, ensure_model
+from tests.emulator import Emulator, Fault, Script
+
+# Short rounds on a reply that needs far more: every run takes several rounds. Greedy decoding and a fixed seed
+# make the three runs (streamed, not streamed, JSON) comparable character for character.
+PROMPT = "Explain in three short paragraphs why the sea is salty."
+LOCAL_ARGS = ["--max-tokens", "12", "--max-rounds", "6", "--temperature", "0", "--seed", "42"]
+ROUNDS_LINE = re.compile(r"^(\d+) rounds?, ~?(\d+) output tokens .* stop: (\w+)", re.MULTILINE)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _engine_built() -> None:
+    # Building or fetching the engine takes minutes the first time on a machine; doing it here, once, keeps
+    # that out of the subprocess timeouts below (and never skips: a missing engine is a failure).
+    ensure_llama_server()
+    ensure_model()
+
+
+def _env() -> dict[str, str]:
+    # A developer's OpenAI settings must not turn the local runs into paid remote ones.
+    return {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+
+
+def _command() -> list[str]:
+    """The console script of this interpreter's environment when installed, else ``python -m autocontinue``."""
+    script = Path(sys.executable).with_name("autocontinue")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "autocontinue"]
+
+
+def run_cli(*args: str, stdin: str | None = None, module: bool = False) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "autocontinue"] if module else _command()
+    return subprocess.run(
+        [*command, *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+        check=False,
+    )
+
+
+def _no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("autocontinue: error:")]
+
+
+# ------------------------------------------------------------------------------------------- the local model
+
+
+def test_streamed_equals_unstreamed_and_json_on_the_local_model() -> None:
+    streamed = run_cli(*LOCAL_ARGS, PROMPT)
+    unstreamed = run_cli(*LOCAL_ARGS, "--no-stream", PROMPT, module=True)
+    as_json = run_cli(*LOCAL_ARGS, "--json", PROMPT)
+    for result in (streamed, unstreamed, as_json):
+        _no_traceback(result)
+        assert result.returncode == 0, result.stderr
+
+    # Several rounds happened, and the trace says so: one line per round, then the totals.
+    match = ROUNDS_LINE.search(streamed.stderr)
+    assert match is not None, streamed.stderr
+    rounds, tokens, stop = int(match.group(1)), int(match.group(2)), match.group(3)
+    assert rounds >= 3
+    assert tokens <= 12 * rounds
+    assert stop in ("natural", "max_rounds")
+    round_lines = [line for line in streamed.stderr.splitlines() if re.match(r"^\s+\d+\s+\d+\s+(length|stop)\s", line)]
+    assert len(round_lines) == rounds
+    assert "echo_stripped" in streamed.stderr  # llama.cpp echoes the prefix; the seam removed it
+
+    # The same answer whether it was streamed live or printed at the end.
+    assert streamed.stdout.strip()
+    assert streamed.stdout == unstreamed.stdout
+    assert ROUNDS_LINE.search(unstreamed.stderr) is not None
+
+    # --json: only JSON on stdout, the same text, and the trace inside.
+    document: dict[str, Any] = json.loads(as_json.stdout)
+    content = document["choices"][0]["message"]["content"]
+    assert content == streamed.stdout.removesuffix("\n") or content == streamed.stdout
+    trace = document["continuation"]
+    assert len(trace["rounds"]) == rounds
+    assert trace["stop_cause"] == stop
+    assert all(r["usage"]["completion_tokens"] <= 12 for r in trace["rounds"])
+    assert document["usage"]["completion_tokens"] == sum(r["usage"]["completion_tokens"] for r in trace["rounds"])
+    assert trace["continued"] is True
+
+
+def test_prompt_from_stdin_and_quiet() -> None:
+    result = run_cli("--max-tokens", "6", "--max-rounds", "2", "--temperature", "0", "-q", stdin="Name a colour.")
+    _no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert result.stderr == ""  # --quiet: neither progress nor trace
+
+
+def test_no_heal_and_explicit_dialect_run() -> None:
+    args = [*LOCAL_ARGS[:2], "--max-rounds", "3", "--no-heal", "--dialect", "continue_final_message"]
+    result = run_cli(*args, PROMPT)
+    assert result.returncode == 0, result.stderr
+    assert "healed" not in result.stderr  # nothing was held back for the model to rewrite
+    assert ROUNDS_LINE.search(result.stderr) is not None
+
+
+# ---------------------------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        ([], "   \n", "the prompt is empty"),
+        (["--base-url", "http://127.0.0.1:9/v1", "hello"], None, "--model is required"),
+        (["--max-tokens", "0", "hello"], None, "must be a positive integer"),
+        (["--dialect", "carrier-pigeon", "hello"], None, "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], stdin: str | None, message: str) -> None:
+    result = run_cli(*args, stdin=stdin)
+    _no_traceback(result)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_cost_budget_with_unknown_price_is_a_configuration_error(emu: Emulator) -> None:
+    model = emu.add_script(Script(target="Some text."))
+    result = run_cli("--base-url", emu.base_url("llamacpp"), "--model", model, "--max-cost", "0.01", "hi")
+    _no_traceback(result)
+    assert result.returncode == 2
+    assert len(_error_lines(result.stderr)) == 1
+    assert "price" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- failures (emulator)
+
+
+def test_api_error_is_one_line_exit_1(emu: Emulator) -> None:
+    result = run_cli("--base-url", emu.base_url("llamacpp"), "--model", "no-such-model", "hello")
+    _no_traceback(result)
+    assert result.returncode == 1
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1
+    assert "NotFoundError" in lines[0]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_failed_round_prints_the_partial_text(emu: Emulator, stream: bool) -> None:
+    target = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
+    # Round 2 fails with a non-transient error: round 1's text is kept and must reach stdout.
+    model = emu.add_script(Script(target=target, faults={2: Fault("status", 400, message="bad prefix")}))
+    args = ["--base-url", emu.base_url("llamacpp"), "--api-key", "k", "--model", model]
+    args += ["--dialect", "continue_final_message", "--max-tokens", "4"]
+    result = run_cli(*args, *([] if stream else ["--no-stream"]), "Tell me.")
+    _no_traceback(result)
+    assert result.returncode == 1
+    partial = result.stdout.removesuffix("\n")
+    assert partial and target.startswith(partial)
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1
+    assert f"kept {len(partial)} characters" in lines[0]
+    assert ROUNDS_LINE.search(result.stderr) is not None  # the trace of the rounds that did happen
