@@ -34,6 +34,16 @@ class Price:
     output: float
     cached_input: float | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cached_input"):
+            value = getattr(self, name)
+            if value is None and name == "cached_input":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigurationError(
+                    f"Price.{name} must be a finite number of USD per 1M tokens >= 0, got {value!r}"
+                )
+
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         """Cost in USD of one request with this usage."""
         cached = min(cached_tokens, prompt_tokens)
@@ -77,10 +87,12 @@ class PriceTable:
     def __init__(self, overrides: Mapping[str, Price | tuple[float, float]] | None = None) -> None:
         table = dict(DEFAULT_PRICES)
         for name, price in (overrides or {}).items():
-            if isinstance(price, tuple):
+            if isinstance(price, tuple) and len(price) in (2, 3):
                 price = Price(*price)
-            if not isinstance(price, Price) or price.input < 0 or price.output < 0:
-                raise ConfigurationError(f"prices[{name!r}] must be a Price or an (input, output) pair of USD >= 0")
+            if not isinstance(name, str) or not isinstance(price, Price):
+                raise ConfigurationError(
+                    f"prices[{name!r}] must be an autocontinue.Price or an (input, output) pair of USD per 1M tokens"
+                )
             table[name] = price
         self._table = table
 

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
@@ -307,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (the console script passes it to ``sys.exit``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM (`kill`, `timeout`, a supervisor) unwinds like Ctrl-C, so the local engine's `with` stops the
+    # llama-server it started; by default the signal would kill us and leave the server running.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.json:
         args.stream = False
     if args.verbose:
@@ -348,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if trace is not None and not args.quiet:
         _print_trace(trace)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_trace(trace: ContinuationTrace) -> None:

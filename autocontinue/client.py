@@ -6,9 +6,12 @@ cut off by the output limit. Everything else passes through to the client untouc
 
 from __future__ import annotations
 
+import copy as _copy
+import functools
+import inspect
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 import tenacity
@@ -158,6 +161,7 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def run_sync(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCompletion | ContinuedStream:
     """One continued call on a sync client (streaming when ``stream=True``)."""
+    client = _unwrap(client)
     core = Continuation(kwargs, settings, base_url=str(client.base_url))
     transport = _transport(client, settings)
     if kwargs.get("stream") is True:
@@ -169,6 +173,7 @@ def run_sync(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCom
 
 async def run_async(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCompletion | AsyncContinuedStream:
     """One continued call on an async client (streaming when ``stream=True``)."""
+    client = _unwrap(client)
     core = Continuation(kwargs, settings, base_url=str(client.base_url))
     transport = _transport(client, settings)
     if kwargs.get("stream") is True:
@@ -272,25 +277,6 @@ class _ContinuingChat(_Proxy):
         object.__setattr__(self, "completions", completions)
 
 
-class _ContinuingClient(_Proxy):
-    def __init__(self, client: Any, settings: Settings) -> None:
-        super().__init__(client)
-        asynchronous = isinstance(client, openai.AsyncOpenAI)
-        completions = _ContinuingCompletions(client.chat.completions, client, settings, asynchronous)
-        object.__setattr__(self, "chat", _ContinuingChat(client.chat, completions))
-        object.__setattr__(self, "_settings", settings)
-        object.__setattr__(self, "__wrapped__", client)
-
-    def with_options(self, **kwargs: Any) -> Any:
-        """The client's ``with_options``, still continuing."""
-        return _ContinuingClient(self._target.with_options(**kwargs), self._settings)
-
-    copy = with_options
-
-    def __repr__(self) -> str:
-        return f"autocontinue.wrap({self._target!r})"
-
-
 def wrap(client: ClientT, **options: Any) -> ClientT:
     """Return ``client`` with ``chat.completions.create`` continuing cut-off replies.
 
@@ -302,7 +288,67 @@ def wrap(client: ClientT, **options: Any) -> ClientT:
     unknown = sorted(set(options) - OPTION_NAMES)
     if unknown:
         raise ConfigurationError(f"wrap() got unknown option(s) {unknown}; expected some of {sorted(OPTION_NAMES)}")
-    return cast(ClientT, _ContinuingClient(client, make_settings(**options)))
+    return _wrapped(client, make_settings(**options))
+
+
+def _wrapped(client: ClientT, settings: Settings) -> ClientT:
+    """A client of a subclass of ``client``'s class whose ``chat.completions`` continues.
+
+    It shares the original's state (a shallow copy: same connection pool, same options), its resources are the
+    original's very objects, and it passes ``isinstance`` checks; only ``chat`` differs.
+    """
+    original = _unwrap(client)
+    wrapped: Any = _copy.copy(original)
+    wrapped.__class__ = _wrapper_class(type(original))
+    asynchronous = isinstance(original, openai.AsyncOpenAI)
+    completions = _ContinuingCompletions(original.chat.completions, original, settings, asynchronous)
+    state = vars(wrapped)
+    state["__wrapped__"] = original
+    state["_autocontinue_chat"] = _ContinuingChat(original.chat, completions)
+    state["_autocontinue_settings"] = settings
+    result: ClientT = wrapped
+    return result
+
+
+_wrapper_classes: dict[type, type] = {}
+
+
+def _delegate(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(vars(self)["__wrapped__"], name)
+
+    return property(get)
+
+
+def _wrapper_class(cls: type) -> type:
+    """``Continuing<Client>``: ``cls`` with ``chat`` continued, ``with_options``/``copy`` still wrapped, and every
+    other resource delegated to the original client (so ``wrapped.models is client.models``)."""
+    known = _wrapper_classes.get(cls)
+    if known is not None:
+        return known
+    namespace: dict[str, Any] = {}
+    for name in dir(cls):
+        if name != "chat" and isinstance(inspect.getattr_static(cls, name, None), functools.cached_property):
+            namespace[name] = _delegate(name)
+
+    def with_options(self: Any, **kwargs: Any) -> Any:
+        return _wrapped(vars(self)["__wrapped__"].with_options(**kwargs), vars(self)["_autocontinue_settings"])
+
+    namespace.update(
+        chat=property(lambda self: vars(self)["_autocontinue_chat"], doc="chat, with completions continued"),
+        with_options=with_options,
+        copy=with_options,
+        __repr__=lambda self: f"autocontinue.wrap({vars(self)['__wrapped__']!r})",
+        __module__=__name__,
+    )
+    subclass = type(f"Continuing{cls.__name__}", (cls,), namespace)
+    _wrapper_classes[cls] = subclass
+    return subclass
+
+
+def _unwrap(client: Any) -> Any:
+    """The caller's own client behind a wrapped one."""
+    return vars(client).get("__wrapped__", client) if hasattr(client, "__dict__") else client
 
 
 def trace_of(result: Any) -> Any:

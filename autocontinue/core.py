@@ -29,7 +29,13 @@ from openai.types.completion_usage import CompletionUsage
 from . import _log
 from .budget import BudgetState, Price, PriceTable, StopCondition
 from .dialects import Dialect, DialectChoice, Instruction, Partial, resolve_dialect
-from .errors import ConfigurationError, ContinuationFailed, InvalidJSONError, TruncatedToolCallError
+from .errors import (
+    ConfigurationError,
+    ContinuationFailed,
+    IncompleteStream,
+    InvalidJSONError,
+    TruncatedToolCallError,
+)
 from .jsoncheck import check_json
 from .request import CallRequest
 from .result import build_completion
@@ -113,10 +119,6 @@ class StreamStep:
     close: bool = False
 
 
-class IncompleteStream(Exception):
-    """The upstream stream ended without a finish_reason (a connection closed early or a broken event)."""
-
-
 @dataclass
 class _Round:
     """The round in flight."""
@@ -136,7 +138,7 @@ class _Round:
     usage: CompletionUsage | None = None
     message: Any = None
     tail: str = ""  # the end of sent + pieces, for hold-back decisions without joining
-    estimated_tokens: int = 0  # counted incrementally while streaming
+    content_chunks: int = 0  # streamed chunks that carried text
     tool_calls: list[Any] = field(default_factory=list)  # streamed tool-call deltas
     released_at_start: int = 0
     reasoning: list[str] = field(default_factory=list)  # reasoning text of this round
@@ -187,7 +189,7 @@ class Continuation:
         self._round: _Round | None = None
         self._completion_tokens = 0
         self._last_prompt_tokens = settings.counter.count_messages(self._call.messages) if self._price else 0
-        self._last_new_text: str | None = None
+        self._last_model_text: str | None = None
         self._round_index = 0
         # Streaming: ask upstream for usage (budgets need it) unless the server refuses the option.
         self._stream = self._call.stream
@@ -311,6 +313,7 @@ class Continuation:
             choice.logprobs = None
         released = ""
         if delta.content:
+            current.content_chunks += 1
             released = self._feed(delta.content)
         if current.fresh_logprobs:
             choice.logprobs = ChoiceLogprobs.model_construct(content=current.fresh_logprobs, refusal=None)
@@ -325,7 +328,11 @@ class Continuation:
         chunk.id = self._stream_id or chunk.id
         chunk.usage = None
         keep = released or delta.role or _has_payload(delta) or choice.logprobs is not None
-        close = self._round_limit is not None and current.estimated_tokens >= self._round_limit
+        # The request's own limit already stops the server at the budget. Closing early is for servers that ignore
+        # it: every content chunk carries at least one token, so more chunks than the limit prove an overrun
+        # (a tokenizer-based estimate would not: ours and the server's differ).
+        new_chunks = current.content_chunks - current.seam.echo_pieces
+        close = self._round_limit is not None and new_chunks > self._round_limit
         if close:
             current.finish_reason = "length"
         return StreamStep([chunk] if keep else [], close=close)
@@ -436,6 +443,8 @@ class Continuation:
         else:
             heal = self._settings.heal and len(text) > len(call.prefix)
             offset = max(0, len(text) - 2 * HOLD_WINDOW)
+            while offset > 0 and text[offset:].isspace():
+                offset = max(0, offset - 8 * HOLD_WINDOW)  # a long whitespace run: look back to where it starts
             cut = hold_back_point(
                 text[offset:],
                 offset,
@@ -540,9 +549,6 @@ class Continuation:
             return ""
         current.pieces.append(text)
         current.length += len(text)
-        if self._round_limit is not None and self._stream:
-            # Only while a budget is running: count the new text (never an echo) incrementally, chunk by chunk.
-            current.estimated_tokens += self._settings.counter.count(text)
         if current.skip:
             # The start of this round's text re-creates held text that is not to be streamed (the caller's own).
             skipped = text[: current.skip]
@@ -613,15 +619,22 @@ class Continuation:
         self._commit(current, new_text)
         if not cut:
             return self._done(_cause_of(finish), finish_reason=_final_finish(finish), tool_calls=tool_calls)
-        repeated = bool(new_text) and new_text == self._last_new_text
-        self._last_new_text = new_text
-        if (len(self._text) <= before and not in_reasoning) or repeated:
-            return self._done("no_progress", finish_reason="length")
         cause = self._settings.stop(self._budget_state())
         if cause is None and self._settings.stop.tokens_left(self._budget_state()) == 0:
             cause = "token_budget"
         if cause is not None:
             return self._done(cause, finish_reason="length")
+        said = current.seam.model_text
+        repeated = _repeats(said, self._last_model_text, current.sent)
+        self._last_model_text = said
+        if (len(self._text) <= before and not in_reasoning) or repeated:
+            if self._fallback is not None and current.sent:
+                # On an unknown host a round that adds nothing is most likely a restart that reproduced the text
+                # so far (and looked like an echo of it): the fallback dialect gets the next round.
+                self._switch_dialect("no progress")
+                self._last_model_text = None
+                return self._begin_round()
+            return self._done("no_progress", finish_reason="length")
         return self._begin_round()
 
     def _commit(self, current: _Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
@@ -748,7 +761,7 @@ class Continuation:
         if current.usage is not None:
             return current.usage, False
         counter = self._settings.counter
-        completion = counter.count("".join(current.pieces)) if current.pieces else current.estimated_tokens
+        completion = counter.count("".join(current.pieces))
         prompt = counter.count_messages(current.kwargs.get("messages", []))
         return CompletionUsage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
@@ -944,3 +957,23 @@ def _merge_tool_deltas(deltas: list[Any]) -> list[dict[str, Any]]:
             if function.arguments:
                 call["function"]["arguments"] += function.arguments
     return [calls[index] for index in sorted(calls)]
+
+
+#: a round that repeats the end of the text before it, at least this long, is a loop
+MIN_REPEAT = 16
+#: a round identical to the previous one, with at least this much non-whitespace, is a loop
+MIN_IDENTICAL = 6
+
+
+def _repeats(said: str, previous: str | None, sent: str) -> bool:
+    """A round that says the same as the previous one, or repeats the tail it was given: a model stuck in a loop.
+
+    Short or whitespace-only rounds are not judged: at one token per round, " the the" or a run of blank lines is
+    ordinary text (such a call is still bounded by its budgets and ``max_rounds``).
+    """
+    visible = len(said.strip())
+    if visible == 0:
+        return False
+    if said == previous and visible >= MIN_IDENTICAL:
+        return True
+    return len(said) >= MIN_REPEAT and sent.endswith(said)

@@ -35,8 +35,9 @@ class Dialect:
     """Base class: a continuation request is the caller's messages plus the prefix as a final assistant message."""
 
     name: ClassVar[str] = "base"
-    #: does the reply start with the prefix it was given ("maybe": some servers of this kind do)
-    echo: ClassVar[EchoMode] = "maybe"
+    #: does the reply start with the prefix it was given ("maybe": some servers of this kind do); an instance
+    #: may be told what its provider does (``Prefix(echo="always")`` for Mistral)
+    echo: EchoMode = "maybe"
     #: the provider rejects a prefix that ends in whitespace, so it is held back and restored
     strips_trailing_whitespace: ClassVar[bool] = False
     #: the model may repeat the tail of the text before continuing
@@ -49,6 +50,12 @@ class Dialect:
     limit_parameter: ClassVar[str] = "max_tokens"
     #: a reply cut inside the reasoning phase can be continued (else the call stops: "reasoning_truncated")
     resumes_reasoning: ClassVar[bool] = False
+
+    def __init__(self, *, echo: EchoMode | None = None) -> None:
+        if echo is not None:
+            if echo not in ("never", "maybe", "always"):
+                raise ConfigurationError(f"echo must be 'never', 'maybe' or 'always', got {echo!r}")
+            self.echo = echo
 
     def prefix_message(self, prefix: str, template: Message, reasoning: str = "") -> dict[str, Any]:
         """The assistant message that carries the prefix; keeps the caller's own keys (e.g. Kimi's ``name``)."""
@@ -107,7 +114,7 @@ class Partial(Dialect):
     """DashScope/Qwen and Kimi partial mode: ``"partial": true``; the reply holds only the new text."""
 
     name = "partial"
-    echo = "never"
+    echo: EchoMode = "never"
     message_flags: ClassVar[Mapping[str, Any]] = {"partial": True}
     resumes_reasoning = True
 
@@ -127,7 +134,7 @@ class Prefix(Dialect):
     """
 
     name = "prefix"
-    echo = "maybe"
+    echo: EchoMode = "maybe"
     message_flags: ClassVar[Mapping[str, Any]] = {"prefix": True}
     resumes_reasoning = True
 
@@ -154,7 +161,7 @@ class ContinueFinalMessage(Dialect):
     """vLLM, SGLang, llama.cpp: ``continue_final_message`` with ``add_generation_prompt`` off (always both)."""
 
     name = "continue_final_message"
-    echo = "maybe"
+    echo: EchoMode = "maybe"
     body_flags: ClassVar[Mapping[str, Any]] = {"continue_final_message": True, "add_generation_prompt": False}
 
 
@@ -165,7 +172,7 @@ class Prefill(Dialect):
     """
 
     name = "prefill"
-    echo = "maybe"
+    echo: EchoMode = "maybe"
     strips_trailing_whitespace = True
 
 
@@ -177,7 +184,7 @@ class Instruction(Dialect):
     """
 
     name = "instruction"
-    echo = "never"
+    echo: EchoMode = "never"
     repeats_tail = True
     limit_parameter = "max_completion_tokens"
     #: characters of the tail quoted in the instruction
@@ -258,10 +265,29 @@ def resolve_dialect(spec: str | Dialect, base_url: str) -> DialectChoice:
     if spec == "auto":
         known = detect_dialect(base_url)
         if known is not None:
-            return DialectChoice(known())
+            return DialectChoice(known(echo=_known_echo(base_url)))
         # Unknown host: a plain prefill works on most servers; if it is refused or the model restarts, the rest
         # of the call uses the instruction, which works everywhere.
         return DialectChoice(Prefill(), fallback=Instruction())
     if spec not in DIALECTS:
         raise ConfigurationError(f"unknown dialect {spec!r}; expected 'auto' or one of {sorted(DIALECTS)}")
-    return DialectChoice(DIALECTS[spec]())
+    return DialectChoice(DIALECTS[spec](echo=_known_echo(base_url)))
+
+
+# Hosts whose echo behaviour is documented (providers.md): knowing it, a reply that happens to begin with the
+# prefix is never mistaken for an echo, and an echo is always removed.
+_ECHOES: tuple[tuple[str, EchoMode], ...] = (
+    ("api.deepseek.com", "never"),
+    ("api.mistral.ai", "always"),
+    ("moonshot.ai", "never"),
+    ("moonshot.cn", "never"),
+    ("aliyuncs.com", "never"),
+)
+
+
+def _known_echo(base_url: str) -> EchoMode | None:
+    host = (urlsplit(base_url).hostname or "").lower()
+    for suffix, echo in _ECHOES:
+        if host == suffix or host.endswith("." + suffix):
+            return echo
+    return None

@@ -17,6 +17,11 @@ class AutocontinueError(Exception):
     """Base class of every error raised by autocontinue itself."""
 
 
+class IncompleteStream(AutocontinueError):
+    """An upstream stream ended without a finish_reason (a connection closed early, a broken event): the round
+    is resumed from the text received, like any transient failure."""
+
+
 class ConfigurationError(AutocontinueError, ValueError):
     """The call or the options are invalid; raised before any request is sent."""
 

@@ -20,6 +20,8 @@ import tenacity
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 from tenacity.wait import wait_base
 
+from .errors import IncompleteStream
+
 __all__ = ["RetryTracker", "default_retry", "is_transient", "retry_after_seconds", "wait_retry_after"]
 
 #: the longest Retry-After we honour; beyond it the error is treated like any other
@@ -31,7 +33,7 @@ _RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 def is_transient(error: BaseException) -> bool:
     """Connection errors, timeouts, 408/409/429, 5xx, and bodies or streams cut short: worth another try."""
-    if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
+    if isinstance(error, openai.APIConnectionError | IncompleteStream):  # includes APITimeoutError
         return True
     if isinstance(error, openai.APIStatusError):
         return error.status_code in _RETRYABLE_STATUS or error.status_code >= 500

@@ -62,24 +62,32 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
     - ``heal``: trailing whitespace, or else the last word or punctuation run with the whitespace before it, so the
       prefix ends where the tokenizer splits the same way the model did.
     """
-    text = tail[-HOLD_WINDOW:] if len(tail) > HOLD_WINDOW else tail
+    # Only the end of the text is read: HOLD_WINDOW characters, or as far back as a long run of whitespace goes
+    # (the prefix sent must not end inside it).
+    size = HOLD_WINDOW
+    while True:
+        text = tail[-size:] if len(tail) > size else tail
+        without_garbage = text.rstrip(REPLACEMENT_CHAR)
+        stripped_length = len(without_garbage.rstrip())
+        if stripped_length or len(text) == len(tail):
+            break
+        size *= 8
     base = offset + len(tail) - len(text)
-    without_garbage = text.rstrip(REPLACEMENT_CHAR)
-    mandatory = len(without_garbage)
-    stripped = without_garbage.rstrip()
-    ws_cut = len(stripped)
+    mandatory = base + len(without_garbage)
+    ws_cut = base + stripped_length
     fallback = ws_cut if strip_whitespace else mandatory
     if not heal:
-        return base + fallback
+        return fallback
     if ws_cut < mandatory:
         cut = ws_cut
     else:
-        match = _LAST_PRETOKEN.search(without_garbage)
-        cut = match.start() if match else mandatory
-        cut = len(without_garbage[:cut].rstrip())
-    if base + cut <= floor or mandatory - cut > MAX_HOLD:
-        return base + fallback
-    return base + cut
+        window = without_garbage[-HOLD_WINDOW:]
+        start = mandatory - len(window)
+        match = _LAST_PRETOKEN.search(window)
+        cut = start + (len(window[: match.start()].rstrip()) if match else len(window))
+    if cut <= floor or mandatory - cut > MAX_HOLD:
+        return fallback
+    return cut
 
 
 @dataclass(frozen=True)
@@ -289,6 +297,9 @@ class Seam:
         self._restart = _Restart(plan.restart_probe)
         self._overlap = _Overlap(plan.sent[-OVERLAP_WINDOW:], self.actions, plan.remove_overlap)
         self._reconcile = _Reconcile(plan.held, self.actions)
+        self._said: list[str] = []
+        #: pieces of the reply that were all echo (they carry no new tokens)
+        self.echo_pieces = 0
 
     @property
     def restarted(self) -> bool:
@@ -297,7 +308,10 @@ class Seam:
 
     def feed(self, delta: str) -> str:
         """Take the next piece of the reply; return the text that is decided."""
-        return self._after_echo(self._echo.feed(delta))
+        after = self._echo.feed(delta)
+        if not after and (self._echo.pending or self._echo.matched):
+            self.echo_pieces += 1
+        return self._after_echo(after)
 
     def finish(self) -> str:
         """The reply has ended: return every character still held."""
@@ -305,7 +319,7 @@ class Seam:
         text += self._after_restart(self._restart.finish())
         if self._restart.restarted:
             return ""
-        text += self._reconcile.feed(self._overlap.finish())
+        text += self._reconciled(self._overlap.finish())
         return text + self._reconcile.finish()
 
     def abort(self) -> str:
@@ -316,5 +330,16 @@ class Seam:
     def _after_echo(self, text: str) -> str:
         return self._after_restart(self._restart.feed(text)) if text else ""
 
+    @property
+    def model_text(self) -> str:
+        """What the model wrote this round, after echo and overlap removal and before reconciliation with the
+        held text: compared between rounds to notice a model stuck in a loop."""
+        return "".join(self._said)
+
     def _after_restart(self, text: str) -> str:
-        return self._reconcile.feed(self._overlap.feed(text)) if text else ""
+        return self._reconciled(self._overlap.feed(text)) if text else ""
+
+    def _reconciled(self, text: str) -> str:
+        if text:
+            self._said.append(text)
+        return self._reconcile.feed(text)

@@ -6,9 +6,12 @@
 
 Each benchmark runs in its own process (``python -m benchmarks.<name>``), so none inherits another's imports,
 threads, connection pools or tracemalloc, and one that fails does not stop the others. Each writes
-``benchmarks/results/<name>.json``; the summary table is built from those files. Seam fidelity
-(``benchmarks.fidelity``) is owned separately: it is run with its own defaults (a reduced set with ``--quick``)
-and skipped, with a message, if it is not there.
+``benchmarks/results/<name>.json``; the summary table is built from those files.
+
+Seam fidelity (``benchmarks.fidelity``) is owned separately and is skipped, with a message, if it is not there.
+Its own default (every prompt, five round sizes, on the real engine) takes longer than this runner's budget of a
+few minutes, so the runner gives it one prompt of each kind (its default round sizes), or with ``--quick`` one
+prompt at one round size; ``--fidelity-full`` runs its defaults (``python -m benchmarks.fidelity`` does too).
 """
 
 from __future__ import annotations
@@ -35,9 +38,8 @@ BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("memory", "7. Memory for a 1 M-character answer"),
 )
 NAMES = tuple(name for name, _ in BENCHMARKS)
-#: fidelity --quick: a few prompts and two round sizes (its full run uses its own defaults)
-FIDELITY_QUICK_PROMPTS = 2
-FIDELITY_QUICK_K = "7,23"
+#: fidelity with --quick: one prompt, one round size, a short one-shot
+FIDELITY_QUICK_ARGS = ("--k", "23", "--n", "48")
 
 
 def _env() -> dict[str, str]:
@@ -47,24 +49,31 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _fidelity_command(quick: bool) -> list[str] | None:
+def _fidelity_command(quick: bool, full: bool) -> list[str] | None:
+    """``python -m benchmarks.fidelity`` with a subset that fits the runner's time budget: one prompt of each kind
+    (its default k values and N), or with ``--quick`` one prompt at one k and a short N. ``full``: its defaults."""
     if importlib.util.find_spec("benchmarks.fidelity") is None:
         return None
     command = [sys.executable, "-m", "benchmarks.fidelity"]
-    if quick:
-        try:
-            from .prompts import PROMPTS
+    if full:
+        return command
+    try:
+        from .prompts import PROMPTS
 
-            names = ",".join(p.name for p in PROMPTS[:FIDELITY_QUICK_PROMPTS])
-            command += ["--prompts", names, "--k", FIDELITY_QUICK_K]
-        except Exception as error:  # the prompts module is the fidelity owner's: run its defaults then
-            print(f"[bench] fidelity --quick: prompts not found ({error}); running its defaults", flush=True)
-    return command
+        if quick:
+            return [*command, "--prompts", PROMPTS[0].name, *FIDELITY_QUICK_ARGS]
+        first_of_kind: dict[str, str] = {}
+        for prompt in PROMPTS:
+            first_of_kind.setdefault(prompt.kind, prompt.name)
+        return [*command, "--prompts", ",".join(first_of_kind.values())]
+    except Exception as error:  # the prompts module is the fidelity owner's: run its defaults then
+        print(f"[bench] fidelity: prompts not found ({error}); running its defaults", flush=True)
+        return command
 
 
-def _run_one(name: str, quick: bool) -> dict[str, Any]:
+def _run_one(name: str, quick: bool, fidelity_full: bool = False) -> dict[str, Any]:
     if name == "fidelity":
-        command = _fidelity_command(quick)
+        command = _fidelity_command(quick, fidelity_full)
         if command is None:
             print(
                 "[bench] fidelity: SKIPPED - benchmarks/fidelity.py is not there (it is owned separately)", flush=True
@@ -222,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"some of {', '.join(NAMES)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute (not a measurement)")
+    parser.add_argument(
+        "--fidelity-full",
+        action="store_true",
+        help="run seam fidelity with its own defaults (every prompt) instead of one prompt of each kind",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(NAMES))
     if unknown:
@@ -229,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [name for name in NAMES if not args.names or name in args.names]
     info = machine_info()
     started = time.perf_counter()
-    runs = [_run_one(name, args.quick) for name in wanted]
+    runs = [_run_one(name, args.quick, args.fidelity_full) for name in wanted]
     total = time.perf_counter() - started
     summary = _summary(runs, info, args.quick, total)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

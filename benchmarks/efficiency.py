@@ -131,8 +131,8 @@ def _budgets(emu: Any, tokens: list[str]) -> list[dict[str, Any]]:
 def _engine_cache(quick: bool) -> dict[str, Any]:
     from autocontinue.local import DEFAULT_SEED, LocalEngine
 
-    prompts = ENGINE_PROMPTS[:1] if quick else ENGINE_PROMPTS
-    rounds = 3 if quick else 5
+    prompts = ENGINE_PROMPTS[:1] if quick else ENGINE_PROMPTS[:2]
+    rounds = 3 if quick else 4
     started = time.perf_counter()
     per_round: list[dict[str, Any]] = []
     with LocalEngine(parallel=1) as engine:

@@ -106,11 +106,21 @@ def _seeded(text: str, size: int, settings: Settings, stream: bool) -> tuple[Con
     return core, action
 
 
+def _end_stream(core: Continuation) -> Any:
+    """``on_stream_end``, then what the stream driver also takes: text released at the round's end (if the core
+    has that step)."""
+    action = core.on_stream_end()
+    take = getattr(core, "take_released", None)
+    if take is not None:
+        take()
+    return action
+
+
 def _round(core: Continuation, text: str, action: DoRequest, stream: bool, serial: int) -> Any:
     if stream:
         for item in _chunks(text, action, serial):
             core.on_chunk(item)
-        return core.on_stream_end()
+        return _end_stream(core)
     return core.on_response(_reply(text, action, serial))
 
 
@@ -128,7 +138,7 @@ def _measure(text: str, size: int, samples: int, stream: bool) -> dict[str, floa
             t0 = time.perf_counter()
             for item in items:
                 core.on_chunk(item)
-            after = core.on_stream_end()
+            after = _end_stream(core)
             t1 = time.perf_counter()
             c1 = time.thread_time()
         else:

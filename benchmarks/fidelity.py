@@ -9,8 +9,8 @@ logits for them).
 Method, per prompt: a one-shot request with ``max_tokens=N``; then for each ``k`` the continued call with
 ``max_tokens=k`` per round, once with ``heal=False`` ("naive": the echo is stripped, nothing else) and once with
 ``heal=True``. "Identical" means the joined text equals the one-shot text when the one-shot ended by itself, or
-starts with it when the one-shot was cut at ``N``. A continued call stops as soon as its text covers the one-shot
-(a custom stop condition), so a small model that loops forever costs no more than needed.
+starts with it when the one-shot was cut at ``N``. A continued call stops as soon as its text is longer than the
+one-shot (a custom stop condition), so a small model that loops forever costs no more than needed.
 
 Every failure is diagnosed automatically: the round whose reply first left the one-shot text, the prefix it was
 sent, whether that prefix ends on one of the one-shot's own token boundaries and re-tokenizes to the same tokens,
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -69,7 +70,7 @@ MODE_SETTINGS: dict[str, tuple[str | None, bool]] = {
 }
 MODES = ("naive", "healed")
 #: one-shot limit: long enough for several seams at every k, short enough for 30+ prompts in minutes
-DEFAULT_N = 112
+DEFAULT_N = 96
 RESULTS = Path(__file__).resolve().parent / "results" / "fidelity.json"
 #: characters shown on each side of a difference
 CONTEXT = 40
@@ -140,10 +141,11 @@ def sent_prefix(request: dict[str, Any]) -> str:
 
 
 class Covered(StopCondition):
-    """Stops a continued call once its text covers the one-shot text: further rounds could not change the verdict.
+    """Stops a continued call once its text is longer than the one-shot: further rounds cannot change the verdict.
 
-    Only worth it for a one-shot cut at N: a natural one-shot ending must be matched by a natural ending, so the
-    call then runs until the model stops (or the token budget, as a safety net).
+    For a one-shot cut at N the verdict is then known (it is a prefix of the joined text or it is not); for one
+    that ended by itself, an identical call ends by itself at exactly its length, so a longer text has already
+    failed. Either way a small model that loops costs no more rounds than needed.
     """
 
     def __init__(self, recorder: Recorder, target: str) -> None:
@@ -204,7 +206,7 @@ def make_client(base_url: str, api_key: str = "unused") -> tuple[openai.OpenAI, 
     http_client = openai.DefaultHttpxClient(
         event_hooks={"request": [recorder.on_request], "response": [recorder.on_response]}
     )
-    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, http_client=http_client, timeout=120)
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, http_client=http_client, timeout=600)
     return client, recorder
 
 
@@ -271,7 +273,6 @@ def run_case(
     mode_dialect, heal = MODE_SETTINGS[mode]
     recorder.reset()
     started = time.perf_counter()
-    covered: StopCondition | None = Covered(recorder, reference.text) if reference.finish_reason == "length" else None
     reply = autocontinue.create(
         client,
         **request_args(model, prompt, extra_body),
@@ -279,7 +280,7 @@ def run_case(
         # Enough rounds and tokens for the whole one-shot even when every round regenerates a held word.
         max_rounds=10 * n,
         max_total_tokens=4 * n + 4 * k,
-        stop_when=covered,
+        stop_when=Covered(recorder, reference.text),
         dialect=mode_dialect or dialect,
         heal=heal,
         retry=None,
@@ -561,6 +562,10 @@ def render(summary: dict[str, Any], runs: Sequence[PromptRun], modes: Sequence[s
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the report, write the results JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fidelity", description=__doc__.split("\n\n")[0])
@@ -587,6 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown prompts: {sorted(wanted - {p.name for p in prompts})}")
     extra_body = None if args.cache_prompt == "default" else {"cache_prompt": args.cache_prompt == "on"}
 
+    # SIGTERM (a supervisor, `kill`, `timeout`) must unwind through the `with` below so the server is stopped; by
+    # default it would kill this process and leave llama-server running, busy with the queued requests.
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.perf_counter()
     with LocalEngine(parallel=max(1, args.workers)) as eng:
         engine = Engine(eng.server_url)
@@ -615,8 +623,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prompt.name:<24} one-shot {run.reference.finish_reason:<6} {verdicts}", file=sys.stderr)
             return run
 
-        with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
+        try:
             runs = list(pool.map(one, prompts))
+        finally:
+            # On an interrupt, prompts not started are dropped instead of run to the end; the calls in flight
+            # fail as soon as the server stops.
+            pool.shutdown(wait=False, cancel_futures=True)
     elapsed = time.perf_counter() - started
 
     summary = summarize(runs, ks, modes)

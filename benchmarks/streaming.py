@@ -146,6 +146,9 @@ def _feed_core(request: dict[str, Any], settings: Any, chunks: list[Any]) -> flo
     for chunk in chunks:
         core.on_chunk(chunk)
     action = core.on_stream_end()
+    take = getattr(core, "take_released", None)  # what the stream driver takes at a round's end, if there is such
+    if take is not None:
+        take()
     assert isinstance(action, Done), action
     core.closing_chunks(action.completion)
     return time.thread_time() - c0

@@ -279,7 +279,7 @@ def random_target(rng: random.Random, low: int = 50, high: int = 600) -> str:
     return "".join(parts)[:length]
 
 
-_BURST_FINAL = ("status429", "status500", "status503", "drop")
+_BURST_KINDS = ("status429", "status500", "status503", "drop")
 
 
 def random_fault(
@@ -291,7 +291,7 @@ def random_fault(
         weights: list[float] | None = [0.15, 0.14, 0.14, 0.28, 0.29]
         if allow_delay:
             kinds += ("delay",)
-            weights = [*weights, 0.06]
+            weights = [*weights, 0.04]
     else:
         weights = None
     kind = rng.choices(kinds, weights=weights)[0]
@@ -346,7 +346,7 @@ def make_plan(rng: random.Random, index: int, driver: str, *, fault_rate: float,
     persona, dialect = rng.choice(DIALECT_PERSONAS)
     target = random_target(rng)
     n_tokens = len(tokenize(target))
-    rounds_wanted = rng.randint(1, 7)
+    rounds_wanted = rng.randint(1, 6)
     limit = max(2, -(-n_tokens // rounds_wanted) + 1)
     output_cap = rng.choice([None, None, None, max(2, limit - rng.randint(0, 2))])
     default_max_tokens = 4096
@@ -377,13 +377,12 @@ def make_plan(rng: random.Random, index: int, driver: str, *, fault_rate: float,
         faults.pop(burst_at + 6, None)
         for ordinal in range(burst_at, burst_at + 6):
             # No text may come out of a burst (so that the partial is exactly the text before it): streams break
-            # before any content chunk.
-            faults[ordinal] = random_fault(rng, stream=stream, chunks=1, allow_delay=False)
-            if faults[ordinal].kind in ("drop", "malformed_sse"):
-                faults[ordinal].after_chunks = rng.randint(0, 1)
-        faults[burst_at + 5] = random_fault(rng, stream=stream, chunks=1, allow_delay=False, kinds=_BURST_FINAL)
-        if faults[burst_at + 5].kind == "drop":
-            faults[burst_at + 5].after_chunks = rng.randint(0, 1) if stream else 0
+            # before any content chunk. Only kinds that the SDK raises as openai.APIError, so that a burst before
+            # any text ends in the SDK's typed error whichever of its attempts turns out to be the last.
+            fault = random_fault(rng, stream=stream, chunks=1, allow_delay=False, kinds=_BURST_KINDS)
+            if fault.kind == "drop":
+                fault.after_chunks = rng.randint(0, 1) if stream else 0
+            faults[ordinal] = fault
     script = Script(target=target, faults=faults, output_cap=output_cap, default_max_tokens=default_max_tokens)
     return Call(index, driver, persona, dialect, script, request, burst_at)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ from tests.emulator import Emulator, Fault, Script
 # make the three runs (streamed, not streamed, JSON) comparable character for character.
 PROMPT = "Explain in three short paragraphs why the sea is salty."
 LOCAL_ARGS = ["--max-tokens", "12", "--max-rounds", "6", "--temperature", "0", "--seed", "42"]
+#: generous: a run takes a few seconds, but a loaded 2-core machine can be many times slower
+CLI_TIMEOUT = 240
 ROUNDS_LINE = re.compile(r"^(\d+) rounds?, ~?(\d+) output tokens .* stop: (\w+)", re.MULTILINE)
 
 
@@ -48,16 +51,24 @@ def _command() -> list[str]:
 
 
 def run_cli(*args: str, stdin: str | None = None, module: bool = False) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "autocontinue"] if module else _command()
-    return subprocess.run(
-        [*command, *args],
-        input=stdin if stdin is not None else "",
-        capture_output=True,
+    """Run the command to the end; on a timeout its whole process group is killed, the llama-server included."""
+    command = [*([sys.executable, "-m", "autocontinue"] if module else _command()), *args]
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=_env(),
-        timeout=120,
-        check=False,
-    )
+        start_new_session=True,  # its own process group, shared with the server it starts
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(stdin if stdin is not None else "", timeout=CLI_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def _no_traceback(result: subprocess.CompletedProcess[str]) -> None:
@@ -180,3 +191,31 @@ def test_failed_round_prints_the_partial_text(emu: Emulator, stream: bool) -> No
     assert len(lines) == 1
     assert f"kept {len(partial)} characters" in lines[0]
     assert ROUNDS_LINE.search(result.stderr) is not None  # the trace of the rounds that did happen
+
+
+def test_sigterm_stops_the_local_server_too() -> None:
+    # `kill` or `timeout` signal the command alone; the llama-server it started must not outlive it.
+    command = [*_command(), "--max-tokens", "64", "--max-rounds", "50", PROMPT]
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.read(1)  # the answer has begun: the server is up and generating
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=CLI_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    assert "interrupted" in stderr
+    _no_traceback(subprocess.CompletedProcess(command, proc.returncode, "", stderr))
+    # Nothing is left in the command's process group: the server was stopped, not orphaned.
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)

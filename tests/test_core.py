@@ -414,7 +414,8 @@ class StreamResult:
 def run_stream(
     core: Continuation, send: Callable[[DoRequest], Iterable[ChatCompletionChunk]], *, max_steps: int = 5000
 ) -> StreamResult:
-    """drivers.stream.ContinuedStream._run without I/O; returns every chunk handed to the caller."""
+    """drivers.stream.ContinuedStream._run without I/O (take_released() after each round included); returns every
+    chunk handed to the caller."""
     out: list[ChatCompletionChunk] = []
     action = core.start()
     for _ in range(max_steps):
@@ -431,6 +432,7 @@ def run_stream(
                     chunk = next(upstream)
                 except StopIteration:
                     action = core.on_stream_end()
+                    out.extend(core.take_released())
                     break
                 except AssertionError:
                     raise
@@ -441,6 +443,7 @@ def run_stream(
                 out.extend(step.chunks)
                 if step.close:
                     action = core.on_stream_end()
+                    out.extend(core.take_released())
                     break
         elif isinstance(action, DoSleep):
             action = core.resume()
@@ -742,28 +745,28 @@ def test_deepseek_rounds_go_to_beta() -> None:
 
 
 def test_stream_delivers_the_text_a_round_holds_until_its_end() -> None:
-    """BUG: text the seam returns from Seam.finish() is marked as released but never streamed.
+    """Text the seam returns from Seam.finish() reaches the stream (through take_released()).
 
     Round 2 regenerates nothing for the held word " brown" and stops: the word is kept ("held_kept") in the
-    result, but core._end_round drops the return value of ``self._append(current, current.seam.finish())``,
-    which has already advanced ``_released``; closing_chunks then has nothing left to send.
+    result. (Found as a bug at b7135b9: core._end_round dropped the return value of
+    ``self._append(current, current.seam.finish())``, which had already advanced ``_released``.)
     """
     core = make_core(None, stream=True, max_tokens=3)
     cid = "chatcmpl-s"
     replies = [stream_of(cid, ["The", " quick", " brown"], "length"), stream_of(cid, [], "stop")]
     result = run_stream(core, scripted(replies))
     assert content_of(result.completion) == "The quick brown"
-    assert result.text == "The quick brown"  # got "The quick"
+    assert result.text == "The quick brown"  # got "The quick" at b7135b9
 
 
 def test_stream_delivers_a_reply_that_looked_like_an_echo() -> None:
-    """BUG (same root cause): a "maybe"-echo dialect holds a reply that is a prefix of the prefix until the round
-    ends; Seam.finish() returns it as new text, but the stream never gets it (target " worldHello world")."""
+    """Same root cause: a "maybe"-echo dialect holds a reply that is a prefix of the prefix until the round
+    ends; Seam.finish() returns it as new text, and the stream must get it (target " worldHello world")."""
     provider = Provider(" worldHello world", FLAVOURS["anthropic"])
     core = make_core(provider, heal=False, stream=True, max_tokens=1)
     result = run_stream(core, provider.chunks)
     assert content_of(result.completion) == " worldHello world"
-    assert result.text == " worldHello world"  # got " worldHello"
+    assert result.text == " worldHello world"  # got " worldHello" at b7135b9
 
 
 @pytest.mark.parametrize("heal", [True, False])
@@ -1081,6 +1084,7 @@ def test_mid_stream_error_resumes_from_the_released_text(name: str, after: int) 
             action = core.on_error(error)
         else:
             action = core.on_stream_end()
+            out.extend(core.take_released())
     out.extend(core.closing_chunks(action.completion))
     text = "".join(c.choices[0].delta.content or "" for c in out if c.choices)
     assert text == target
@@ -1156,7 +1160,10 @@ def _settings(**options: Any) -> Settings:
         pytest.param({**GOOD, "max_tokens": True}, id="max_tokens-bool"),
         pytest.param({**GOOD, "max_tokens": "100"}, id="max_tokens-str"),
         pytest.param({**GOOD, "max_completion_tokens": 0}, id="max_completion_tokens-0"),
-        pytest.param({**GOOD, "n": 2}, id="n-2"),
+        pytest.param({**GOOD, "n": 0}, id="n-0"),
+        pytest.param({**GOOD, "n": True}, id="n-bool"),
+        pytest.param({**GOOD, "n": "2"}, id="n-str"),
+        pytest.param({**GOOD, "n": 2, "stream": True}, id="n-2-stream"),
         pytest.param({**GOOD, "extra_body": ["x"]}, id="extra_body-list"),
         pytest.param({**GOOD, "stream": "yes"}, id="stream-str"),
         pytest.param({**GOOD, "stream": 1}, id="stream-int"),

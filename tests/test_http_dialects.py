@@ -93,7 +93,7 @@ def test_sync(emu: Emulator, sync_client: Any, persona: str, dialect: str, targe
     )
 
 
-@pytest.mark.parametrize("target", [TARGET, SPACY], ids=["prose", "spacy"])
+@pytest.mark.parametrize("target", [TARGET], ids=["prose"])  # whitespace-heavy text: sync variants
 @pytest.mark.parametrize(("persona", "dialect"), DIALECT_PERSONAS, ids=IDS)
 async def test_async(emu: Emulator, async_client: Any, persona: str, dialect: str, target: str) -> None:
     recorder = Recorder()
@@ -144,7 +144,7 @@ def test_stream_sync(emu: Emulator, sync_client: Any, persona: str, dialect: str
     assert all(r["body"]["stream_options"] == {"include_usage": True} for r in emu.requests(model))
 
 
-@pytest.mark.parametrize("target", [TARGET, SPACY], ids=["prose", "spacy"])
+@pytest.mark.parametrize("target", [TARGET], ids=["prose"])  # whitespace-heavy text: sync variants
 @pytest.mark.parametrize(("persona", "dialect"), DIALECT_PERSONAS, ids=IDS)
 async def test_stream_async(emu: Emulator, async_client: Any, persona: str, dialect: str, target: str) -> None:
     recorder = Recorder()
