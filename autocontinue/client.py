@@ -97,8 +97,9 @@ def make_settings(
         raise ConfigurationError("retry must be a tenacity.Retrying (or AsyncRetrying) policy, or None")
     if prices is not None and not isinstance(prices, Mapping):
         raise ConfigurationError("prices must be a mapping of model name to Price")
-    if not isinstance(heal, bool):
-        raise ConfigurationError("heal must be True or False")
+    for name, flag in (("heal", heal), ("log_text", log_text), ("reasoning_retry", reasoning_retry)):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{name} must be True or False, got {flag!r}")
     return Settings(
         stop=stop,
         dialect=dialect,
@@ -106,8 +107,8 @@ def make_settings(
         prices=PriceTable(prices),
         heal=heal,
         counter=counter or default_counter(),
-        log_text=bool(log_text),
-        reasoning_retry=bool(reasoning_retry),
+        log_text=log_text,
+        reasoning_retry=reasoning_retry,
     )
 
 

@@ -40,7 +40,7 @@ from .jsoncheck import check_json
 from .request import CallRequest
 from .result import build_completion
 from .retry import RetryTracker
-from .stitch import HOLD_WINDOW, RESTART_PROBE, Seam, SeamPlan, hold_back_point
+from .stitch import HOLD_WINDOW, RESTART_PROBE, EchoMode, Seam, SeamPlan, hold_back_point
 from .tokens import TokenCounter, default_counter
 from .trace import ContinuationTrace, RoundTrace
 
@@ -139,6 +139,7 @@ class _Round:
     message: Any = None
     tail: str = ""  # the end of sent + pieces, for hold-back decisions without joining
     content_chunks: int = 0  # streamed chunks that carried text
+    raw_head: str = ""  # the first characters of the raw reply, to recognise the same reply twice
     tool_calls: list[Any] = field(default_factory=list)  # streamed tool-call deltas
     released_at_start: int = 0
     reasoning: list[str] = field(default_factory=list)  # reasoning text of this round
@@ -189,7 +190,9 @@ class Continuation:
         self._round: _Round | None = None
         self._completion_tokens = 0
         self._last_prompt_tokens = settings.counter.count_messages(self._call.messages) if self._price else 0
-        self._last_model_text: str | None = None
+        self._loops = _LoopWatch()
+        self._echo_learned: EchoMode | None = None
+        self._growths = 0  # consecutive rounds given a larger limit because they could only regenerate whitespace
         self._round_index = 0
         # Streaming: ask upstream for usage (budgets need it) unless the server refuses the option.
         self._stream = self._call.stream
@@ -355,6 +358,14 @@ class Continuation:
             self._flush_logprobs = []
         return [chunk]
 
+    def failing_chunks(self) -> list[ChatCompletionChunk]:
+        """Before a :class:`Fail` is raised to a stream's reader: the text kept in the error's partial that the
+        stream had not delivered yet (held back at the seam), so the reader has seen exactly the partial."""
+        self._flush = ""
+        rest = self._text[self._released :]
+        self._released = len(self._text)
+        return [self._make_chunk({"content": rest}, None)] if rest else []
+
     def closing_chunks(self, completion: ChatCompletion) -> list[ChatCompletionChunk]:
         """After :class:`Done` while streaming: the rest of the text, the final finish_reason, and the usage."""
         self._flush = ""
@@ -465,7 +476,7 @@ class Continuation:
             plan = SeamPlan(
                 sent=sent,
                 held=held,
-                echo=self._dialect.echo,
+                echo=self._echo_mode(),
                 remove_overlap=self._dialect.repeats_tail,
                 restart_probe=self._restart_probe(),
             )
@@ -491,6 +502,16 @@ class Continuation:
             logprob_queue=self._carry_logprobs(len(sent)),
         )
         return DoRequest(kwargs, base_url)
+
+    def _echo_mode(self) -> EchoMode:
+        """The dialect's echo behaviour; where it is only "maybe", what this provider was seen to do."""
+        return self._dialect.echo if self._dialect.echo != "maybe" else (self._echo_learned or "maybe")
+
+    def _learn_echo(self, current: _Round) -> None:
+        # A prefix this long that the reply begins with is an echo, and one the reply does not begin with proves
+        # there is none; either way later rounds (whose short prefixes could be ambiguous) know.
+        if self._echo_learned is None and self._dialect.echo == "maybe" and len(current.sent) >= ECHO_EVIDENCE:
+            self._echo_learned = "always" if "echo_stripped" in current.seam.actions else "never"
 
     def _restart_probe(self) -> str:
         if self._fallback is None:
@@ -541,6 +562,8 @@ class Continuation:
     def _feed(self, delta: str) -> str:
         """Pass reply text through the seam; return the text now safe to hand to a stream."""
         current = self._current()
+        if len(current.raw_head) < RAW_HEAD:
+            current.raw_head += delta[: RAW_HEAD - len(current.raw_head)]
         current.raw_chars += len(delta)
         return self._append(current, current.seam.feed(delta))
 
@@ -625,20 +648,40 @@ class Continuation:
         if cause is not None:
             return self._done(cause, finish_reason="length")
         said = current.seam.model_text
-        repeated = _repeats(said, self._last_model_text, current.sent)
-        self._last_model_text = said
-        if (len(self._text) <= before and not in_reasoning) or repeated:
+        repeated = self._loops.repeated(said, current.sent, (current.raw_chars, current.raw_head))
+        stalled = len(self._text) <= before and not in_reasoning
+        if stalled and not repeated and current.held and self._grow_limit(current):
+            # The whole round went into regenerating the text held back from the prefix (whitespace a provider
+            # refuses, a healed word; tiny rounds): the next one gets a larger limit instead of stopping.
+            return self._begin_round()
+        if not stalled:
+            self._growths = 0
+        if stalled or repeated:
             if self._fallback is not None and current.sent:
                 # On an unknown host a round that adds nothing is most likely a restart that reproduced the text
                 # so far (and looked like an echo of it): the fallback dialect gets the next round.
                 self._switch_dialect("no progress")
-                self._last_model_text = None
+                self._loops = _LoopWatch()
                 return self._begin_round()
             return self._done("no_progress", finish_reason="length")
         return self._begin_round()
 
+    def _grow_limit(self, current: _Round) -> bool:
+        """Double the next round's limit (within the budgets), a few times at most."""
+        had = self._round_limit_of(current.kwargs)
+        if had is None or self._growths >= MAX_GROWTHS:
+            return False
+        left = self._settings.stop.tokens_left(self._budget_state())
+        larger = 2 * had if left is None else min(2 * had, left)
+        if larger <= had:
+            return False
+        self._growths += 1
+        self._limit_override = larger
+        return True
+
     def _commit(self, current: _Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
         """Make the round's text (and reasoning and logprobs) part of the answer, and record the round."""
+        self._learn_echo(current)
         before = len(self._text)
         self._text = current.sent + new_text
         self._floor = len(current.sent)
@@ -701,6 +744,7 @@ class Continuation:
         _log.emit("info", "autocontinue.dialect_fallback", change=change, reason=reason)
         self.trace.fallbacks.append(change)
         self._dialect, self._fallback = self._fallback, None
+        self._echo_learned = None
         self.trace.dialect = self._dialect.name
 
     def _keep_partial(self, current: _Round) -> None:
@@ -959,21 +1003,50 @@ def _merge_tool_deltas(deltas: list[Any]) -> list[dict[str, Any]]:
     return [calls[index] for index in sorted(calls)]
 
 
+#: a prefix at least this long tells, from one reply, whether the provider echoes
+ECHO_EVIDENCE = 16
+#: characters of each raw reply kept to recognise the same reply twice
+RAW_HEAD = 64
 #: a round that repeats the end of the text before it, at least this long, is a loop
 MIN_REPEAT = 16
 #: a round identical to the previous one, with at least this much non-whitespace, is a loop
 MIN_IDENTICAL = 6
+#: rounds in a row that each repeat one of the few rounds before them: a model cycling through short pieces
+CYCLE_STREAK = 8
+#: how many times in a row a round's limit may be doubled because it could only regenerate held text
+MAX_GROWTHS = 4
 
 
-def _repeats(said: str, previous: str | None, sent: str) -> bool:
-    """A round that says the same as the previous one, or repeats the tail it was given: a model stuck in a loop.
+class _LoopWatch:
+    """Notices a model stuck in a loop, from what it wrote each round.
 
-    Short or whitespace-only rounds are not judged: at one token per round, " the the" or a run of blank lines is
-    ordinary text (such a call is still bounded by its budgets and ``max_rounds``).
+    Immediately: a round identical to the previous one (with some visible text), or one that repeats the tail it
+    was given. With tiny rounds, where a word may recur legitimately, only a streak: every one of
+    :data:`CYCLE_STREAK` rounds in a row repeating one of the three rounds before it. Whitespace-only rounds are
+    never judged (a run of blank lines is text); such a call is still bounded by ``max_rounds`` and the budgets.
     """
-    visible = len(said.strip())
-    if visible == 0:
-        return False
-    if said == previous and visible >= MIN_IDENTICAL:
-        return True
-    return len(said) >= MIN_REPEAT and sent.endswith(said)
+
+    def __init__(self) -> None:
+        self._recent: deque[str] = deque(maxlen=3)
+        self._streak = 0
+        self._raw: tuple[int, str] = (0, "")
+
+    def repeated(self, said: str, sent: str, raw: tuple[int, str] = (0, "")) -> bool:
+        """Record this round's text and its raw reply's (length, start); True when the model is looping."""
+        same_reply = raw == self._raw
+        self._raw = raw
+        if same_reply and len(raw[1].strip()) >= MIN_IDENTICAL:
+            return True  # the very same reply again (whatever the seam made of it, e.g. taken for an echo)
+        recent = self._recent
+        visible = len(said.strip())
+        previous = recent[-1] if recent else None
+        cycling = visible > 0 and said in recent
+        self._streak = self._streak + 1 if cycling else 0
+        recent.append(said)
+        if visible == 0:
+            return False
+        if said == previous and visible >= MIN_IDENTICAL:
+            return True
+        if len(said) >= MIN_REPEAT and sent.endswith(said):
+            return True
+        return self._streak >= CYCLE_STREAK

@@ -1,25 +1,11 @@
-"""Helpers of the reliability suite (tests/test_reliability.py): a fast emulator launcher, random scripts and
-fault plans, a response recorder, and the checks every chaos call must pass.
-
-Run as ``python -m tests.chaos`` it serves the emulator exactly like ``python -m tests.emulator`` but on a socket
-created with ``IPPROTO_TCP``. ``tests.emulator.server.bind_socket`` creates its socket with protocol 0, and asyncio
-only sets ``TCP_NODELAY`` on accepted sockets whose protocol is ``IPPROTO_TCP``; without it every non-streamed
-reply on a kept-alive connection (headers and body are two writes) waits ~40 ms for the client's delayed ACK,
-which makes a thousand-call chaos run take minutes instead of seconds. The emulator itself is used unchanged.
+"""Helpers of the reliability suite (tests/test_reliability.py): random scripts and fault plans, a response
+recorder, the drivers of one chaos call, and the checks every chaos call must pass.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import os
-import queue
 import random
-import socket
-import subprocess as _subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,19 +15,21 @@ import tenacity
 from tenacity import retry_if_exception, stop_after_attempt, wait_fixed
 
 import autocontinue
-from tests.emulator import Emulator, Fault, Script, tokenize
-from tests.emulator.app import EmulatorApp
-from tests.emulator.server import REPO_ROOT, build_server
+from tests.emulator import Fault, Script, tokenize
 
 __all__ = [
     "DIALECT_PERSONAS",
     "Call",
-    "FastEmulator",
+    "Outcome",
     "Recorder",
+    "check_against_log",
+    "chunked",
     "fast_retry",
     "make_plan",
     "predicted_text_after",
     "random_target",
+    "run_async",
+    "run_sync",
     "sent_prefix",
 ]
 
@@ -78,79 +66,6 @@ def fast_retry(attempts: int = 6) -> tenacity.Retrying:
         retry=retry_if_exception(autocontinue.is_transient),
         reraise=True,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The emulator, served with TCP_NODELAY
-
-
-def _bind_tcp(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
-class FastEmulator(Emulator):
-    """:class:`tests.emulator.Emulator`, listening on an ``IPPROTO_TCP`` socket (see the module docstring)."""
-
-    def _start_thread(self) -> None:
-        import time
-
-        sock = _bind_tcp(self.host)
-        server = build_server(EmulatorApp())
-        thread = threading.Thread(
-            target=lambda: asyncio.run(server.serve(sockets=[sock])), name="emulator", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + self.startup_timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError("emulator thread failed to start")
-            time.sleep(0.005)
-        self._server, self._thread = server, thread
-        self.port = sock.getsockname()[1]
-
-    def _start_subprocess(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        proc = _subprocess.Popen(
-            [sys.executable, "-m", "tests.chaos", "--host", self.host],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=_subprocess.DEVNULL,
-            stdout=_subprocess.PIPE,
-            text=True,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        assert proc.stdout is not None
-        stdout = proc.stdout
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=self.startup_timeout)
-        except queue.Empty:
-            line = ""
-        if not line.startswith("READY "):
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"emulator subprocess did not start (exit {proc.returncode}, said {line!r})")
-        self._proc = proc
-        self.port = int(line.split()[1].rsplit(":", 1)[1])
-
-
-async def _serve(host: str) -> None:
-    sock = _bind_tcp(host)
-    server = build_server(EmulatorApp())
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            await task
-            return
-        await asyncio.sleep(0.005)
-    print(f"READY http://{host}:{sock.getsockname()[1]}", flush=True)
-    await task
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,17 +157,20 @@ def predicted_text_after(entry: dict[str, Any], script: Script) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # Random scripts
 
+# fmt: off
 _WORDS = [
-    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then", "ran", "into", "forest",
-    "naïve", "café", "Zürich", "façade", "coöperate", "Ærøskøbing", "日本語", "テキスト", "中文字符", "한국어",
-    "Ελληνικά", "русский", "עברית", "العربية", "🙂", "👩‍💻", "🎉🎉", "e\u0301", "ﬁne", "x²", "½", "42", "3.14159",
-    "1,000", "#tag", "@user", "http://example.com/a?b=c", "snake_case", "CamelCase", "(parens)", "[list]",
-    "{json: 1}", '"quoted"', "'single'", "`code`", "--", "...", "—", "«guillemets»", "¿qué?", "¡sí!",
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then",
+    "ran", "into", "forest", "naïve", "café", "Zürich", "façade", "coöperate", "Ærøskøbing", "日本語",
+    "テキスト", "中文字符", "한국어", "Ελληνικά", "русский", "עברית", "العربية", "🙂", "👩\u200d💻", "🎉🎉",
+    "e\u0301", "ﬁne", "x²", "½", "42", "3.14159", "1,000", "#tag", "@user", "http://example.com/a?b=c",
+    "snake_case", "CamelCase", "(parens)", "[list]", "{json: 1}", "\"quoted\"", "'single'", "`code`", "--", "...",
+    "—", "«guillemets»", "¿qué?", "¡sí!",
 ]
 _SEPARATORS = [
-    " ", " ", " ", " ", " ", " ", "\n", "\n\n", ", ", ". ", "\t", "  ", "   ", "\u3000", "\xa0", " - ", "; ",
-    "!\n", ":\n    ", "\r\n", " \n",
+    " ", " ", " ", " ", " ", " ", "\n", "\n\n", ", ", ". ", "\t", "  ",
+    "   ", "\u3000", "\xa0", " - ", "; ", "!\n", ":\n    ", "\r\n", " \n",
 ]
+# fmt: on
 
 
 def random_target(rng: random.Random, low: int = 50, high: int = 600) -> str:
@@ -397,6 +315,8 @@ class Outcome:
     delivered: str | None = None  # streams: what the caller received
     error: BaseException | None = None
     problems: list[str] = field(default_factory=list)
+    #: the partial was compared with the text the emulator's log says the completed rounds produced
+    partial_verified: bool = False
 
 
 def _usage_problems(completion: Any) -> list[str]:
@@ -430,8 +350,6 @@ def judge_result(call: Call, text: str, completion: Any, finish_reason: str | No
 
 
 def judge_error(call: Call, error: BaseException, delivered: str | None) -> Outcome:
-    import json as _json
-
     import openai
 
     target = call.script.target
@@ -461,7 +379,7 @@ def judge_error(call: Call, error: BaseException, delivered: str | None) -> Outc
         if delivered:
             outcome.problems.append(f"SDK error after text was streamed ({delivered!r}): the partial is lost")
         return outcome
-    kind = "JSONDecodeError (raw SDK)" if isinstance(error, _json.JSONDecodeError) else type(error).__name__
+    kind = "JSONDecodeError (raw SDK)" if isinstance(error, json.JSONDecodeError) else type(error).__name__
     outcome = Outcome(call, f"untyped:{kind}", delivered=delivered, error=error)
     outcome.problems.append(f"untyped exception {type(error).__module__}.{type(error).__qualname__}: {error!r}")
     return outcome
@@ -536,7 +454,10 @@ def check_against_log(outcome: Outcome, log: list[dict[str, Any]]) -> None:
     if any("fault" in e for e in between) or len(log) != call.burst_at + 5:
         return  # text may have come from a broken stream, or the burst was not where the call failed
     expected = predicted_text_after(log[last], call.script)
-    if expected is not None and outcome.text != expected:
+    if expected is None:
+        return
+    outcome.partial_verified = True
+    if outcome.text != expected:
         outcome.problems.append(
             f"partial is not the text of the completed rounds: expected {expected!r}, got {outcome.text!r}"
         )
@@ -545,14 +466,3 @@ def check_against_log(outcome: Outcome, log: list[dict[str, Any]]) -> None:
 def chunked(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description="serve the emulator (TCP_NODELAY)")
-    parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Reliability: chaos, runaway servers, bad input, secrets in logs, and failure after k rounds.
 
 Everything goes through the real ``openai`` SDK over real HTTP to the provider emulator (tests/emulator), served
-by :class:`tests.chaos.FastEmulator` in its own process; nothing is mocked. Randomness is seeded
+by :class:`tests.emulator.Emulator` in its own process; nothing is mocked. Randomness is seeded
 (``random.Random(1234)``), so a failure reproduces: its message names the call, its script and its faults.
 """
 
@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
+import logging
 import math
 import random
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
+import pydantic
 import pytest
+import structlog
+import structlog.testing
 import tenacity
 from tenacity import retry_if_exception, wait_fixed
 
 import autocontinue
 from tests.chaos import (
     Call,
-    FastEmulator,
     Outcome,
     Recorder,
     check_against_log,
@@ -36,23 +40,23 @@ from tests.chaos import (
     run_sync,
     sent_prefix,
 )
-from tests.emulator import Fault, Script
+from tests.emulator import Emulator, Fault, Script
 
 API_KEY = "sk-test-SECRET-123"
 TIMEOUT = 1.0  # client timeout; "delay" faults sleep 1.5 s
 
 
 @pytest.fixture(scope="module")
-def remu() -> Iterator[FastEmulator]:
-    with FastEmulator(subprocess=True) as emulator:
+def remu() -> Iterator[Emulator]:
+    with Emulator(subprocess=True) as emulator:  # its own process: the client and the server do not share a GIL
         yield emulator
 
 
-def sync_client(emu: FastEmulator, persona: str, **kwargs: Any) -> openai.OpenAI:
+def sync_client(emu: Emulator, persona: str, **kwargs: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=emu.base_url(persona), api_key=API_KEY, timeout=TIMEOUT, **kwargs)
 
 
-def async_client(emu: FastEmulator, persona: str, **kwargs: Any) -> openai.AsyncOpenAI:
+def async_client(emu: Emulator, persona: str, **kwargs: Any) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=emu.base_url(persona), api_key=API_KEY, timeout=TIMEOUT, **kwargs)
 
 
@@ -67,13 +71,19 @@ SYNC_THREADS = 2  # worker threads for the sync calls of a batch
 ASYNC_CONCURRENCY = 40  # async calls in flight at once
 
 
-def test_chaos(remu: FastEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+def test_chaos(remu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """1,040 calls (sync, async, sync and async streams) against random scripts and ~20 % faulted requests.
+
+    Each call ends with the target, byte-exact (streamed text too), or with a typed error: ``ContinuationFailed``
+    whose partial is a prefix of the target (exactly the text of the completed rounds where the emulator's log
+    pins it down), or, when no text was generated, the SDK's own ``openai.APIError``. Anything else is a problem;
+    the failure message groups the problems by kind, with a reproducible example of each."""
     rng = random.Random(1234)
     drivers = [driver for driver, n in CHAOS_CALLS.items() for _ in range(n)]
     rng.shuffle(drivers)
     calls: list[Call] = []
     for index, driver in enumerate(drivers):
-        # A delay fault costs a whole client timeout: plenty in async waves (they overlap), few in sync ones.
+        # A delay fault costs a whole client timeout: allowed in async calls (they overlap), in few sync ones.
         allow_delay = driver.startswith("async") or rng.random() < 0.05
         call = make_plan(rng, index, driver, fault_rate=FAULT_RATE, allow_delay=allow_delay)
         call.model = remu.add_script(call.script)
@@ -103,7 +113,8 @@ def test_chaos(remu: FastEmulator, capsys: pytest.CaptureFixture[str]) -> None:
         f"({faults / max(1, requests):.1%})",
         f"  exact: {kinds['exact']}; typed errors: "
         + ", ".join(f"{k}={n}" for k, n in sorted(kinds.items()) if k != "exact" and not k.startswith("untyped")),
-        f"  untyped: {sum(n for k, n in kinds.items() if k.startswith('untyped'))}; calls with problems: {len(bad)}",
+        f"  untyped: {sum(n for k, n in kinds.items() if k.startswith('untyped'))}; calls with problems: {len(bad)}; "
+        f"partials checked char by char against the emulator's log: {sum(o.partial_verified for o in outcomes)}",
         "  per driver (exact/other): "
         + ", ".join(f"{d}={by_driver[(d, True)]}/{by_driver[(d, False)]}" for d in CHAOS_CALLS),
         "  faults planned by kind (incl. ordinals never reached): "
@@ -124,7 +135,7 @@ def test_chaos(remu: FastEmulator, capsys: pytest.CaptureFixture[str]) -> None:
     assert not bad, f"{len(bad)} of {len(outcomes)} chaos calls went wrong, by kind:\n{report}"
 
 
-async def _run_chaos(emu: FastEmulator, calls: list[Call]) -> list[Outcome]:
+async def _run_chaos(emu: Emulator, calls: list[Call]) -> list[Outcome]:
     """Batches of calls, each run in two halves: its sync calls in ``SYNC_THREADS`` worker threads, then its async
     calls on the event loop (one ``asyncio.gather``, at most ``ASYNC_CONCURRENCY`` in flight).
 
@@ -187,7 +198,7 @@ class Run:
 DRIVERS = ["sync", "async", "stream", "astream"]
 
 
-def drive(emu: FastEmulator, driver: str, persona: str, *, http_client: Any = None, **kwargs: Any) -> Run:
+def drive(emu: Emulator, driver: str, persona: str, *, http_client: Any = None, **kwargs: Any) -> Run:
     """One ``autocontinue.create``/``acreate`` call through a fresh client; never raises (see ``Run.error``)."""
     extra = {"http_client": http_client} if http_client is not None else {}
     stream = driver in ("stream", "astream")
@@ -238,7 +249,7 @@ def drive(emu: FastEmulator, driver: str, persona: str, *, http_client: Any = No
 USER_MESSAGE: dict[str, Any] = {"role": "user", "content": "Tell me the story, please."}
 STORY = (
     "The quick brown fox jumps over the lazy dog. It was a sunny day, and the fox -- being quick -- ran off into "
-    "the forest!\n\nThe end.\n\nEpilogue:  two  spaces,\ttabs,   and 12345 numbers; \"quotes\" (parens) [brackets]."
+    'the forest!\n\nThe end.\n\nEpilogue:  two  spaces,\ttabs,   and 12345 numbers; "quotes" (parens) [brackets].'
 )
 
 
@@ -258,7 +269,7 @@ RUNAWAY_DIALECTS = [
 REPETITION_STARTS = {"empty": 1, "identical": 2, "repeat": 2}
 
 
-def runaway_model(emu: FastEmulator, mode: str, sentinel_at: int) -> str:
+def runaway_model(emu: Emulator, mode: str, sentinel_at: int) -> str:
     """A server that always answers "length" without progress; from request ``sentinel_at`` on it answers a 400
     (not retried), so that a call that does not stop by itself still ends and the test can say so."""
     sentinel = Fault("status", status=400, message="sentinel: the call did not stop by itself")
@@ -266,12 +277,15 @@ def runaway_model(emu: FastEmulator, mode: str, sentinel_at: int) -> str:
     return emu.add_script(Script(target=STORY, runaway=mode, faults=faults))
 
 
-def _ended_by_itself(run: Run, emu: FastEmulator, model: str) -> None:
+def _ended_by_itself(run: Run, emu: Emulator, model: str) -> None:
     if run.error is not None:
-        rounds = len(trace.rounds) if (trace := autocontinue.trace_of(getattr(run.error, "partial", None))) else "?"
+        partial = getattr(run.error, "partial", None)
+        trace = autocontinue.trace_of(partial) if partial is not None else None
+        text = getattr(run.error, "text", "")
         pytest.fail(
-            f"the call did not stop by itself: {len(emu.requests(model))} requests and {rounds} rounds until the "
-            f"test's sentinel ended it with {type(run.error).__name__}: {str(run.error)[:200]}"
+            f"the call did not stop by itself: {len(emu.requests(model))} requests and "
+            f"{len(trace.rounds) if trace else '?'} rounds until the test's sentinel ended it "
+            f"({type(run.error).__name__}); the answer had grown to {len(text)} chars: {text[:80]!r}..."
         )
 
 
@@ -279,7 +293,7 @@ def _ended_by_itself(run: Run, emu: FastEmulator, model: str) -> None:
 @pytest.mark.parametrize("mode", list(REPETITION_STARTS))
 @pytest.mark.parametrize(("persona", "dialect"), RUNAWAY_DIALECTS)
 def test_runaway_server_stops_for_no_progress(
-    remu: FastEmulator, persona: str, dialect: str, mode: str, driver: str
+    remu: Emulator, persona: str, dialect: str, mode: str, driver: str
 ) -> None:
     model = runaway_model(remu, mode, sentinel_at=40)
     run = drive(
@@ -292,32 +306,29 @@ def test_runaway_server_stops_for_no_progress(
     assert len(run.trace.rounds) <= limit, f"{len(rounds)} rounds (at most {limit} expected): {rounds}"
 
 
+@pytest.mark.parametrize("max_tokens", [1, 3, 8])
 @pytest.mark.parametrize("mode", list(REPETITION_STARTS))
-@pytest.mark.parametrize(("persona", "dialect", "driver"), [(*pd, "sync") for pd in RUNAWAY_DIALECTS])
+@pytest.mark.parametrize(("persona", "dialect"), RUNAWAY_DIALECTS)
 def test_runaway_ends_even_with_a_million_rounds_allowed(
-    remu: FastEmulator, persona: str, dialect: str, driver: str, mode: str
+    remu: Emulator, persona: str, dialect: str, mode: str, max_tokens: int
 ) -> None:
+    """No budget, max_rounds=10**6: a server that never makes progress must still not hold the call forever, at
+    any per-round limit (rounds of one to three tokens included)."""
     model = runaway_model(remu, mode, sentinel_at=60)
     run = drive(
-        remu,
-        driver,
-        persona,
-        model=model,
-        messages=[USER_MESSAGE],
-        max_tokens=8,
-        dialect=dialect,
-        retry=fast_retry(),
-        max_rounds=10**6,
-    )
+        remu, "sync", persona, model=model, messages=[USER_MESSAGE], max_tokens=max_tokens, dialect=dialect,
+        retry=fast_retry(), max_rounds=10**6,
+    )  # fmt: skip
     _ended_by_itself(run, remu, model)
     assert run.trace.stop_cause == "no_progress"
 
 
-def test_runaway_stream_ends_even_with_a_million_rounds_allowed(remu: FastEmulator) -> None:
+@pytest.mark.parametrize("driver", ["stream", "async", "astream"])
+def test_runaway_ends_even_with_a_million_rounds_allowed_other_drivers(remu: Emulator, driver: str) -> None:
     for mode in REPETITION_STARTS:
         model = runaway_model(remu, mode, sentinel_at=60)
         run = drive(
-            remu, "astream", "openrouter", model=model, messages=[USER_MESSAGE], max_tokens=8, dialect="prefill",
+            remu, driver, "dashscope", model=model, messages=[USER_MESSAGE], max_tokens=8, dialect="partial",
             retry=fast_retry(), max_rounds=10**6,
         )  # fmt: skip
         _ended_by_itself(run, remu, model)
@@ -334,11 +345,13 @@ def never_stop_policy() -> tenacity.Retrying:
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_stop_never_policy_is_capped_per_round(remu: FastEmulator, driver: str) -> None:
+def test_stop_never_policy_is_capped_per_round(remu: Emulator, driver: str) -> None:
     cap = autocontinue.retry.HARD_ATTEMPT_CAP
     always_503 = {n: Fault("status", status=503) for n in range(1, 3 * cap)}
     model = remu.add_script(Script(target=STORY, faults=always_503))
-    run = drive(remu, driver, "openrouter", model=model, messages=[USER_MESSAGE], max_tokens=8, retry=never_stop_policy())
+    run = drive(
+        remu, driver, "openrouter", model=model, messages=[USER_MESSAGE], max_tokens=8, retry=never_stop_policy()
+    )
     assert isinstance(run.error, openai.InternalServerError), f"expected the SDK's error, got {run.error!r}"
     assert not isinstance(run.error, autocontinue.ContinuationFailed)
     assert len(remu.requests(model)) == cap
@@ -346,7 +359,9 @@ def test_stop_never_policy_is_capped_per_round(remu: FastEmulator, driver: str) 
     # After text: the round that keeps failing ends the call with its partial, after the same cap.
     after_text = {n: Fault("status", status=503) for n in range(2, 3 * cap)}
     model = remu.add_script(Script(target=STORY, faults=after_text))
-    run = drive(remu, driver, "openrouter", model=model, messages=[USER_MESSAGE], max_tokens=8, retry=never_stop_policy())
+    run = drive(
+        remu, driver, "openrouter", model=model, messages=[USER_MESSAGE], max_tokens=8, retry=never_stop_policy()
+    )
     assert isinstance(run.error, autocontinue.ContinuationFailed), repr(run.error)
     assert isinstance(run.error.__cause__, openai.InternalServerError)
     assert len(remu.requests(model)) == 1 + cap
@@ -354,12 +369,484 @@ def test_stop_never_policy_is_capped_per_round(remu: FastEmulator, driver: str) 
 
 
 @pytest.mark.parametrize("driver", ["stream", "astream"])
-def test_stop_never_policy_with_streams_that_always_break_is_capped(remu: FastEmulator, driver: str) -> None:
+def test_stop_never_policy_with_streams_that_always_break_is_capped(remu: Emulator, driver: str) -> None:
     """Every stream breaks after one content chunk: each attempt keeps a little text, none completes the round."""
     cap = autocontinue.retry.HARD_ATTEMPT_CAP
     breaks = {n: Fault("drop", after_chunks=2) for n in range(2, 5 * cap)}
     model = remu.add_script(Script(target=STORY * 3, faults=breaks))
-    run = drive(remu, driver, "openrouter", model=model, messages=[USER_MESSAGE], max_tokens=8, retry=never_stop_policy())
+    run = drive(
+        remu, driver, "openrouter", model=model, messages=[USER_MESSAGE], max_tokens=8, retry=never_stop_policy()
+    )
     assert isinstance(run.error, autocontinue.ContinuationFailed), repr(run.error)
     assert len(remu.requests(model)) <= 1 + cap
     assert (STORY * 3).startswith(run.error.text)
+
+
+# =================================================================================================================
+# 3. Bad input: a ConfigurationError naming the argument, before any request
+
+
+class _Answer(pydantic.BaseModel):
+    text: str
+
+
+MISSING = object()  # delete the key from the request
+
+
+class Bad:
+    """One wrong call: ``request`` overrides the good request (MISSING deletes a key), ``options`` are autocontinue's;
+    ``word`` must appear in the error's message."""
+
+    def __init__(self, name: str, word: str, *, options: dict[str, Any] | None = None, **request: Any) -> None:
+        self.name, self.word, self.options, self.request = name, word, options or {}, request
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: the price of the script's model is filled in by the test (it is only known once the script is registered)
+MODEL = "<model>"
+
+BAD_CALLS = [
+    # --- messages
+    Bad("messages-missing", "messages", messages=MISSING),
+    Bad("messages-none", "messages", messages=None),
+    Bad("messages-empty", "messages", messages=[]),
+    Bad("messages-str", "messages", messages="Tell me a story."),
+    Bad("messages-dict", "messages", messages={"role": "user", "content": "hi"}),
+    Bad("messages-non-dict-entry", "messages[0]", messages=["hi"]),
+    Bad("messages-none-entry", "messages[1]", messages=[USER_MESSAGE, None]),
+    Bad("message-bad-role", "role", messages=[{"role": "robot", "content": "hi"}]),
+    Bad("message-no-role", "role", messages=[{"content": "hi"}]),
+    Bad("user-content-none", "messages[0]", messages=[{"role": "user", "content": None}]),
+    Bad("user-content-int", "content", messages=[{"role": "user", "content": 42}]),
+    Bad(
+        "trailing-assistant-content-list",
+        "content",
+        messages=[USER_MESSAGE, {"role": "assistant", "content": [{"type": "text", "text": "Once"}]}],
+    ),
+    Bad("trailing-assistant-content-int", "content", messages=[USER_MESSAGE, {"role": "assistant", "content": 7}]),
+    Bad("only-an-assistant-prefix", "messages", messages=[{"role": "assistant", "content": "Once"}]),
+    Bad(
+        "trailing-assistant-tool-calls",
+        "tool_calls",
+        messages=[
+            USER_MESSAGE,
+            {"role": "assistant", "content": "x", "tool_calls": [{"id": "1", "type": "function"}]},
+        ],
+    ),
+    # --- model
+    Bad("model-missing", "model", model=MISSING),
+    Bad("model-empty", "model", model=""),
+    Bad("model-int", "model", model=4),
+    # --- limits and request options
+    Bad("max_tokens-0", "max_tokens", max_tokens=0),
+    Bad("max_tokens-negative", "max_tokens", max_tokens=-1),
+    Bad("max_tokens-str", "max_tokens", max_tokens="10"),
+    Bad("max_tokens-bool", "max_tokens", max_tokens=True),
+    Bad("max_completion_tokens-0", "max_completion_tokens", max_completion_tokens=0),
+    Bad("n-0", "n", n=0),
+    Bad("n-float", "n", n=1.5),
+    Bad("n-2-with-stream", "stream", n=2, stream=True),
+    Bad("unknown-kwarg", "frobnicate", frobnicate=1),
+    Bad("extra_body-list", "extra_body", extra_body=["continue_final_message"]),
+    Bad("stream-str", "stream", stream="yes"),
+    Bad("response_format-pydantic-class", "response_format", response_format=_Answer),
+    # --- autocontinue's options
+    Bad("dialect-unknown", "dialect", options={"dialect": "klingon"}),
+    Bad("dialect-int", "dialect", options={"dialect": 3}),
+    Bad("max_rounds-0", "max_rounds", options={"max_rounds": 0}),
+    Bad("max_rounds-float", "max_rounds", options={"max_rounds": 1.5}),
+    Bad("max_rounds-none", "max_rounds", options={"max_rounds": None}),
+    Bad("max_rounds-bool", "max_rounds", options={"max_rounds": True}),
+    Bad("max_total_tokens-negative", "max_total_tokens", options={"max_total_tokens": -5}),
+    Bad("max_total_tokens-str", "max_total_tokens", options={"max_total_tokens": "100"}),
+    Bad("max_cost_usd-0", "max_cost_usd", options={"max_cost_usd": 0}),
+    Bad("max_cost_usd-nan", "max_cost_usd", options={"max_cost_usd": math.nan}),
+    Bad("max_cost_usd-inf", "max_cost_usd", options={"max_cost_usd": math.inf}),
+    Bad("max_cost_usd-str", "max_cost_usd", options={"max_cost_usd": "0.5"}),
+    Bad("cost-budget-unknown-price", "price", options={"max_cost_usd": 0.5}),
+    Bad("prices-not-a-mapping", "price", options={"prices": [("gpt-4o", 1.0)]}),
+    Bad("prices-value-str", "price", options={"prices": {MODEL: "cheap"}}),
+    Bad("prices-tuple-too-short", "price", options={"prices": {MODEL: (1.0,)}}),
+    Bad("prices-tuple-non-numeric", "price", options={"prices": {MODEL: (1.0, "free")}, "max_cost_usd": 0.5}),
+    Bad("prices-nan", "price", options={"prices": {MODEL: (math.nan, 1.0)}, "max_cost_usd": 0.5}),
+    Bad("prices-key-not-str", "price", options={"prices": {5: (1.0, 1.0)}}),
+    Bad("retry-int", "retry", options={"retry": 3}),
+    Bad("retry-stop-strategy", "retry", options={"retry": tenacity.stop_after_attempt(3)}),
+    Bad("heal-str", "heal", options={"heal": "no"}),
+    Bad("log_text-str", "log_text", options={"log_text": "no"}),
+    Bad("reasoning_retry-str", "reasoning_retry", options={"reasoning_retry": "yes"}),
+    Bad("stop_when-int", "stop_when", options={"stop_when": 5}),
+    Bad("stop_when-lambda", "stop_when", options={"stop_when": lambda state: None}),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_model(remu: Emulator) -> str:
+    return remu.add_script(Script(target=STORY))
+
+
+def _bad_request(case: Bad, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    request: dict[str, Any] = {"model": model, "messages": [USER_MESSAGE], "max_tokens": 8}
+    for key, value in case.request.items():
+        if value is MISSING:
+            request.pop(key, None)
+        else:
+            request[key] = value
+    options: dict[str, Any] = {"retry": fast_retry()}
+    for key, value in case.options.items():
+        if key == "prices" and isinstance(value, dict):
+            value = {model if k == MODEL else k: v for k, v in value.items()}
+        options[key] = value
+    return request, options
+
+
+def assert_configuration_error(emu: Emulator, call: Any, word: str) -> None:
+    """``call()`` raises a ConfigurationError (a ValueError) naming ``word``, raised by the library's own validation
+    (no SDK or pydantic frame, no internal error chained to it), and nothing was sent."""
+    before = emu.stats()["requests_total"]
+    try:
+        result = call()
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+    except Exception as error:
+        caught: Exception = error
+    else:
+        sent = emu.stats()["requests_total"] - before
+        pytest.fail(f"the wrong call was accepted ({sent} request(s) sent); it returned {type(result).__name__}")
+    sent = emu.stats()["requests_total"] - before
+    frames = traceback.extract_tb(caught.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    assert isinstance(caught, autocontinue.ConfigurationError), (
+        f"expected ConfigurationError, got {type(caught).__module__}.{type(caught).__name__}: {caught} (raised at "
+        f"{where}; {sent} request(s) sent)"
+    )
+    assert isinstance(caught, ValueError)
+    message = str(caught)
+    assert message and "\n" not in message, f"not one line: {message!r}"
+    assert word.lower() in message.lower(), f"the message does not name {word!r}: {message!r}"
+    chained = caught.__cause__ or (None if caught.__suppress_context__ else caught.__context__)
+    assert chained is None, f"an internal error leaks through: {chained!r}"
+    foreign = [f"{f.filename}:{f.lineno}" for f in frames if "site-packages" in f.filename]
+    assert not foreign, f"raised from outside the library's validation: {foreign}"
+    assert "/autocontinue/" in frames[-1].filename, f"raised at {where}"
+    assert sent == 0, f"{sent} request(s) were sent before the error"
+
+
+@pytest.mark.parametrize("path", ["wrap", "create"])
+@pytest.mark.parametrize("case", BAD_CALLS, ids=repr)
+def test_bad_call_is_a_configuration_error(remu: Emulator, bad_model: str, case: Bad, path: str) -> None:
+    request, options = _bad_request(case, bad_model)
+    client = sync_client(remu, "openrouter")
+    try:
+        if path == "wrap":
+            assert_configuration_error(
+                remu, lambda: autocontinue.wrap(client, **options).chat.completions.create(**request), case.word
+            )
+        else:
+            assert_configuration_error(remu, lambda: autocontinue.create(client, **options, **request), case.word)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("path", ["awrap", "acreate"])
+@pytest.mark.parametrize("case", BAD_CALLS, ids=repr)
+def test_bad_async_call_is_a_configuration_error(remu: Emulator, bad_model: str, case: Bad, path: str) -> None:
+    request, options = _bad_request(case, bad_model)
+
+    async def call() -> Any:
+        aclient = async_client(remu, "openrouter")
+        try:
+            if path == "awrap":
+                return await autocontinue.wrap(aclient, **options).chat.completions.create(**request)
+            return await autocontinue.acreate(aclient, **options, **request)
+        finally:
+            await aclient.close()
+
+    assert_configuration_error(remu, call, case.word)
+
+
+@pytest.mark.parametrize(
+    "target", [None, "https://api.openai.com/v1", object(), openai, 42], ids=["None", "str", "object", "module", "int"]
+)
+def test_wrap_takes_only_clients(remu: Emulator, target: Any) -> None:
+    assert_configuration_error(remu, lambda: autocontinue.wrap(target), "client")
+
+
+def test_wrap_rejects_the_completions_resource_and_unknown_options(remu: Emulator, bad_model: str) -> None:
+    client = sync_client(remu, "openrouter")
+    try:
+        assert_configuration_error(remu, lambda: autocontinue.wrap(client.chat.completions), "client")
+        assert_configuration_error(remu, lambda: autocontinue.wrap(client, max_round=3), "max_round")
+    finally:
+        client.close()
+
+
+def test_create_with_an_async_client_and_acreate_with_a_sync_one(remu: Emulator, bad_model: str) -> None:
+    good = {"model": bad_model, "messages": [USER_MESSAGE], "max_tokens": 8}
+    aclient = async_client(remu, "openrouter")
+    client = sync_client(remu, "openrouter")
+    try:
+        assert_configuration_error(remu, lambda: autocontinue.create(aclient, **good), "acreate")
+        assert_configuration_error(remu, lambda: autocontinue.acreate(client, **good), "create")
+        assert_configuration_error(remu, lambda: autocontinue.create(None, **good), "client")
+    finally:
+        client.close()
+        asyncio.run(aclient.close())
+
+
+# =================================================================================================================
+# 4. Secrets: no key, no header, no message text in any log event (unless log_text=True, and then never the key)
+
+SYSTEM_PROMPT = "You are Quentin Marmalade, archivist of the vermilion lighthouse on Zephyr Key."
+USER_PROMPT = "Recite the ballad of the obsidian kumquat orchard, every stanza, verbatim."
+SECRET_TARGET = (
+    "Beneath obsidian kumquat boughs a zephyr hummed of vermilion tides; Quentin inked each stanza twice into amber "
+    "ledgers, sealed them with quince wax, and hid the ledgers behind the lighthouse lantern where only gulls read. "
+    "When winter came the orchard froze, yet every kumquat kept its glow like a tiny ember under frost."
+)
+SECRET_MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": USER_PROMPT}]
+FORBIDDEN = (API_KEY, "SECRET-123", "authorization", "bearer")
+
+
+def _windows(*texts: str, size: int = 12) -> set[str]:
+    return {text[i : i + size] for text in texts for i in range(len(text) - size + 1)}
+
+
+TEXT_WINDOWS = _windows(SYSTEM_PROMPT, USER_PROMPT, SECRET_TARGET)
+
+
+def _leaks(rendered: str, *, text_allowed: bool) -> list[str]:
+    found = [word for word in FORBIDDEN if word.lower() in rendered.lower()]
+    if not text_allowed:
+        found += sorted({rendered[i : i + 12] for i in range(len(rendered) - 11)} & TEXT_WINDOWS)[:3]
+    return found
+
+
+def _secret_scenarios(emu: Emulator, **options: Any) -> None:
+    """Success, retries of every kind, a dialect fallback, failures after and before text; sync, async, streams."""
+    kinds = dict(model=None, messages=SECRET_MESSAGES, max_tokens=8, retry=fast_retry(), **options)
+
+    def model(**script: Any) -> str:
+        return emu.add_script(Script(target=SECRET_TARGET, **script))
+
+    flaky = {
+        2: Fault("status", status=429, retry_after=0.01),
+        4: Fault("status", status=500),
+        5: Fault("drop"),
+        7: Fault("truncated_json"),
+        9: Fault("status", status=503, retry_after=0.02),
+    }
+    flaky_stream = {
+        2: Fault("drop", after_chunks=3),
+        4: Fault("malformed_sse", after_chunks=2),
+        6: Fault("status", status=500),
+    }
+    fails_after_text = {n: Fault("status", status=503) for n in range(3, 12)}
+    fails_at_once = {n: Fault("status", status=500) for n in range(1, 10)}
+    runs = [
+        ("sync", "openrouter", {"dialect": "prefill"}, {}),
+        ("stream", "mistral", {"dialect": "prefix"}, {}),
+        ("sync", "openrouter", {"dialect": "prefill"}, {"faults": flaky}),
+        ("astream", "dashscope", {"dialect": "partial"}, {"faults": flaky_stream}),
+        ("async", "claude46", {}, {}),  # unknown host: prefill refused -> instruction fallback
+        ("stream", "claude46", {}, {}),
+        ("sync", "openai", {"dialect": "instruction"}, {"faults": fails_after_text}),
+        ("astream", "openrouter", {"dialect": "prefill"}, {"faults": fails_after_text}),
+        ("sync", "openrouter", {"dialect": "prefill"}, {"faults": fails_at_once}),
+    ]
+    for driver, persona, extra, script in runs:
+        run = drive(emu, driver, persona, **{**kinds, **extra, "model": model(**script)})
+        if run.error is not None:
+            assert isinstance(run.error, autocontinue.ContinuationFailed | openai.APIError), repr(run.error)
+
+
+EXPECTED_EVENTS = {
+    "autocontinue.round",
+    "autocontinue.retry",
+    "autocontinue.call",
+    "autocontinue.dialect_fallback",
+    "autocontinue.failed",
+}
+
+
+def test_no_secret_or_text_in_structlog_events(remu: Emulator) -> None:
+    try:
+        with structlog.testing.capture_logs() as events:
+            _secret_scenarios(remu)
+    finally:
+        structlog.reset_defaults()
+    assert {e["event"] for e in events} >= EXPECTED_EVENTS, "the scenarios did not produce every kind of event"
+    leaks = [(e["event"], found) for e in events if (found := _leaks(repr(e), text_allowed=False))]
+    assert not leaks, f"{len(leaks)} of {len(events)} events leak: {leaks[:5]}"
+
+
+def test_no_secret_or_text_in_stdlib_log_records(remu: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    structlog.reset_defaults()  # unconfigured structlog: events go to the stdlib logger "autocontinue"
+    caplog.set_level(logging.DEBUG)
+    _secret_scenarios(remu)
+    records = [r for r in caplog.records if r.name.split(".")[0] == "autocontinue"]
+    assert {r.getMessage().split(" ")[0] for r in records} >= EXPECTED_EVENTS, "not every kind of event was logged"
+    leaks = []
+    for record in records:
+        rendered = f"{record.getMessage()} {record.__dict__!r}"
+        if found := _leaks(rendered, text_allowed=False):
+            leaks.append((record.getMessage()[:60], found))
+    assert not leaks, f"{len(leaks)} of {len(records)} records leak: {leaks[:5]}"
+
+
+def test_log_text_may_show_text_but_never_the_key(remu: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        with structlog.testing.capture_logs() as events:
+            _secret_scenarios(remu, log_text=True)
+    finally:
+        structlog.reset_defaults()
+    caplog.set_level(logging.DEBUG)
+    _secret_scenarios(remu, log_text=True)
+    rendered = [repr(e) for e in events]
+    rendered += [f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records if r.name.split(".")[0] == "autocontinue"]
+    assert any(_windows(text) & TEXT_WINDOWS for text in rendered), "log_text=True logged no text at all"
+    leaks = [found for text in rendered if (found := _leaks(text, text_allowed=True))]
+    assert not leaks, f"the key or an auth header was logged: {leaks[:5]}"
+
+
+# =================================================================================================================
+# 5. Failure after round k: the partial is exactly the k rounds' text, with their usage
+
+#: (persona, dialect): no echo, an echo (Mistral returns the prefix first), and the instruction
+K_PERSONAS = [("openrouter", "prefill"), ("mistral", "prefix"), ("openai", "instruction")]
+#: six failures, one round's worth of attempts: every transient status, Retry-After or not; the last is a 500
+EXHAUST = [
+    Fault("status", status=503),
+    Fault("status", status=429, retry_after=0.01),
+    Fault("status", status=500),
+    Fault("status", status=503, retry_after=0.02),
+    Fault("status", status=429, retry_after=0.0),
+    Fault("status", status=500),
+]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize(("persona", "dialect"), K_PERSONAS)
+def test_failure_after_k_rounds_keeps_exactly_their_text(
+    remu: Emulator, persona: str, dialect: str, k: int, driver: str
+) -> None:
+    faults = {k + 1 + i: fault for i, fault in enumerate(EXHAUST)}
+    model = remu.add_script(Script(target=STORY, faults=faults))
+    recorder = Recorder()
+    http_client = recorder.aclient() if driver.startswith("a") else recorder.client()
+    run = drive(
+        remu, driver, persona, http_client=http_client, model=model, messages=[USER_MESSAGE], max_tokens=6,
+        dialect=dialect, retry=fast_retry(len(EXHAUST)),
+    )  # fmt: skip
+    error = run.error
+    assert type(error) is autocontinue.ContinuationFailed, f"expected ContinuationFailed, got {error!r}"
+    assert isinstance(error.__cause__, openai.InternalServerError) and error.cause is error.__cause__
+
+    log = remu.requests(model)
+    answered = recorder.ok()
+    assert len(log) == k + len(EXHAUST), "the round after the k-th was not tried exactly once per allowed attempt"
+    assert len(answered) == k
+
+    # The text after round k, as the emulator wrote it: the prefix it was sent plus its reply (minus any echo).
+    sent = sent_prefix(log[k - 1])
+    assert sent is not None
+    reply = answered[-1]["content"]
+    expected = sent + (reply[len(sent) :] if sent and reply.startswith(sent) else reply)
+    partial = error.partial
+    assert error.text == partial.choices[0].message.content == expected
+    assert STORY.startswith(expected) and len(expected) < len(STORY)
+
+    trace = partial.continuation
+    assert trace.stop_cause == "error"
+    assert partial.choices[0].finish_reason == "length"
+    assert [r.finish_reason for r in trace.rounds] == ["length"] * k
+    assert sum(r.chars_added for r in trace.rounds) == len(expected)
+
+    usage = partial.usage
+    assert usage is not None
+    reported = [r["usage"] for r in answered]
+    assert usage.prompt_tokens == sum(u["prompt_tokens"] for u in reported)
+    assert usage.completion_tokens == sum(u["completion_tokens"] for u in reported)
+    assert usage.total_tokens == sum(u["total_tokens"] for u in reported)
+    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in reported)
+    assert (usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0) == cached
+
+    if driver in ("stream", "astream"):
+        assert run.delivered == expected, (
+            f"the caller received {run.delivered!r} before the error, but the partial is {expected!r}"
+        )
+
+
+# =================================================================================================================
+# Reproductions of what the chaos run found (each a plain, deterministic call)
+
+
+def _text_of(run: Run) -> str:
+    assert run.error is None, repr(run.error)
+    return run.text or ""
+
+
+@pytest.mark.parametrize("driver", ["sync", "stream"])
+@pytest.mark.parametrize(
+    ("persona", "dialect", "max_tokens", "target"),
+    [
+        ("openai", "instruction", 1, "Some longer opening text, then a, b, c, d, e, f."),
+        ("deepseek-beta", "prefix", 1, "'single' \n3.14159   more"),
+        ("claude46", "instruction", 3, "A line of intro text:\n  then more:\n  "),
+    ],
+)
+def test_stream_delivers_text_decided_at_a_rounds_end(
+    remu: Emulator, persona: str, dialect: str, max_tokens: int, target: str, driver: str
+) -> None:
+    """Text a seam stage holds until the reply ends (a short reply that could still be a repeated tail or an echo)
+    is part of the answer and must reach a stream too."""
+    model = remu.add_script(Script(target=target))
+    run = drive(
+        remu, driver, persona, model=model, messages=[USER_MESSAGE], max_tokens=max_tokens, dialect=dialect,
+        retry=fast_retry(), max_rounds=200,
+    )  # fmt: skip
+    assert _text_of(run) == target
+    assert sum(r.chars_added for r in run.trace.rounds) == len(target)
+
+
+@pytest.mark.parametrize(("persona", "dialect"), [("openrouter", "prefill"), ("dashscope", "partial")])
+def test_doubled_word_is_not_a_runaway(remu: Emulator, persona: str, dialect: str) -> None:
+    """One token per round: two rounds that say the same word are ordinary text, not a model stuck in a loop."""
+    for target, max_tokens in [("I said bye bye to everyone.", 1), ("Ha ha ha ha ha ha ha ha, very funny.", 2)]:
+        model = remu.add_script(Script(target=target))
+        run = drive(
+            remu, "sync", persona, model=model, messages=[USER_MESSAGE], max_tokens=max_tokens, dialect=dialect,
+            retry=fast_retry(), max_rounds=200,
+        )  # fmt: skip
+        assert _text_of(run) == target, f"stopped for {run.trace.stop_cause!r}"
+
+
+@pytest.mark.parametrize("driver", ["sync", "stream"])
+@pytest.mark.parametrize("max_tokens", [4, 16])
+def test_auto_dialect_recovers_from_a_server_that_ignores_prefill(remu: Emulator, max_tokens: int, driver: str) -> None:
+    """Unknown host, server without prefill (it answers the trailing assistant message by starting over): the reply
+    reproduces the text so far, which looks like an echo of it; the call must fall back, not stop short."""
+    model = remu.add_script(Script(target=STORY))
+    run = drive(
+        remu, driver, "openai", model=model, messages=[USER_MESSAGE], max_tokens=max_tokens, retry=fast_retry(),
+        max_rounds=200,
+    )  # fmt: skip
+    assert _text_of(run) == STORY, f"stopped for {run.trace.stop_cause!r} after {len(run.trace.rounds)} rounds"
+    assert run.trace.fallbacks
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2])
+@pytest.mark.parametrize("persona", ["anthropic", "openrouter"])
+def test_prefill_rounds_of_one_or_two_tokens_get_past_whitespace(remu: Emulator, persona: str, max_tokens: int) -> None:
+    """The prefill dialect never sends trailing whitespace (Anthropic refuses it), so a round must regenerate it; at
+    one or two tokens per round that round has no room left for anything new, yet the model is not stuck."""
+    target = "Hello world\n\n  Second line here."
+    model = remu.add_script(Script(target=target))
+    run = drive(
+        remu, "sync", persona, model=model, messages=[USER_MESSAGE], max_tokens=max_tokens, dialect="prefill",
+        retry=fast_retry(), max_rounds=200,
+    )  # fmt: skip
+    assert _text_of(run) == target, f"stopped for {run.trace.stop_cause!r} after {len(run.trace.rounds)} rounds"

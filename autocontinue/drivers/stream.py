@@ -93,6 +93,7 @@ class ContinuedStream:
                 yield from core.closing_chunks(action.completion)
                 return
             else:
+                yield from core.failing_chunks()
                 raise action.error
 
 
@@ -170,4 +171,6 @@ class AsyncContinuedStream:
                     yield out
                 return
             else:
+                for out in core.failing_chunks():
+                    yield out
                 raise action.error
