@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install engine test lint unit demo bench clean
+.PHONY: install engine test lint unit demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: engine
 
 bench: engine
 	$(PY) -m benchmarks
+
+# A smoke run of every benchmark (about a minute on a quiet machine): not a measurement.
+bench-quick: engine
+	$(PY) -m benchmarks --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -95,13 +95,19 @@ class PriceTable:
                 )
             table[name] = price
         self._table = table
+        self._matched: dict[str, Price | None] = {}
 
     def lookup(self, model: str) -> Price | None:
         """The price of ``model``, or ``None`` when unknown."""
         if model in self._table:
             return self._table[model]
+        if model in self._matched:
+            return self._matched[model]
         best = max((name for name in self._table if model.startswith(name)), key=len, default=None)
-        return self._table[best] if best is not None else None
+        price = self._table[best] if best is not None else None
+        if len(self._matched) < 1024:  # a call names one model; remember the match, boundedly
+            self._matched[model] = price
+        return price
 
     def require(self, model: str) -> Price:
         """The price of ``model``; raises :class:`UnknownPriceError` when a cost budget cannot be enforced."""

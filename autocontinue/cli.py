@@ -355,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    # Once only: `timeout` and process-group kills deliver the signal twice, and a second KeyboardInterrupt
+    # would break the clean-up (stopping the server) that the first one started.
+    signal.signal(signum, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

@@ -38,7 +38,7 @@ from .errors import (
 )
 from .jsoncheck import check_json
 from .request import CallRequest
-from .result import build_completion
+from .result import build_completion, reuse_completion
 from .retry import RetryTracker
 from .stitch import HOLD_WINDOW, RESTART_PROBE, EchoMode, Seam, SeamPlan, hold_back_point
 from .tokens import TokenCounter, default_counter
@@ -305,7 +305,8 @@ class Continuation:
         delta = choice.delta
         if choice.finish_reason is not None:
             current.finish_reason = choice.finish_reason
-            choice.finish_reason = None  # interim finish reasons are swallowed; the last chunk carries the final one
+            # Interim finish reasons are swallowed; the last chunk carries the final one.
+            choice.__dict__["finish_reason"] = None
         if delta.tool_calls:
             current.tool_calls.extend(delta.tool_calls)
         reasoning = _reasoning_of(delta)
@@ -322,14 +323,16 @@ class Continuation:
             choice.logprobs = ChoiceLogprobs.model_construct(content=current.fresh_logprobs, refusal=None)
             current.fresh_logprobs = []
         # The chunk object is ours alone (fresh from the SDK's parser): reuse it rather than build a copy.
-        delta.content = released or None
+        # Plain dict writes: pydantic's __setattr__ costs more than the rest of a chunk's handling.
+        fields = delta.__dict__
+        fields["content"] = released or None
         if self._role_sent:
-            delta.role = None
-        elif delta.role is not None or released:
-            delta.role = "assistant"
+            fields["role"] = None
+        elif fields.get("role") is not None or released:
+            fields["role"] = "assistant"
             self._role_sent = True
-        chunk.id = self._stream_id or chunk.id
-        chunk.usage = None
+        chunk.__dict__["id"] = self._stream_id or chunk.id
+        chunk.__dict__["usage"] = None
         keep = released or delta.role or _has_payload(delta) or choice.logprobs is not None
         # The request's own limit already stops the server at the budget. Closing early is for servers that ignore
         # it: every content chunk carries at least one token, so more chunks than the limit prove an overrun
@@ -850,6 +853,17 @@ class Continuation:
         return Done(completion)
 
     def _completion(self, finish_reason: str, *, tool_calls: list[Any] | None = None) -> ChatCompletion:
+        first = self._first
+        if (
+            isinstance(first, ChatCompletion)
+            and len(self.trace.rounds) == 1
+            and not self._call.has_prefix
+            and len(first.choices) == 1
+            and first.choices[0].finish_reason == finish_reason
+        ):
+            # One round that ended by itself (the common case): the provider's own reply is the answer. Reuse its
+            # validated fields instead of validating a copy, so an untruncated call costs next to nothing extra.
+            return reuse_completion(first, self.trace)
         logprobs = self._logprobs + list(self._last_queue)
         extra: dict[str, Any] = {}
         if self._reasoning:
@@ -924,18 +938,21 @@ _DELTA_FIELDS = ("tool_calls", "function_call", "refusal")
 
 
 def _has_payload(delta: Any) -> bool:
-    if any(getattr(delta, name, None) for name in _DELTA_FIELDS):
+    fields = delta.__dict__
+    if any(fields.get(name) for name in _DELTA_FIELDS):
         return True
-    extra = getattr(delta, "model_extra", None) or {}
+    extra = getattr(delta, "__pydantic_extra__", None) or {}
     return any(value for value in extra.values())
 
 
 def _reasoning_of(message: Any) -> str:
     """Reasoning text of a message or delta: ``reasoning_content`` (DeepSeek, DashScope, vLLM) or ``reasoning``."""
+    # Not fields of the SDK's types: they arrive as pydantic extras. Read the dicts directly (this runs per chunk,
+    # and attribute access on a missing field is slow).
+    fields = getattr(message, "__dict__", {})
+    extra = getattr(message, "__pydantic_extra__", None) or {}
     for name in ("reasoning_content", "reasoning"):
-        value = getattr(message, name, None)
-        if value is None:
-            value = (getattr(message, "model_extra", None) or {}).get(name)
+        value = extra.get(name) or fields.get(name)
         if isinstance(value, str) and value:
             return value
     return ""

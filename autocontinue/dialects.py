@@ -7,6 +7,7 @@ not accept this way of continuing at all. Facts and sources: ``providers.md`` in
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -256,12 +257,17 @@ class DialectChoice:
 
 def resolve_dialect(spec: str | Dialect, base_url: str) -> DialectChoice:
     """Turn ``dialect=`` (a name, "auto" or an instance) into a :class:`DialectChoice`."""
+    if isinstance(spec, str):
+        return _resolve_name(spec, base_url)  # dialects hold no state: one choice per (name, URL) serves all calls
     if isinstance(spec, Dialect):
         return DialectChoice(spec)
     if isinstance(spec, type) and issubclass(spec, Dialect):
         return DialectChoice(spec())
-    if not isinstance(spec, str):
-        raise ConfigurationError(f"dialect must be a name or a Dialect, got {type(spec).__name__}")
+    raise ConfigurationError(f"dialect must be a name or a Dialect, got {type(spec).__name__}")
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_name(spec: str, base_url: str) -> DialectChoice:
     if spec == "auto":
         known = detect_dialect(base_url)
         if known is not None:

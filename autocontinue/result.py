@@ -16,7 +16,7 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 
 from .trace import ContinuationTrace, RoundTrace
 
-__all__ = ["ContinuedChatCompletion", "build_completion", "sum_usage"]
+__all__ = ["ContinuedChatCompletion", "build_completion", "merge_choices", "reuse_completion", "sum_usage"]
 
 
 class ContinuedChatCompletion(ChatCompletion):
@@ -86,6 +86,21 @@ def build_completion(
     completion = ContinuedChatCompletion.model_validate(body) if _standard(finish_reason) else _construct(body)
     completion._continuation = trace
     return completion
+
+
+def reuse_completion(completion: ChatCompletion, trace: ContinuationTrace) -> ContinuedChatCompletion:
+    """``completion`` itself as the result of a one-round call: its fields, already validated, with the trace.
+
+    Built the way pydantic's ``model_construct`` builds a model, without the SDK's recursive ``construct`` (which
+    costs more than the rest of an untruncated call's handling).
+    """
+    result = ContinuedChatCompletion.__new__(ContinuedChatCompletion)
+    extra = completion.__pydantic_extra__
+    object.__setattr__(result, "__dict__", dict(completion.__dict__))
+    object.__setattr__(result, "__pydantic_fields_set__", set(completion.model_fields_set))
+    object.__setattr__(result, "__pydantic_extra__", dict(extra) if extra is not None else None)
+    object.__setattr__(result, "__pydantic_private__", {"_continuation": trace})
+    return result
 
 
 def _standard(finish_reason: str) -> bool:

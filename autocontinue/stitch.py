@@ -21,7 +21,6 @@ not grow with the length of the answer. Pieces are never stripped: whitespace is
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,8 +45,6 @@ OVERLAP_WINDOW = 1024
 RESTART_PROBE = 24
 
 REPLACEMENT_CHAR = "\ufffd"
-# The last "pretoken" in the GPT-2 sense: a word or a punctuation run, with at most one leading space.
-_LAST_PRETOKEN = re.compile(r"(?: ?\w+| ?[^\s\w]+)\Z")
 
 
 def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whitespace: bool) -> int:
@@ -81,13 +78,35 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
     if ws_cut < mandatory:
         cut = ws_cut
     else:
-        window = without_garbage[-HOLD_WINDOW:]
+        # A cut further back than MAX_HOLD is refused below anyway, so the word is looked for only that far back
+        # (this runs for every streamed chunk).
+        window = without_garbage[-(MAX_HOLD + 2) :]
         start = mandatory - len(window)
-        match = _LAST_PRETOKEN.search(window)
-        cut = start + (len(window[: match.start()].rstrip()) if match else len(window))
+        cut = start + len(window[: _last_pretoken_start(window)].rstrip())
     if cut <= floor or mandatory - cut > MAX_HOLD:
         return fallback
     return cut
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _last_pretoken_start(text: str) -> int:
+    """Where the last "pretoken" of ``text`` starts: its last word or punctuation run, with at most one leading
+    space (GPT-2-style tokenizers attach one space to the word after it). ``text`` does not end in whitespace."""
+    i = len(text)
+    if i == 0:
+        return 0
+    if _is_word_char(text[i - 1]):
+        while i > 0 and _is_word_char(text[i - 1]):
+            i -= 1
+    else:
+        while i > 0 and not text[i - 1].isspace() and not _is_word_char(text[i - 1]):
+            i -= 1
+    if i > 0 and text[i - 1] == " ":
+        i -= 1
+    return i
 
 
 @dataclass(frozen=True)

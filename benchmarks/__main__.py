@@ -3,6 +3,7 @@
     python -m benchmarks                 # all of them (make bench)
     python -m benchmarks --quick         # a smoke run of all of them, about a minute: not a measurement
     python -m benchmarks overhead memory # some of them
+    python -m benchmarks --summary       # rebuild summary.md from the results files, running nothing
 
 Each benchmark runs in its own process (``python -m benchmarks.<name>``), so none inherits another's imports,
 threads, connection pools or tracemalloc, and one that fails does not stop the others. Each writes
@@ -164,14 +165,16 @@ def _verdict(ok: Any) -> str:
     return {True: "ok", False: "**missed**", None: ""}[ok]
 
 
-def _summary(runs: list[dict[str, Any]], info: dict[str, Any], quick: bool, total: float) -> str:
+def _summary(
+    runs: list[dict[str, Any]], info: dict[str, Any], quick: bool, total: float, summary_only: bool = False
+) -> str:
     by_name = {r["name"]: r for r in runs}
     rows: list[dict[str, Any]] = []
     for name, _title in BENCHMARKS:
         if name not in by_name:
             continue
         run = by_name[name]
-        data = load_result(name) if run["status"] == "ok" else None
+        data = load_result(name) if run["status"].startswith("ok") else None
         if data is None:
             rows.append(
                 {
@@ -191,13 +194,13 @@ def _summary(runs: list[dict[str, Any]], info: dict[str, Any], quick: bool, tota
         "# autocontinue benchmarks",
         "",
         f"{'Quick smoke run (not a measurement)' if quick else 'Full run'} of {len(runs)} benchmark(s) in "
-        f"{total:.0f} s, {info['date']}.",
+        f"{total:.0f} s{' (sum of the runs below)' if summary_only else ''}, {info['date']}.",
         "",
         f"Machine: {info['platform']}; CPU {info['cpu_model']}, {info['cores']} cores "
         f"({info['cores_usable']} usable); Python {info['python']}; openai {info['openai']}, httpx2 "
         f"{info['httpx2']}; autocontinue {info['autocontinue']} at {info['commit']}. Load average at start "
-        f"{info['loadavg_at_start']}, at end {load_end}: on a shared machine, wall-clock numbers are noisier than "
-        "the CPU-time ones next to them.",
+        f"{info['loadavg_at_start']}, at end {load_end} (and at each benchmark's start below): on a shared machine, "
+        "wall-clock numbers are noisier than the CPU-time ones next to them.",
         "",
         "Each ratio is ours / baseline, measured in the same run. A goal of `info` reports a number without a verdict.",
         "",
@@ -210,9 +213,11 @@ def _summary(runs: list[dict[str, Any]], info: dict[str, Any], quick: bool, tota
             f"| {numbers.get(row['benchmark'], '')} | {row['benchmark']} | {row['metric']} | {row['ours']} | "
             f"{row['baseline']} | {_fmt_ratio(row['ratio'])} | {row['goal']} | {_verdict(row['ok'])} |"
         )
-    lines += ["", "| benchmark | status | seconds |", "|---|---|---|"]
+    lines += ["", "| benchmark | status | seconds | load average at its start |", "|---|---|---|---|"]
     for run in runs:
-        lines.append(f"| {run['name']} | {run['status']} | {run['seconds']} |")
+        data = load_result(run["name"]) if run["status"].startswith("ok") else None
+        load = run.get("load") or ((data or {}).get("machine") or {}).get("loadavg_at_start") or "-"
+        lines.append(f"| {run['name']} | {run['status']} | {run['seconds']} | {load} |")
     missed = [r for r in rows if r["ok"] is False]
     if missed:
         lines += ["", "Missed goals (the benchmark's JSON has the details, and a profile where one was taken):"]
@@ -227,6 +232,25 @@ def _summary(runs: list[dict[str, Any]], info: dict[str, Any], quick: bool, tota
     return "\n".join(lines)
 
 
+def _from_files(names: list[str]) -> list[dict[str, Any]]:
+    """The runs behind the results files already there (for ``--summary``): each with its own date and time."""
+    runs = []
+    for name in names:
+        data = load_result(name)
+        if data is None:
+            runs.append({"name": name, "status": "no results", "seconds": 0.0})
+            continue
+        seconds = data.get("seconds", (data.get("settings") or {}).get("seconds", 0.0))
+        date = (data.get("machine") or {}).get("date")
+        if date is None:
+            path = RESULTS_DIR / f"{name}.json"
+            date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(path.stat().st_mtime))
+        quick = " quick" if data.get("quick") else ""
+        runs.append({"name": name, "status": f"ok (from file:{quick} run of {date})", "seconds": seconds})
+        runs[-1]["load"] = (data.get("machine") or {}).get("loadavg_at_start")
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"some of {', '.join(NAMES)} (default: all)")
@@ -236,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run seam fidelity with its own defaults (every prompt) instead of one prompt of each kind",
     )
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="run nothing: rebuild summary.md from the results files already there",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(NAMES))
     if unknown:
@@ -243,9 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [name for name in NAMES if not args.names or name in args.names]
     info = machine_info()
     started = time.perf_counter()
-    runs = [_run_one(name, args.quick, args.fidelity_full) for name in wanted]
-    total = time.perf_counter() - started
-    summary = _summary(runs, info, args.quick, total)
+    if args.summary:
+        runs = _from_files(wanted)
+        total = sum(float(r["seconds"] or 0.0) for r in runs)
+    else:
+        runs = [_run_one(name, args.quick, args.fidelity_full) for name in wanted]
+        total = time.perf_counter() - started
+    summary = _summary(runs, info, args.quick, total, args.summary)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / "summary.md"
     path.write_text(summary, encoding="utf-8")

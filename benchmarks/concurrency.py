@@ -14,7 +14,7 @@ throughput ratio (requests per second, wrapped/raw) of each pair is reported and
 
 Event-loop stalls: during every run a monitor task sleeps 1 ms in a loop and records how late it wakes. With 500
 busy tasks the loop's iterations are long whoever runs in them, so the raw runs' lateness is the baseline. Two
-finer measures come from instrumented runs (100 calls, the pool still holding every connection): the longest
+finer measures come from instrumented runs (60 calls, the pool still holding every connection): the longest
 single task step (asyncio's debug timing of each callback: from a task's resumption to its next ``await``),
 wrapped and raw; and the longest single call of the core (``start``/``on_response``, which never await), in CPU
 time and wall time (which includes preemption by other processes).
@@ -299,22 +299,24 @@ async def _main(quick: bool) -> dict[str, Any]:
 
     calls = 100 if quick else 500
     reps = 1 if quick else 2
-    instrumented_calls = 30 if quick else 100
+    instrumented_calls = 30 if quick else 60
     with start_emulator() as emu:
         client = _client(emu.base_url(PERSONA), connections=2 * calls)
         wrapped = _wrap(client)
         try:
             target, target_tokens = await _choose_target(emu, wrapped)
             await _warm_up(client, emu.add_script(Script(target=target)), calls)
-            # The requests a wrapped run makes, to be replayed raw (the same in every run but for the user message).
-            first, model = await _wrapped_run(emu, wrapped, target, calls, "recorded")
-            recorded = _recorded_calls(emu, model)
-            assert len(recorded) == calls and all(len(r) == ROUNDS for r in recorded)
             pairs = []
+            recorded: list[list[dict[str, Any]]] = []
             for rep in range(reps):
-                # Alternate which side goes first, so drift in the machine's load favours neither.
+                # The raw side replays the requests of the first wrapped run (the same in every run but for the user
+                # message), so that run comes first; after it the order alternates, so drift in the machine's load
+                # favours neither side.
                 if rep % 2 == 0:
-                    ours, _ = await _wrapped_run(emu, wrapped, target, calls, f"rep {rep}")
+                    ours, model = await _wrapped_run(emu, wrapped, target, calls, f"rep {rep}")
+                    if not recorded:
+                        recorded = _recorded_calls(emu, model)
+                        assert len(recorded) == calls and all(len(r) == ROUNDS for r in recorded)
                     raw = await _raw_run(emu, client, recorded)
                 else:
                     raw = await _raw_run(emu, client, recorded)
@@ -363,7 +365,6 @@ async def _main(quick: bool) -> dict[str, Any]:
     stall_raw = max(p["raw"]["stall"]["max_ms"] for p in pairs)
     core_max = max(v["max_ms"] for v in core_steps.values())
     core_max_cpu = max(v["max_cpu_ms"] for v in core_steps.values())
-    del first
     tput_w = median([p["wrapped"]["throughput_rps"] for p in pairs])
     tput_r = median([p["raw"]["throughput_rps"] for p in pairs])
     cpu_w = median([p["wrapped"]["client_cpu_ms_per_request"] for p in pairs])

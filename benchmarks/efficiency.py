@@ -36,6 +36,7 @@ DIALECT = "continue_final_message"
 MESSAGES = [{"role": "user", "content": "Write as much as you can."}]
 #: continuation rounds should be served from the cache but for the last token or two
 GOAL_CACHE_SHARE = 0.9
+ENGINE_MAX_TOKENS = 16
 ENGINE_PROMPTS = (
     "Write a short story about a cat who learns to fly.",
     "Explain photosynthesis to a ten-year-old.",
@@ -132,7 +133,7 @@ def _engine_cache(quick: bool) -> dict[str, Any]:
     from autocontinue.local import DEFAULT_SEED, LocalEngine
 
     prompts = ENGINE_PROMPTS[:1] if quick else ENGINE_PROMPTS[:2]
-    rounds = 3 if quick else 4
+    rounds = 3
     started = time.perf_counter()
     per_round: list[dict[str, Any]] = []
     with LocalEngine(parallel=1) as engine:
@@ -143,7 +144,7 @@ def _engine_cache(quick: bool) -> dict[str, Any]:
             reply = wrapped.chat.completions.create(
                 model=engine.model,
                 messages=[{"role": "user", "content": prompt}],
-                max_tokens=24,
+                max_tokens=ENGINE_MAX_TOKENS,
                 temperature=0,
                 seed=DEFAULT_SEED,
             )
@@ -165,7 +166,7 @@ def _engine_cache(quick: bool) -> dict[str, Any]:
     return {
         "engine_startup_s": round(startup, 1),
         "seconds": round(time.perf_counter() - started, 1),
-        "max_tokens": 24,
+        "max_tokens": ENGINE_MAX_TOKENS,
         "rounds_per_call": rounds,
         "per_round": per_round,
         "continuation_share_median": round(median([r["share"] for r in continued]), 4) if continued else None,

@@ -38,7 +38,7 @@ def run(quick: bool) -> dict[str, Any]:
 
     from ._emulator import start_emulator
 
-    pairs = 150 if quick else 1000
+    pairs = 150 if quick else 600
     warmup = 30 if quick else 100
     target = synthetic_text(REPLY_CHARS, seed=11)
     with start_emulator() as emu:

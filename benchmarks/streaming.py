@@ -52,7 +52,7 @@ def _drain(stream: Any) -> int:
 def _chunk_overhead(emu: Any, quick: bool) -> dict[str, Any]:
     from tests.emulator import Script
 
-    pairs = 6 if quick else 30
+    pairs = 6 if quick else 20
     target = synthetic_text(STREAM_CHARS, seed=21)
     model = emu.add_script(Script(target=target))
     client = openai.OpenAI(base_url=emu.base_url("vllm"), api_key="x", max_retries=0, timeout=120)
@@ -174,7 +174,7 @@ def _core_per_chunk(dumps: list[dict[str, Any]], request: dict[str, Any], runs: 
 def _seam_gaps(emu: Any, persona: str, quick: bool) -> dict[str, Any]:
     from tests.emulator import Script, tokenize
 
-    reps = 3 if quick else 8
+    reps = 3 if quick else 6
     # A target that takes SEAM_ROUNDS rounds of SEAM_K tokens (healing regenerates a word per round, so a little
     # less than SEAM_ROUNDS * SEAM_K new tokens).
     words = synthetic_text(4000, seed=31)
