@@ -17,6 +17,11 @@ _stdlib = logging.getLogger("autocontinue")
 _stdlib.addHandler(logging.NullHandler())
 
 
+def enabled(level: str) -> bool:
+    """Whether an event at ``level`` would go anywhere (so that building it can be skipped)."""
+    return structlog.is_configured() or _stdlib.isEnabledFor(logging.getLevelName(level.upper()))
+
+
 def emit(level: str, event: str, **fields: Any) -> None:
     """Emit one event at ``level`` ("debug", "info", "warning") with key/value fields."""
     if structlog.is_configured():

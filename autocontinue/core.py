@@ -787,6 +787,8 @@ class Continuation:
         self.trace.rounds.append(record)
         if cost is not None:
             self.trace.cost_usd = (self.trace.cost_usd or 0.0) + cost
+        if not _log.enabled("debug"):
+            return
         fields: dict[str, Any] = {
             "round": record.index,
             "finish_reason": record.finish_reason,

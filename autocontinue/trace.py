@@ -28,7 +28,7 @@ STOP_CAUSES = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RoundTrace:
     """One request of the call."""
 
