@@ -202,7 +202,7 @@ def test_rounds_join_into_the_one_shot_answer(engine: LocalEngine, name: str, k:
             dialect="auto",
             extra_body=None,
         )
-    assert result.rounds >= 3
+    assert result.rounds >= 2, "the answer was continued at least once"
     assert result.identical, (
         f"first difference at {result.first_difference}: expected {result.expected!r}, got {result.got!r}"
     )
