@@ -56,8 +56,8 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
 
     - U+FFFD (a multi-byte character cut in two by the provider) is never sent.
     - ``strip_whitespace`` (providers that refuse a prefix ending in whitespace): the trailing whitespace run.
-    - ``heal``: trailing whitespace, or else the last word or punctuation run with the whitespace before it, so the
-      prefix ends where the tokenizer splits the same way the model did.
+    - ``heal``: everything after the last place where a word (letters, digits) ends and something else follows,
+      so the prefix ends where the tokenizer splits the same way the model did (see :func:`_last_word_end`).
     """
     # Only the end of the text is read: HOLD_WINDOW characters, or as far back as a long run of whitespace goes
     # (the prefix sent must not end inside it).
@@ -75,14 +75,13 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
     fallback = ws_cut if strip_whitespace else mandatory
     if not heal:
         return fallback
-    if ws_cut < mandatory:
-        cut = ws_cut
-    else:
-        # A cut further back than MAX_HOLD is refused below anyway, so the word is looked for only that far back
-        # (this runs for every streamed chunk).
-        window = without_garbage[-(MAX_HOLD + 2) :]
-        start = mandatory - len(window)
-        cut = start + len(window[: _last_pretoken_start(window)].rstrip())
+    # A cut further back than MAX_HOLD is refused below anyway, so only that much is searched (this runs for
+    # every streamed chunk).
+    window = without_garbage[-(MAX_HOLD + 1) :]
+    end = _last_word_end(window)
+    if end is None:
+        return fallback
+    cut = mandatory - len(window) + end
     if cut <= floor or mandatory - cut > MAX_HOLD:
         return fallback
     return cut
@@ -92,21 +91,18 @@ def _is_word_char(char: str) -> bool:
     return char.isalnum() or char == "_"
 
 
-def _last_pretoken_start(text: str) -> int:
-    """Where the last "pretoken" of ``text`` starts: its last word or punctuation run, with at most one leading
-    space (GPT-2-style tokenizers attach one space to the word after it). ``text`` does not end in whitespace."""
-    i = len(text)
-    if i == 0:
-        return 0
-    if _is_word_char(text[i - 1]):
-        while i > 0 and _is_word_char(text[i - 1]):
-            i -= 1
-    else:
-        while i > 0 and not text[i - 1].isspace() and not _is_word_char(text[i - 1]):
-            i -= 1
-    if i > 0 and text[i - 1] == " ":
-        i -= 1
-    return i
+def _last_word_end(text: str) -> int | None:
+    """The last position in ``text`` where a run of letters or digits ends and something else follows.
+
+    Tokenizers of the GPT-2 family never join a letter or digit to the punctuation, quote or whitespace after it
+    (contractions such as "'s" start a token of their own), so the model's own tokens always break there: a prefix
+    cut at that point re-tokenizes exactly as the model wrote it. Anywhere after it (inside a word, between a
+    full stop and the newlines it may share a token with, after a space that belongs to the next word) it may not.
+    """
+    for i in range(len(text) - 1, 0, -1):
+        if _is_word_char(text[i - 1]) and not _is_word_char(text[i]):
+            return i
+    return None
 
 
 @dataclass(frozen=True)

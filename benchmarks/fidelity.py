@@ -674,4 +674,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # The engine was stopped on the way out; a traceback would say nothing more.
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

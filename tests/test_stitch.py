@@ -79,21 +79,23 @@ def test_a_whitespace_run_longer_than_the_window_is_held_whole_for_prefill(lengt
     assert cut(text, strip=True, heal=True) == 1
 
 
-# -- heal holds the last word (with the whitespace before it)
+# -- heal cuts where a word ends and something else follows: the model's own tokens always break there
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("Hello world", "Hello"),
-        ("Hello, world", "Hello,"),
-        ("Hello world.", "Hello world"),  # a punctuation run is a pretoken of its own
+        ("Hello, world", "Hello"),  # the comma may share a token with what follows it; "Hello" never does
+        ("Hello world.", "Hello world"),
         ("Hello world!!!", "Hello world"),
-        ("Hello\n\nworld", "Hello"),  # the whitespace before the word is held with it
-        ("Hello world  ", "Hello world"),  # trailing whitespace is held alone
-        ("def f(x):\n    return", "def f(x):"),
+        ("Hello\n\nworld", "Hello"),
+        ("Hello world  ", "Hello world"),
+        ("The light.\n\n", "The light"),  # ".\n\n" can be one token: cut before it
+        ("Luna'", "Luna"),  # "'s" is a token of its own: never cut inside it
+        ("def f(x):\n    return", "def f(x"),
         ("日本語 テキスト", "日本語"),
-        ("price: 42", "price:"),
+        ("price: 42", "price"),
     ],
 )
 def test_heal_holds_the_last_word(text: str, expected: str) -> None:
