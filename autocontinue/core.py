@@ -660,7 +660,11 @@ class Continuation:
         if not stalled:
             self._growths = 0
         if stalled or repeated:
-            if self._fallback is not None and current.sent:
+            # A restart on a host that ignores the prefix reproduces the reply of round 1 exactly (and looks like an
+            # echo of the text so far): that, or a round that adds nothing, calls for the fallback dialect; a model
+            # repeating itself in new words does not.
+            restart_like = stalled or self._loops.same_reply
+            if restart_like and self._fallback is not None and current.sent:
                 # On an unknown host a round that adds nothing is most likely a restart that reproduced the text
                 # so far (and looked like an echo of it): the fallback dialect gets the next round.
                 self._switch_dialect("no progress")
@@ -1049,12 +1053,14 @@ class _LoopWatch:
         self._recent: deque[str] = deque(maxlen=3)
         self._streak = 0
         self._raw: tuple[int, str] = (0, "")
+        self.same_reply = False  # the last round's raw reply was the previous one's, character for character
 
     def repeated(self, said: str, sent: str, raw: tuple[int, str] = (0, "")) -> bool:
         """Record this round's text and its raw reply's (length, start); True when the model is looping."""
         same_reply = raw == self._raw
         self._raw = raw
-        if same_reply and len(raw[1].strip()) >= MIN_IDENTICAL:
+        self.same_reply = same_reply and len(raw[1].strip()) >= MIN_IDENTICAL
+        if self.same_reply:
             return True  # the very same reply again (whatever the seam made of it, e.g. taken for an echo)
         recent = self._recent
         visible = len(said.strip())
