@@ -562,6 +562,40 @@ def render(summary: dict[str, Any], runs: Sequence[PromptRun], modes: Sequence[s
     return "\n".join(lines)
 
 
+def _write_results(
+    path: Path,
+    settings: dict[str, Any],
+    runs: Sequence[PromptRun],
+    ks: Sequence[int],
+    modes: Sequence[str],
+    seconds: float,
+    *,
+    complete: bool,
+) -> None:
+    """The results JSON, written atomically (a reader never sees half a file)."""
+    results = {
+        "settings": {**settings, "seconds": round(seconds, 1), "complete": complete},
+        "summary": summarize(runs, ks, modes),
+        "prompts": [
+            {
+                "name": r.prompt.name,
+                "kind": r.prompt.kind,
+                "one_shot": {
+                    "finish_reason": r.reference.finish_reason,
+                    "completion_tokens": r.reference.completion_tokens,
+                    "text": r.reference.text,
+                },
+                "cases": [asdict(c) for c in r.cases],
+            }
+            for r in runs
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     # Once only: `timeout` and process-group kills deliver the signal twice, and a second KeyboardInterrupt
     # would break the clean-up (stopping the server) that the first one started.
@@ -598,7 +632,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (a supervisor, `kill`, `timeout`) must unwind through the `with` below so the server is stopped; by
     # default it would kill this process and leave llama-server running, busy with the queued requests.
     signal.signal(signal.SIGTERM, _interrupt)
+    settings = {
+        "n": args.n,
+        "k": ks,
+        "modes": modes,
+        "workers": args.workers,
+        "dialect": args.dialect,
+        "cache_prompt": args.cache_prompt,
+        "seed": DEFAULT_SEED,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
     started = time.perf_counter()
+    done: list[PromptRun] = []
+    lock = threading.Lock()
     with LocalEngine(parallel=max(1, args.workers)) as eng:
         engine = Engine(eng.server_url)
         local = threading.local()
@@ -624,6 +670,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             verdicts = " ".join(f"{c.k}{c.mode[0]}{'=' if c.identical else 'X'}" for c in run.cases)
             print(f"{prompt.name:<24} one-shot {run.reference.finish_reason:<6} {verdicts}", file=sys.stderr)
+            with lock:
+                # Saved after every prompt: a run that is interrupted (or takes too long on a busy machine) still
+                # leaves what it measured.
+                done.append(run)
+                _write_results(args.out, settings, done, ks, modes, time.perf_counter() - started, complete=False)
             return run
 
         pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
@@ -635,40 +686,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool.shutdown(wait=False, cancel_futures=True)
     elapsed = time.perf_counter() - started
 
-    summary = summarize(runs, ks, modes)
-    print(render(summary, runs, modes))
+    print(render(summarize(runs, ks, modes), runs, modes))
     print(f"\n{len(prompts)} prompts, N={args.n}, k={ks}, {args.workers} worker(s), {elapsed:.1f} s")
-    results = {
-        "settings": {
-            "n": args.n,
-            "k": ks,
-            "modes": modes,
-            "workers": args.workers,
-            "dialect": args.dialect,
-            "cache_prompt": args.cache_prompt,
-            "seed": DEFAULT_SEED,
-            "seconds": round(elapsed, 1),
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        },
-        "summary": summary,
-        "prompts": [
-            {
-                "name": r.prompt.name,
-                "kind": r.prompt.kind,
-                "one_shot": {
-                    "finish_reason": r.reference.finish_reason,
-                    "completion_tokens": r.reference.completion_tokens,
-                    "text": r.reference.text,
-                },
-                "cases": [asdict(c) for c in r.cases],
-            }
-            for r in runs
-        ],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
+    _write_results(args.out, settings, runs, ks, modes, elapsed, complete=True)
     print(f"results: {args.out}", file=sys.stderr)
     return 0
 
