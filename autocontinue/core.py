@@ -757,18 +757,19 @@ class Continuation:
     def _keep_partial(self, current: _Round) -> None:
         """A reply broke off: keep every decided character, as if the round had been cut there."""
         decided = "".join(current.pieces)
-        restored = current.seam.abort()
-        if not decided and not restored:
-            self._round = None
-            return
-        before = len(self._text)
-        self._text = current.sent + decided + restored
+        text = current.sent + decided + current.seam.abort()
         self._reasoning.extend(current.reasoning)
-        current.finish_reason = "error"
-        if self._text != current.sent + current.held or decided:
-            self._record(current, chars_added=len(self._text) - before)
-        self._floor = len(current.sent)
         self._round = None
+        if decided or text != self._text:
+            current.finish_reason = "error"
+            self._record(current, chars_added=len(text) - len(self._text))  # it was paid for
+        if text == self._text:
+            # Nothing new was decided (typically the request itself failed): the floor stays where it was, so the
+            # retry plans the very same request - the same cut, the same heal - and a transient error leaves no
+            # mark on the answer.
+            return
+        self._text = text
+        self._floor = len(current.sent)
 
     def _record(self, current: _Round, *, chars_added: int, extra_seam: tuple[str, ...] = ()) -> None:
         usage, estimated = self._usage_of(current)

@@ -610,7 +610,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", default=",".join(map(str, K_VALUES)), help="per-round max_tokens values")
     parser.add_argument("--modes", default=",".join(MODES), help=f"some of {', '.join(MODE_SETTINGS)}")
     parser.add_argument("--prompts", default="", help="comma-separated prompt names (default: all)")
-    parser.add_argument("--workers", type=int, default=2, help="prompts run concurrently (server slots follow)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        # Default 1: two slots decoding in one batch, or a slot whose cache another prompt rewrote, can change the
+        # numerics and so the text (a speed-up from 2 could not be measured on a busy 2-core machine).
+        help="prompts run concurrently, one server slot each (default %(default)s)",
+    )
     parser.add_argument("--dialect", default="auto", help="continuation dialect (default %(default)s: prefill)")
     parser.add_argument(
         "--cache-prompt", choices=("default", "on", "off"), default="default", help="llama.cpp's cache_prompt"

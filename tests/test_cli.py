@@ -22,6 +22,10 @@ import pytest
 from autocontinue.local import ensure_llama_server, ensure_model
 from tests.emulator import Emulator, Fault, Script
 
+# Three local runs in one test can exceed the project's 300 s on a heavily loaded machine (and the first run on a
+# fresh one builds the engine in the fixture); each subprocess is bounded by CLI_TIMEOUT anyway.
+pytestmark = pytest.mark.timeout(1200)
+
 # Short rounds on a reply that needs far more: every run takes several rounds. Greedy decoding and a fixed seed
 # make the three runs (streamed, not streamed, JSON) comparable character for character.
 PROMPT = "Explain in three short paragraphs why the sea is salty."

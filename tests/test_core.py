@@ -690,6 +690,35 @@ def test_stream_survives_dropped_connections(case: Case, failures: dict[int, int
     assert content_of(result.completion) == expected
 
 
+@SETTINGS
+@given(case=cases(), failed=st.sets(st.integers(1, 12), max_size=4), stream=st.booleans())
+def test_a_failed_request_is_retried_unchanged(case: Case, failed: set[int], stream: bool) -> None:
+    """A request that fails before any reply (a refused or dropped connection) leaves no mark: the retry sends
+    the very same request - the same prefix, the same held-back text - so the answer is what it would have been."""
+
+    def sent_requests(failing: set[int]) -> tuple[list[Any], str]:
+        provider, core = setup_case(case, stream=stream)
+        core._retry = RetryTracker(fast_retry())
+        messages: list[Any] = []
+        calls = 0
+
+        def send(action: DoRequest) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls in failing:
+                raise connection_error()
+            messages.append(action.kwargs["messages"])
+            return provider.chunks(action) if stream else provider.completion(action)
+
+        try:
+            text = run_stream(core, send).text if stream else content_of(run(core, send))
+        finally:
+            assume_unambiguous(case, provider)
+        return messages, text
+
+    assert sent_requests(failed) == sent_requests(set())
+
+
 @pytest.mark.parametrize("name", sorted(FLAVOURS))
 @pytest.mark.parametrize("heal", [True, False])
 @pytest.mark.parametrize("stream", [False, True])
