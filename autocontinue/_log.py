@@ -15,11 +15,12 @@ import structlog
 
 _stdlib = logging.getLogger("autocontinue")
 _stdlib.addHandler(logging.NullHandler())
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 def enabled(level: str) -> bool:
     """Whether an event at ``level`` would go anywhere (so that building it can be skipped)."""
-    return structlog.is_configured() or _stdlib.isEnabledFor(logging.getLevelName(level.upper()))
+    return structlog.is_configured() or _stdlib.isEnabledFor(_LEVELS[level])
 
 
 def emit(level: str, event: str, **fields: Any) -> None:
@@ -27,7 +28,7 @@ def emit(level: str, event: str, **fields: Any) -> None:
     if structlog.is_configured():
         getattr(structlog.get_logger("autocontinue"), level)(event, **fields)
         return
-    numeric = logging.getLevelName(level.upper())
+    numeric = _LEVELS[level]
     if _stdlib.isEnabledFor(numeric):
         rendered = " ".join(f"{key}={value!r}" for key, value in fields.items())
         _stdlib.log(numeric, "%s %s", event, rendered, extra={"autocontinue": fields})

@@ -116,8 +116,12 @@ class _Transport:
     """Sends one round: through a copy of the client without SDK retries (ours replace them), routed per round."""
 
     def __init__(self, client: Any, settings: Settings) -> None:
-        self._base = client.with_options(max_retries=0) if settings.retry is not None else client
+        # A copy, never the client itself: transports are cached in a WeakKeyDictionary keyed by the client.
+        self._base = client.with_options(max_retries=0) if settings.retry is not None else client.with_options()
         self._routes: dict[str, Any] = {}
+        #: the client's base URL object this transport was made for, and its text (rendered once, not per call)
+        self.url = client.base_url
+        self.base_url = str(self.url)
 
     def target(self, action: DoRequest) -> Any:
         if action.base_url is None:
@@ -140,9 +144,10 @@ _transports: weakref.WeakKeyDictionary[Any, dict[bool, _Transport]] = weakref.We
 def _transport(client: Any, settings: Settings) -> _Transport:
     per_client = _transports.setdefault(client, {})
     key = settings.retry is not None
-    if key not in per_client:
-        per_client[key] = _Transport(client, settings)
-    return per_client[key]
+    transport = per_client.get(key)
+    if transport is None or transport.url is not client.base_url:  # new, or the client's base_url was changed
+        transport = per_client[key] = _Transport(client, settings)
+    return transport
 
 
 def _check_client(client: Any, *, asynchronous: bool) -> None:
@@ -163,8 +168,8 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 def run_sync(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCompletion | ContinuedStream:
     """One continued call on a sync client (streaming when ``stream=True``)."""
     client = _unwrap(client)
-    core = Continuation(kwargs, settings, base_url=str(client.base_url))
     transport = _transport(client, settings)
+    core = Continuation(kwargs, settings, base_url=transport.base_url)
     if kwargs.get("stream") is True:
         from .drivers.stream import ContinuedStream
 
@@ -175,8 +180,8 @@ def run_sync(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCom
 async def run_async(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCompletion | AsyncContinuedStream:
     """One continued call on an async client (streaming when ``stream=True``)."""
     client = _unwrap(client)
-    core = Continuation(kwargs, settings, base_url=str(client.base_url))
     transport = _transport(client, settings)
+    core = Continuation(kwargs, settings, base_url=transport.base_url)
     if kwargs.get("stream") is True:
         from .drivers.stream import AsyncContinuedStream
 

@@ -845,6 +845,8 @@ class Continuation:
                         f"the joined reply is not valid JSON ({problem}); stop cause: {cause}", partial=completion
                     )
                 )
+        if not _log.enabled("info"):
+            return Done(completion)
         _log.emit(
             "info",
             "autocontinue.call",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import openai
 from openai.resources.chat.completions import Completions
 
 from .errors import ConfigurationError
@@ -20,7 +21,10 @@ from .errors import ConfigurationError
 __all__ = ["CallRequest"]
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_NOT_GIVEN_TYPES = ("NotGiven", "Omit")
+#: the SDK's markers for "argument not given" (``NOT_GIVEN``, ``omit``), as the installed version has them
+_NOT_GIVEN: tuple[type, ...] = tuple(
+    marker for marker in (getattr(openai, "NotGiven", None), getattr(openai, "Omit", None)) if isinstance(marker, type)
+)
 
 
 @lru_cache(maxsize=1)
@@ -30,7 +34,7 @@ def _create_parameters() -> frozenset[str]:
 
 
 def _given(value: Any) -> bool:
-    return value is not None and type(value).__name__ not in _NOT_GIVEN_TYPES
+    return value is not None and not isinstance(value, _NOT_GIVEN)
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,8 @@ class CallRequest:
     @classmethod
     def parse(cls, kwargs: Mapping[str, Any]) -> CallRequest:
         """Check ``kwargs`` and split them; raises ``ConfigurationError`` on anything that cannot work."""
-        unknown = sorted(set(kwargs) - _create_parameters())
-        if unknown:
+        if not _create_parameters().issuperset(kwargs):
+            unknown = sorted(set(kwargs) - _create_parameters())
             raise ConfigurationError(f"chat.completions.create() got unexpected keyword argument(s): {unknown}")
         model = kwargs.get("model")
         if not isinstance(model, str) or not model:

@@ -21,6 +21,7 @@ not grow with the length of the answer. Pieces are never stripped: whitespace is
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -87,8 +88,8 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
     return cut
 
 
-def _is_word_char(char: str) -> bool:
-    return char.isalnum() or char == "_"
+#: everything up to the last letter or digit (``\w``: str.isalnum() or "_") that something else follows
+_LAST_WORD_END = re.compile(r".*\w(?=\W)", re.DOTALL)
 
 
 def _last_word_end(text: str) -> int | None:
@@ -99,10 +100,8 @@ def _last_word_end(text: str) -> int | None:
     cut at that point re-tokenizes exactly as the model wrote it. Anywhere after it (inside a word, between a
     full stop and the newlines it may share a token with, after a space that belongs to the next word) it may not.
     """
-    for i in range(len(text) - 1, 0, -1):
-        if _is_word_char(text[i - 1]) and not _is_word_char(text[i]):
-            return i
-    return None
+    match = _LAST_WORD_END.match(text)
+    return match.end() if match else None
 
 
 @dataclass(frozen=True)
