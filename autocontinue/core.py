@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -111,12 +111,15 @@ class Fail:
 Action = DoRequest | DoSleep | Done | Fail
 
 
-@dataclass(frozen=True)
-class StreamStep:
+class StreamStep(NamedTuple):
     """What one upstream chunk produced: chunks to hand to the caller, and whether to stop reading upstream."""
 
-    chunks: list[ChatCompletionChunk]
+    # A named tuple rather than a dataclass: one is made per streamed chunk, and this is the cheapest to make.
+    chunks: tuple[ChatCompletionChunk, ...]
     close: bool = False
+
+
+_NOTHING = StreamStep(())
 
 
 @dataclass
@@ -300,7 +303,7 @@ class Continuation:
         if chunk.usage is not None:
             current.usage = chunk.usage
         if not chunk.choices:
-            return StreamStep([])
+            return _NOTHING
         choice = chunk.choices[0]
         delta = choice.delta
         if choice.finish_reason is not None:
@@ -341,7 +344,7 @@ class Continuation:
         close = self._round_limit is not None and new_chunks > self._round_limit
         if close:
             current.finish_reason = "length"
-        return StreamStep([chunk] if keep else [], close=close)
+        return StreamStep((chunk,) if keep else (), close) if keep or close else _NOTHING
 
     def on_stream_end(self) -> Action:
         """The upstream stream ended (or was closed because a budget was reached)."""

@@ -79,10 +79,10 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
     # A cut further back than MAX_HOLD is refused below anyway, so only that much is searched (this runs for
     # every streamed chunk).
     window = without_garbage[-(MAX_HOLD + 1) :]
-    end = _last_word_end(window)
-    if end is None:
+    match = _LAST_WORD_END.match(window)  # _last_word_end(window), inlined: this runs for every streamed chunk
+    if match is None:
         return fallback
-    cut = mandatory - len(window) + end
+    cut = mandatory - len(window) + match.end()
     if cut <= floor or mandatory - cut > MAX_HOLD:
         return fallback
     return cut
@@ -314,6 +314,9 @@ class Seam:
         self._said: list[str] = []
         #: pieces of the reply that were all echo (they carry no new tokens)
         self.echo_pieces = 0
+        # Once every stage has decided and passes text through unchanged, so does the seam: the rest of a long
+        # streamed round costs one check per chunk.
+        self._through = False
 
     @property
     def restarted(self) -> bool:
@@ -322,10 +325,22 @@ class Seam:
 
     def feed(self, delta: str) -> str:
         """Take the next piece of the reply; return the text that is decided."""
+        if self._through:
+            if delta:
+                self._said.append(delta)
+            return delta
         after = self._echo.feed(delta)
         if not after and (self._echo.pending or self._echo.matched):
             self.echo_pieces += 1
-        return self._after_echo(after)
+        out = self._after_echo(after)
+        self._through = (
+            not self._echo.pending
+            and self._restart.decided
+            and not self._restart.restarted
+            and self._overlap.decided
+            and self._reconcile.stage == 2
+        )
+        return out
 
     def finish(self) -> str:
         """The reply has ended: return every character still held."""

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -198,6 +199,9 @@ class CaseResult:
     expected: str = ""  # the one-shot text around the difference
     got: str = ""  # the joined text around the difference
     diagnosis: dict[str, Any] | None = None
+    #: not identical, but the joined text is the one-shot's up to where the call stopped (a loop guard's stop, not
+    #: a seam's error)
+    stopped_early: bool = False
 
 
 def make_client(base_url: str, api_key: str = "unused") -> tuple[openai.OpenAI, Recorder]:
@@ -304,6 +308,7 @@ def run_case(
         result.first_difference = difference
         result.expected = _around(reference.text, difference)
         result.got = _around(text, difference)
+        result.stopped_early = difference == len(text)
     return result, list(recorder.exchanges)
 
 
@@ -359,6 +364,10 @@ def token_boundaries(reference: OneShot) -> list[int]:
         total += token.nbytes
         offsets.append(total)
     return offsets
+
+
+#: what a server puts in place of bytes that are not valid UTF-8
+REPLACEMENT_CHAR = "\ufffd"
 
 
 def diagnose(
@@ -423,7 +432,12 @@ def diagnose(
     # reusing the key/value entries computed token by token, which moves the logits slightly. (This rewrites the
     # slot's cache, so diagnoses run only after every case of the prompt.)
     diagnosis["replay_uncached_matches"] = _replay_matches(client, recorder, exchange, reference, sent, cache=False)
-    if not on_boundary:
+    if REPLACEMENT_CHAR in sent:
+        cause = (
+            "unreachable: the engine's text holds U+FFFD (it replaced invalid UTF-8 the model wrote), so the bytes "
+            "the model wrote cannot be sent back"
+        )
+    elif not on_boundary:
         cause = "prefix cut inside one of the model's tokens"
     elif same_tokens is False:
         cause = "prefix re-tokenizes differently from the model's own tokens"
@@ -523,7 +537,20 @@ def summarize(runs: Sequence[PromptRun], ks: Sequence[int], modes: Sequence[str]
         for mode in modes:
             cases = [c for r in runs for c in r.cases if c.mode == mode and (k == "all" or c.k == k)]
             same = sum(c.identical for c in cases)
-            row[mode] = {"identical": same, "total": len(cases), "rate": round(same / len(cases), 4) if cases else None}
+            row[mode] = {
+                "identical": same,
+                "total": len(cases),
+                "rate": round(same / len(cases), 4) if cases else None,
+                "stopped_early": sum(c.stopped_early for c in cases),
+                # why the others differ (the diagnosis' cause, up to its first colon)
+                "causes": dict(
+                    Counter(
+                        ((c.diagnosis or {}).get("cause") or "undiagnosed").split(":")[0]
+                        for c in cases
+                        if not c.identical
+                    ).most_common()
+                ),
+            }
         table[str(k)] = row
     return table
 
@@ -536,6 +563,11 @@ def render(summary: dict[str, Any], runs: Sequence[PromptRun], modes: Sequence[s
             f"{row[m]['identical']:>6}/{row[m]['total']:<4} {100 * (row[m]['rate'] or 0):6.1f} %   " for m in modes
         )
         lines.append(f"{k:<6}{cells}")
+    overall = summary.get("all", {})
+    for mode in modes:
+        if overall.get(mode, {}).get("causes"):
+            causes = ", ".join(f"{n} {cause}" for cause, n in overall[mode]["causes"].items())
+            lines.append(f"{mode} not identical: {causes}")
     failures = [c for r in runs for c in r.cases if not c.identical]
     lines.append("")
     lines.append(f"{len(failures)} failing (prompt, k, mode):")
