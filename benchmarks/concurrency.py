@@ -298,7 +298,7 @@ async def _main(quick: bool) -> dict[str, Any]:
     from tests.emulator import Script
 
     calls = 100 if quick else 500
-    reps = 1 if quick else 2
+    reps = 1 if quick else 4
     instrumented_calls = 30 if quick else 60
     with start_emulator() as emu:
         client = _client(emu.base_url(PERSONA), connections=2 * calls)
