@@ -178,7 +178,7 @@ def test_natural_end_is_reached_and_kept(engine: LocalEngine, client: openai.Ope
 # ------------------------------------------------------------------------------------------------- fidelity
 
 #: a few prompts of the fidelity benchmark (python -m benchmarks.fidelity), different kinds of text
-FIDELITY_PROMPTS = ("list_tips", "code_python", "fr_explain")
+FIDELITY_PROMPTS = ("list_tips", "code_python", "fr_explain", "json_person")
 FIDELITY_N = 64
 
 
