@@ -116,19 +116,28 @@ class _Transport:
     """Sends one round: through a copy of the client without SDK retries (ours replace them), routed per round."""
 
     def __init__(self, client: Any, settings: Settings) -> None:
-        # A copy, never the client itself: transports are cached in a WeakKeyDictionary keyed by the client.
-        self._base = client.with_options(max_retries=0) if settings.retry is not None else client.with_options()
+        # With our retries, rounds go through a copy without the SDK's; without them, through the client itself, as
+        # the caller may change it. Only weakly: transports are cached in a WeakKeyDictionary keyed by the client.
+        self._copy = client.with_options(max_retries=0) if settings.retry is not None else None
+        self._client = weakref.ref(client)
         self._routes: dict[str, Any] = {}
         #: the client's base URL object this transport was made for, and its text (rendered once, not per call)
         self.url = client.base_url
         self.base_url = str(self.url)
 
+    def _base(self) -> Any:
+        if self._copy is not None:
+            return self._copy
+        client = self._client()
+        assert client is not None, "the client is alive while a call made with it runs"
+        return client
+
     def target(self, action: DoRequest) -> Any:
         if action.base_url is None:
-            return self._base.chat.completions
+            return self._base().chat.completions
         routed = self._routes.get(action.base_url)
         if routed is None:
-            routed = self._routes[action.base_url] = self._base.with_options(base_url=action.base_url)
+            routed = self._routes[action.base_url] = self._base().with_options(base_url=action.base_url)
         return routed.chat.completions
 
     def send(self, action: DoRequest) -> Any:

@@ -79,10 +79,10 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
     # A cut further back than MAX_HOLD is refused below anyway, so only that much is searched (this runs for
     # every streamed chunk).
     window = without_garbage[-(MAX_HOLD + 1) :]
-    match = _LAST_WORD_END.match(window)  # _last_word_end(window), inlined: this runs for every streamed chunk
-    if match is None:
+    end = _last_word_end(window)
+    if end is None:
         return fallback
-    cut = mandatory - len(window) + match.end()
+    cut = mandatory - len(window) + end
     if cut <= floor or mandatory - cut > MAX_HOLD:
         return fallback
     return cut
