@@ -149,12 +149,16 @@ def _e2e(size: int) -> dict[str, Any]:
             return text
 
         ours()  # warm-up: imports, connection
-        ours_peak, ours_size, ours_s = _peak(ours)
-        naive_peak, naive_size, naive_s = _peak(naive)
+        peaks = _peaks(_peak(ours), _peak(naive))
+    return {"size_chars": size, "max_tokens_per_round": E2E_MAX_TOKENS, "rounds": rounds, **peaks}
+
+
+def _peaks(ours: tuple[int, int, float], naive: tuple[int, int, float]) -> dict[str, Any]:
+    """The peaks of ours and the naive loop (as :func:`_peak` measures them), each against the text it produced,
+    and against each other."""
+    ours_peak, ours_size, ours_s = ours
+    naive_peak, naive_size, naive_s = naive
     return {
-        "size_chars": size,
-        "max_tokens_per_round": E2E_MAX_TOKENS,
-        "rounds": rounds,
         "text_bytes": ours_size,
         "ours_peak_bytes": ours_peak,
         "naive_peak_bytes": naive_peak,
@@ -168,20 +172,13 @@ def _e2e(size: int) -> dict[str, Any]:
 def run(quick: bool) -> dict[str, Any]:
     target = synthetic_text(SIZE, seed=61)
     _core_run(target[:20_000])  # warm-up
-    ours_peak, size, ours_s = _peak(lambda: _core_run(target))
-    naive_peak, naive_size, naive_s = _peak(lambda: _naive_run(target))
     core = {
         "size_chars": SIZE,
         "reply_chars_per_round": REPLY_CHARS,
         "rounds": -(-SIZE // REPLY_CHARS),
-        "text_bytes": size,
-        "ours_peak_bytes": ours_peak,
-        "naive_peak_bytes": naive_peak,
-        "ours_over_text": round(ours_peak / size, 3),
-        "naive_over_text": round(naive_peak / naive_size, 3),
-        "ours_over_naive": round(ours_peak / naive_peak, 3),
-        "seconds_traced": {"ours": round(ours_s, 2), "naive": round(naive_s, 2)},
+        **_peaks(_peak(lambda: _core_run(target)), _peak(lambda: _naive_run(target))),
     }
+    ours_peak, naive_peak = core["ours_peak_bytes"], core["naive_peak_bytes"]
     print(
         f"memory (core, {SIZE:,} chars): peak {ours_peak / 1e6:.2f} MB = {core['ours_over_text']}x the text; "
         f"hand-written loop {naive_peak / 1e6:.2f} MB = {core['naive_over_text']}x"

@@ -15,6 +15,7 @@ import tenacity
 from tenacity import retry_if_exception, stop_after_attempt, wait_fixed
 
 import autocontinue
+from tests.conftest import DIALECT_PERSONAS as EXPLICIT_DIALECT_PERSONAS
 from tests.emulator import Fault, Script, tokenize
 
 __all__ = [
@@ -36,25 +37,11 @@ __all__ = [
 #: (persona, dialect) pairs that the emulator speaks (explicit dialects: on loopback "auto" cannot tell them
 #: apart), plus "auto" where the emulated server behaves like the real one towards prefill-then-instruction.
 DIALECT_PERSONAS: list[tuple[str, str]] = [
-    ("dashscope", "partial"),
-    ("kimi", "partial"),
-    ("deepseek", "prefix"),
-    ("deepseek-beta", "prefix"),
-    ("mistral", "prefix"),
-    ("vllm", "continue_final_message"),
-    ("sglang", "continue_final_message"),
-    ("llamacpp", "continue_final_message"),
-    ("llamacpp", "prefill"),
-    ("anthropic", "prefill"),
-    ("openrouter", "prefill"),
-    ("ollama", "prefill"),
-    ("openai", "instruction"),
-    ("claude46", "instruction"),
+    *EXPLICIT_DIALECT_PERSONAS,
     ("openrouter", "auto"),
     ("anthropic", "auto"),
     ("llamacpp", "auto"),
     ("claude46", "auto"),
-    ("openai", "auto"),
 ]
 
 

@@ -46,6 +46,7 @@ DIALECT_PERSONAS: list[tuple[str, str]] = [
     ("dashscope", "partial"),
     ("kimi", "partial"),
     ("deepseek", "prefix"),
+    ("deepseek-beta", "prefix"),
     ("mistral", "prefix"),
     ("vllm", "continue_final_message"),
     ("sglang", "continue_final_message"),

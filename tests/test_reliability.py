@@ -194,6 +194,20 @@ class Run:
         self.delivered = ""
         self.chunks: list[Any] = []
 
+    def take(self, chunk: Any) -> None:
+        """One chunk of a stream, as the caller received it."""
+        self.chunks.append(chunk)
+        if chunk.choices:
+            self.delivered += chunk.choices[0].delta.content or ""
+
+    def end(self, result: Any, *, stream: bool) -> None:
+        """The call returned ``result`` (a stream once drained, or a completion)."""
+        if stream:
+            self.text, self.trace = self.delivered, result.continuation
+        else:
+            self.completion, self.trace = result, result.continuation
+            self.text = result.choices[0].message.content
+
 
 DRIVERS = ["sync", "async", "stream", "astream"]
 
@@ -211,13 +225,8 @@ def drive(emu: Emulator, driver: str, persona: str, *, http_client: Any = None, 
             result = autocontinue.create(client, **kwargs)
             if stream:
                 for chunk in result:
-                    run.chunks.append(chunk)
-                    if chunk.choices:
-                        run.delivered += chunk.choices[0].delta.content or ""
-                run.text, run.trace = run.delivered, result.continuation
-            else:
-                run.completion, run.trace = result, result.continuation
-                run.text = result.choices[0].message.content
+                    run.take(chunk)
+            run.end(result, stream=stream)
         except Exception as error:
             run.error = error
         finally:
@@ -230,13 +239,8 @@ def drive(emu: Emulator, driver: str, persona: str, *, http_client: Any = None, 
             result = await autocontinue.acreate(aclient, **kwargs)
             if stream:
                 async for chunk in result:
-                    run.chunks.append(chunk)
-                    if chunk.choices:
-                        run.delivered += chunk.choices[0].delta.content or ""
-                run.text, run.trace = run.delivered, result.continuation
-            else:
-                run.completion, run.trace = result, result.continuation
-                run.text = result.choices[0].message.content
+                    run.take(chunk)
+            run.end(result, stream=stream)
         except Exception as error:
             run.error = error
         finally:
