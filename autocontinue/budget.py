@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ConfigurationError, UnknownPriceError
 
@@ -120,9 +121,10 @@ class PriceTable:
         return price
 
 
-@dataclass(frozen=True)
-class BudgetState:
+class BudgetState(NamedTuple):
     """What a stop condition may look at: the call so far, before the next round."""
+
+    # A named tuple: immutable, and the cheapest record to make (one or more per round).
 
     rounds: int
     completion_tokens: int
@@ -163,6 +165,7 @@ def _parts(condition: StopCondition) -> tuple[StopCondition, ...]:
 class _StopAny(StopCondition):
     def __init__(self, conditions: tuple[StopCondition, ...]) -> None:
         self.conditions = conditions
+        self._needs_price = any(c.needs_price for c in conditions)
 
     def __call__(self, state: BudgetState) -> str | None:
         for condition in self.conditions:
@@ -172,12 +175,16 @@ class _StopAny(StopCondition):
         return None
 
     def tokens_left(self, state: BudgetState) -> int | None:
-        limits = [n for n in (c.tokens_left(state) for c in self.conditions) if n is not None]
-        return min(limits) if limits else None
+        least = None
+        for condition in self.conditions:
+            left = condition.tokens_left(state)
+            if left is not None and (least is None or left < least):
+                least = left
+        return least
 
     @property
     def needs_price(self) -> bool:
-        return any(c.needs_price for c in self.conditions)
+        return self._needs_price
 
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.conditions))

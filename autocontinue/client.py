@@ -122,7 +122,7 @@ class _Transport:
         self._client = weakref.ref(client)
         self._routes: dict[str, Any] = {}
         #: the client's base URL object this transport was made for, and its text (rendered once, not per call)
-        self.url = client.base_url
+        self.url = _base_url_of(client)
         self.base_url = str(self.url)
 
     def _base(self) -> Any:
@@ -154,9 +154,16 @@ def _transport(client: Any, settings: Settings) -> _Transport:
     per_client = _transports.setdefault(client, {})
     key = settings.retry is not None
     transport = per_client.get(key)
-    if transport is None or transport.url is not client.base_url:  # new, or the client's base_url was changed
+    if transport is None or transport.url is not _base_url_of(client):  # new, or the client's base_url was changed
         transport = per_client[key] = _Transport(client, settings)
     return transport
+
+
+def _base_url_of(client: Any) -> Any:
+    """The client's base URL object. Read from the attribute the SDK keeps it in where there is one: the SDK's
+    ``base_url`` property runs an import statement on every read, which would cost more than our whole lookup."""
+    url = vars(client).get("_base_url")
+    return url if url is not None else client.base_url
 
 
 def _check_client(client: Any, *, asynchronous: bool) -> None:

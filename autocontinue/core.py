@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import tenacity
@@ -40,7 +40,7 @@ from .jsoncheck import check_json
 from .request import CallRequest
 from .result import build_completion, reuse_completion
 from .retry import RetryTracker
-from .stitch import HOLD_WINDOW, RESTART_PROBE, EchoMode, Seam, SeamPlan, hold_back_point
+from .stitch import HOLD_WINDOW, RESTART_PROBE, EchoMode, PlainSeam, Seam, SeamPlan, hold_back_point
 from .tokens import TokenCounter, default_counter
 from .trace import ContinuationTrace, RoundTrace
 
@@ -60,6 +60,8 @@ __all__ = [
 LENGTH_STOPS = frozenset({"length", "max_tokens", "MAX_TOKENS"})
 #: finish reasons that mean "the context window is full": continuing cannot help
 CONTEXT_STOPS = frozenset({"model_length", "model_context_window_exceeded"})
+#: finish reasons after which a round's text is not simply the end of the answer
+_NOT_AN_ENDING = LENGTH_STOPS | CONTEXT_STOPS
 #: the shortest answer whose opening is used to recognise a restart
 MIN_RESTART_PROBE = 12
 
@@ -122,7 +124,7 @@ class StreamStep(NamedTuple):
 _NOTHING = StreamStep(())
 
 
-@dataclass
+@dataclass(slots=True)
 class _Round:
     """The round in flight."""
 
@@ -180,9 +182,10 @@ class Continuation:
         choice: DialectChoice = resolve_dialect(settings.dialect, base_url)
         self._dialect = choice.dialect
         self._fallback = choice.fallback
-        self._price: Price | None = settings.prices.lookup(self._call.model)
-        if settings.stop.needs_price:
-            self._price = settings.prices.require(self._call.model)
+        needs_price = settings.stop.needs_price
+        self._price: Price | None = (
+            settings.prices.require(self._call.model) if needs_price else settings.prices.lookup(self._call.model)
+        )
         self._retry = RetryTracker(settings.retry)
         self.trace = ContinuationTrace(dialect=self._dialect.name)
         # The text so far (the caller's own prefix, if any, included) and what of it was handed to a stream.
@@ -215,7 +218,7 @@ class Continuation:
             # Kimi: "Do not mix Partial Mode with response_format=json_object".
             self._dialect = Instruction()
             self.trace.dialect = self._dialect.name
-        if self._price is not None and settings.stop.needs_price:
+        if needs_price:
             left = settings.stop.tokens_left(self._budget_state())
             if left is not None and left <= 0:
                 raise ConfigurationError(
@@ -235,6 +238,8 @@ class Continuation:
 
     def take_siblings(self) -> list[Continuation]:
         """After the first reply of an ``n > 1`` call: one object per further choice, to be run like this one."""
+        if not self._siblings:
+            return []
         seeds, self._siblings = self._siblings, []
         kwargs = {**self._call.kwargs, "n": None}
         return [
@@ -265,6 +270,16 @@ class Continuation:
             current.reasoning.append(reasoning)
         if choice.logprobs is not None and choice.logprobs.content:
             current.logprob_queue.extend(choice.logprobs.content)
+        finish = choice.finish_reason
+        if current.seam.__class__ is PlainSeam and finish is not None and finish not in _NOT_AN_ENDING:
+            # An ordinary first request that ended by itself (most calls): nothing to join and nothing to hold
+            # back, so the reply is committed as it is - what _end_round would conclude, without its seam work.
+            if content:
+                current.pieces.append(content)
+                current.length = len(content)
+            self._commit(current, content)
+            tool_calls = list(getattr(choice.message, "tool_calls", None) or ())
+            return self._done(_cause_of(finish), finish_reason=finish, tool_calls=tool_calls)
         self._feed(content)
         return self._end_round()
 
@@ -451,12 +466,13 @@ class Continuation:
         text = self._text
         call = self._call
         reasoning = "".join(self._reasoning)
+        seam: Seam
         if text == "" and not call.has_prefix and not reasoning:
             sent, held = "", ""
             messages: list[Any] = list(call.messages)
             kwargs = dict(call.kwargs)
             base_url = None
-            plan = SeamPlan()
+            seam = PlainSeam()
         else:
             heal = self._settings.heal and len(text) > len(call.prefix)
             offset = max(0, len(text) - 2 * HOLD_WINDOW)
@@ -479,12 +495,14 @@ class Continuation:
             if extra is not None:
                 kwargs["extra_body"] = extra
             base_url = self._dialect.base_url(self._base_url)
-            plan = SeamPlan(
-                sent=sent,
-                held=held,
-                echo=self._echo_mode(),
-                remove_overlap=self._dialect.repeats_tail,
-                restart_probe=self._restart_probe(),
+            seam = Seam(
+                SeamPlan(
+                    sent=sent,
+                    held=held,
+                    echo=self._echo_mode(),
+                    remove_overlap=self._dialect.repeats_tail,
+                    restart_probe=self._restart_probe(),
+                )
             )
         kwargs["messages"] = messages
         if self._stream:
@@ -498,14 +516,14 @@ class Continuation:
             index=self._round_index,
             sent=sent,
             held=held,
-            seam=Seam(plan),
+            seam=seam,
             kwargs=kwargs,
             started=self._clock(),
             tail=sent[-2 * HOLD_WINDOW :],
             unreleased=sent[self._released :] if self._released < len(sent) else "",
             skip=max(0, self._released - len(sent)),
             released_at_start=self._released,
-            logprob_queue=self._carry_logprobs(len(sent)),
+            logprob_queue=self._carry_logprobs(len(sent)) if self._last_queue else deque(),
         )
         return DoRequest(kwargs, base_url)
 
@@ -529,11 +547,12 @@ class Continuation:
         """Keep the caller's per-round limit (or a retried round's larger one), lowered to what budgets allow."""
         left = self._settings.stop.tokens_left(self._budget_state())
         self._round_limit = left
-        override, self._limit_override = self._limit_override, None
+        override = self._limit_override
+        if left is None and override is None:
+            return  # the caller's own limit (or none) stands
+        self._limit_override = None
         names = [n for n in ("max_tokens", "max_completion_tokens") if kwargs.get(n) is not None]
-        if not names and (left is not None or override is not None):
-            names = [self._dialect.limit_parameter]
-        for name in names:
+        for name in names or [self._dialect.limit_parameter]:
             limit = override if override is not None else kwargs.get(name)
             if left is not None:
                 limit = max(1, left) if limit is None else min(limit, max(1, left))
@@ -553,8 +572,7 @@ class Continuation:
         # The round just spent counts (it is paid for) before deciding whether another one fits.
         usage, _ = self._usage_of(current)
         cost = self._price.cost(usage.prompt_tokens, usage.completion_tokens, _cached(usage)) if self._price else 0.0
-        after = replace(
-            self._budget_state(),
+        after = self._budget_state()._replace(
             rounds=len(self.trace.rounds) + 1,
             completion_tokens=self._completion_tokens + usage.completion_tokens,
             cost_usd=(self.trace.cost_usd or 0.0) + cost,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import openai
 from openai.resources.chat.completions import Completions
@@ -33,13 +33,21 @@ def _create_parameters() -> frozenset[str]:
     return frozenset(inspect.signature(Completions.create).parameters) - {"self"}
 
 
+#: the request's per-round output limits (both spellings the SDK accepts)
+_LIMITS = ("max_tokens", "max_completion_tokens")
+#: what ``messages`` must not be, although each is iterable
+_NOT_A_LIST = (str, bytes, Mapping)
+_NO_TEMPLATE: Mapping[str, Any] = MappingProxyType({})
+
+
 def _given(value: Any) -> bool:
     return value is not None and not isinstance(value, _NOT_GIVEN)
 
 
-@dataclass(frozen=True)
-class CallRequest:
+class CallRequest(NamedTuple):
     """A checked ``chat.completions.create`` call, split into what every round shares and the caller's prefix."""
+
+    # A named tuple: immutable like a frozen dataclass, and several times cheaper to make (one per call).
 
     kwargs: dict[str, Any]  # the caller's keyword arguments (messages replaced per round)
     model: str
@@ -56,39 +64,42 @@ class CallRequest:
     @classmethod
     def parse(cls, kwargs: Mapping[str, Any]) -> CallRequest:
         """Check ``kwargs`` and split them; raises ``ConfigurationError`` on anything that cannot work."""
-        if not _create_parameters().issuperset(kwargs):
-            unknown = sorted(set(kwargs) - _create_parameters())
+        parameters = _create_parameters()
+        if not parameters.issuperset(kwargs):
+            unknown = sorted(set(kwargs) - parameters)
             raise ConfigurationError(f"chat.completions.create() got unexpected keyword argument(s): {unknown}")
-        model = kwargs.get("model")
+        # What the caller gave: None and the SDK's NOT_GIVEN / omit mean "not given". One pass, and the checks
+        # below look only at what is there (this runs before every call, so it is kept lean).
+        given = {k: v for k, v in kwargs.items() if v is not None and not isinstance(v, _NOT_GIVEN)}
+        model = given.get("model")
         if not isinstance(model, str) or not model:
             raise ConfigurationError("model must be a non-empty string")
-        messages = kwargs.get("messages")
-        if messages is None or isinstance(messages, str | bytes | Mapping) or not hasattr(messages, "__iter__"):
+        messages = given.get("messages")
+        if messages.__class__ is not list and (
+            messages is None or isinstance(messages, _NOT_A_LIST) or not hasattr(messages, "__iter__")
+        ):
             raise ConfigurationError("messages must be a list of message dicts")
         messages = list(messages)
         if not messages:
             raise ConfigurationError("messages must not be empty")
         for i, message in enumerate(messages):
             _check_message(i, message)
-        for name in ("max_tokens", "max_completion_tokens"):
-            value = kwargs.get(name)
-            if _given(value) and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        for name in _LIMITS:
+            value = given.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-        n: Any = kwargs.get("n") if _given(kwargs.get("n")) else 1
+        # stream and stream_options are the driver's to set, round by round.
+        stream = given.pop("stream", False)
+        if not isinstance(stream, bool):
+            raise ConfigurationError(f"stream must be True or False, got {stream!r}")
+        stream_options = given.pop("stream_options", None)
+        n = given.get("n", 1)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigurationError(f"n must be a positive integer, got {n!r}")
-        if n > 1 and kwargs.get("stream") is True:
+        if n > 1 and stream:
             raise ConfigurationError("stream=True with n > 1 is not supported: stream one choice per call")
-        extra_body = kwargs.get("extra_body")
-        if _given(extra_body) and not isinstance(extra_body, Mapping):
+        if "extra_body" in given and not isinstance(given["extra_body"], Mapping):
             raise ConfigurationError("extra_body must be a mapping")
-        stream = kwargs.get("stream")
-        if _given(stream) and not isinstance(stream, bool):
-            raise ConfigurationError(f"stream must be True or False, got {stream!r}")
-
-        # stream and stream_options are the driver's to set, round by round.
-        cleaned = {k: v for k, v in kwargs.items() if _given(v) and k not in ("stream", "stream_options")}
-        stream_options = kwargs.get("stream_options")
         last = messages[-1]
         has_prefix = _role(last) == "assistant"
         if has_prefix:
@@ -101,26 +112,27 @@ class CallRequest:
                 )
             if getattr(last, "get", lambda _k: None)("tool_calls"):
                 raise ConfigurationError("a trailing assistant message with tool_calls cannot be continued as text")
-            base = tuple(messages[:-1])
-            if not base:
+            if len(messages) == 1:
                 raise ConfigurationError("messages must contain more than the assistant prefix to continue")
-            template: Mapping[str, Any] = dict(last)
-            prefix = content
+            base, template, prefix = tuple(messages[:-1]), dict(last), content
         else:
-            base, template, prefix = tuple(messages), {}, ""
-        json_mode, json_schema = _json_format(kwargs.get("response_format"))
+            base, template, prefix = tuple(messages), _NO_TEMPLATE, ""
+        response_format = given.get("response_format")
+        json_mode, json_schema = _json_format(response_format) if response_format is not None else (False, None)
         return cls(
-            n=n,
-            json_mode=json_mode,
-            json_schema=json_schema,
-            kwargs=cleaned,
+            kwargs=given,
             model=model,
             messages=base,
             prefix=prefix,
             prefix_template=template,
             has_prefix=has_prefix,
-            stream=bool(stream),
-            stream_options=dict(stream_options) if isinstance(stream_options, Mapping) else None,
+            stream=stream,
+            stream_options=dict(stream_options)
+            if stream_options is not None and isinstance(stream_options, Mapping)
+            else None,
+            n=n,
+            json_mode=json_mode,
+            json_schema=json_schema,
         )
 
 
@@ -142,11 +154,14 @@ def _json_format(response_format: Any) -> tuple[bool, Mapping[str, Any] | None]:
 
 
 def _role(message: Any) -> Any:
-    return message.get("role") if isinstance(message, Mapping) else getattr(message, "role", None)
+    if message.__class__ is dict or isinstance(message, Mapping):
+        return message.get("role")
+    return getattr(message, "role", None)
 
 
 def _check_message(index: int, message: Any) -> None:
-    if not isinstance(message, Mapping):
+    # `__class__ is dict` first: messages are nearly always plain dicts, and an ABC check costs ten times more.
+    if message.__class__ is not dict and not isinstance(message, Mapping):
         kind = type(message).__name__
         raise ConfigurationError(f"messages[{index}] must be a dict with 'role' and 'content', got {kind}")
     role = message.get("role")
