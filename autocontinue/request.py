@@ -101,6 +101,7 @@ class CallRequest(NamedTuple):
         if "extra_body" in given and not isinstance(given["extra_body"], Mapping):
             raise ConfigurationError("extra_body must be a mapping")
         last = messages[-1]
+        template: Mapping[str, Any] = _NO_TEMPLATE
         has_prefix = _role(last) == "assistant"
         if has_prefix:
             content = last.get("content") if isinstance(last, Mapping) else None
@@ -116,7 +117,7 @@ class CallRequest(NamedTuple):
                 raise ConfigurationError("messages must contain more than the assistant prefix to continue")
             base, template, prefix = tuple(messages[:-1]), dict(last), content
         else:
-            base, template, prefix = tuple(messages), _NO_TEMPLATE, ""
+            base, prefix = tuple(messages), ""
         response_format = given.get("response_format")
         json_mode, json_schema = _json_format(response_format) if response_format is not None else (False, None)
         return cls(
