@@ -118,7 +118,8 @@ class _Transport:
     def __init__(self, client: Any, settings: Settings) -> None:
         # With our retries, rounds go through a copy without the SDK's; without them, through the client itself, as
         # the caller may change it. Only weakly: transports are cached in a WeakKeyDictionary keyed by the client.
-        self._copy = client.with_options(max_retries=0) if settings.retry is not None else None
+        self.retries = settings.retry is not None
+        self._copy = client.with_options(max_retries=0) if self.retries else None
         self._client = weakref.ref(client)
         self._routes: dict[str, Any] = {}
         #: the client's base URL object this transport was made for, and its text (rendered once, not per call)
@@ -150,11 +151,15 @@ class _Transport:
 _transports: weakref.WeakKeyDictionary[Any, dict[bool, _Transport]] = weakref.WeakKeyDictionary()
 
 
-def _transport(client: Any, settings: Settings) -> _Transport:
+def _transport(client: Any, settings: Settings, last: _Transport | None = None) -> _Transport:
+    """The transport for ``client`` (``last``, the one used before, when it is still right)."""
+    url = _base_url_of(client)
+    if last is not None and last.url is url and last.retries == (settings.retry is not None):
+        return last
     per_client = _transports.setdefault(client, {})
     key = settings.retry is not None
     transport = per_client.get(key)
-    if transport is None or transport.url is not _base_url_of(client):  # new, or the client's base_url was changed
+    if transport is None or transport.url is not url:  # new, or the client's base_url was changed
         transport = per_client[key] = _Transport(client, settings)
     return transport
 
@@ -181,10 +186,13 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return options, kwargs
 
 
-def run_sync(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCompletion | ContinuedStream:
-    """One continued call on a sync client (streaming when ``stream=True``)."""
-    client = _unwrap(client)
-    transport = _transport(client, settings)
+def run_sync(
+    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | None = None
+) -> ChatCompletion | ContinuedStream:
+    """One continued call on a sync client (streaming when ``stream=True``), through ``transport`` if given."""
+    if transport is None:
+        client = _unwrap(client)
+        transport = _transport(client, settings)
     core = Continuation(kwargs, settings, base_url=transport.base_url)
     if kwargs.get("stream") is True:
         from .drivers.stream import ContinuedStream
@@ -193,10 +201,13 @@ def run_sync(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCom
     return sync.run(core, transport.send)
 
 
-async def run_async(client: Any, settings: Settings, kwargs: dict[str, Any]) -> ChatCompletion | AsyncContinuedStream:
-    """One continued call on an async client (streaming when ``stream=True``)."""
-    client = _unwrap(client)
-    transport = _transport(client, settings)
+async def run_async(
+    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | None = None
+) -> ChatCompletion | AsyncContinuedStream:
+    """One continued call on an async client (streaming when ``stream=True``), through ``transport`` if given."""
+    if transport is None:
+        client = _unwrap(client)
+        transport = _transport(client, settings)
     core = Continuation(kwargs, settings, base_url=transport.base_url)
     if kwargs.get("stream") is True:
         from .drivers.stream import AsyncContinuedStream
@@ -246,12 +257,19 @@ class _ContinuingCompletions(_Proxy):
         object.__setattr__(self, "_client", client)
         object.__setattr__(self, "_settings", settings)
         object.__setattr__(self, "_async", asynchronous)
+        object.__setattr__(self, "_last_transport", None)
+
+    def _transport(self) -> _Transport:
+        # The transport of the last call, while still right for the client: spares the weak cache's lookup.
+        transport = _transport(self._client, self._settings, self._last_transport)
+        object.__setattr__(self, "_last_transport", transport)
+        return transport
 
     def create(self, **kwargs: Any) -> Any:
         """``chat.completions.create``, continued until the reply is complete (same arguments as the SDK)."""
         if self._async:
-            return run_async(self._client, self._settings, kwargs)
-        return run_sync(self._client, self._settings, kwargs)
+            return run_async(self._client, self._settings, kwargs, self._transport())
+        return run_sync(self._client, self._settings, kwargs, self._transport())
 
     def parse(self, **kwargs: Any) -> Any:
         """``chat.completions.parse``, continued: the joined reply is parsed into ``response_format`` (a pydantic

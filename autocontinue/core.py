@@ -162,6 +162,23 @@ class Continuation:
     the dialect under "auto" and where DeepSeek's continuation rounds go). ``clock`` is only read, to time rounds.
     """
 
+    # State that starts out the same in every call is declared here rather than assigned in __init__: most calls
+    # are one round, and a call should cost next to nothing beyond its request.
+    _floor = 0  # length of the prefix sent last round: a heal never reaches back past it
+    _first: ChatCompletion | ChatCompletionChunk | None = None
+    _round: _Round | None = None
+    _completion_tokens = 0
+    _echo_learned: EchoMode | None = None
+    _growths = 0  # consecutive rounds given a larger limit because they could only regenerate whitespace
+    _round_index = 0
+    _stream_id: str | None = None
+    _role_sent = False
+    _round_limit: int | None = None
+    _flush = ""  # text released when a round ended, not yet handed to the stream
+    _limit_override: int | None = None  # a larger limit for a retried round
+    _enlarged = False  # a round is retried with a larger limit at most once per call
+    _loops: _LoopWatch | None = None  # made when a round is cut, as only then is looping possible
+
     def __init__(
         self,
         kwargs: Mapping[str, Any],
@@ -171,7 +188,7 @@ class Continuation:
         clock: Callable[[], float] = time.monotonic,
         seed: ChatCompletion | None = None,
     ) -> None:
-        self._call = CallRequest.parse(kwargs)
+        self._call = call = CallRequest.parse(kwargs)
         # n > 1: the first request asks for every choice; this object continues choice 0, and one seeded object
         # per other choice (see take_siblings) continues that choice from the same first reply.
         self._seed = seed
@@ -184,37 +201,22 @@ class Continuation:
         self._fallback = choice.fallback
         needs_price = settings.stop.needs_price
         self._price: Price | None = (
-            settings.prices.require(self._call.model) if needs_price else settings.prices.lookup(self._call.model)
+            settings.prices.require(call.model) if needs_price else settings.prices.lookup(call.model)
         )
         self._retry = RetryTracker(settings.retry)
         self.trace = ContinuationTrace(dialect=self._dialect.name)
         # The text so far (the caller's own prefix, if any, included) and what of it was handed to a stream.
-        self._text = self._call.prefix
-        self._released = len(self._text)
-        self._floor = 0  # length of the prefix sent last round: a heal never reaches back past it
-        self._first: ChatCompletion | ChatCompletionChunk | None = None
-        self._round: _Round | None = None
-        self._completion_tokens = 0
-        self._last_prompt_tokens = settings.counter.count_messages(self._call.messages) if self._price else 0
-        self._loops = _LoopWatch()
-        self._echo_learned: EchoMode | None = None
-        self._growths = 0  # consecutive rounds given a larger limit because they could only regenerate whitespace
-        self._round_index = 0
+        self._text = call.prefix
+        self._released = len(call.prefix)
+        self._last_prompt_tokens = settings.counter.count_messages(call.messages) if self._price else 0
         # Streaming: ask upstream for usage (budgets need it) unless the server refuses the option.
-        self._stream = self._call.stream
-        self._upstream_usage = self._call.stream
-        self._stream_id: str | None = None
-        self._role_sent = False
-        self._round_limit: int | None = None
-        self._flush = ""  # text released when a round ended, not yet handed to the stream
+        self._stream = self._upstream_usage = call.stream
         self._flush_logprobs: list[Any] = []
         self._last_queue: deque[Any] = deque()  # logprobs of the last round's unreleased text
         # Reasoning text over all rounds, kept apart from the answer; logprobs in order.
         self._reasoning: list[str] = []
         self._logprobs: list[Any] = []
-        self._limit_override: int | None = None  # a larger limit for a retried round
-        self._enlarged = False  # a round is retried with a larger limit at most once per call
-        if self._call.json_mode and isinstance(self._dialect, Partial) and _is_kimi(base_url):
+        if call.json_mode and isinstance(self._dialect, Partial) and _is_kimi(base_url):
             # Kimi: "Do not mix Partial Mode with response_format=json_object".
             self._dialect = Instruction()
             self.trace.dialect = self._dialect.name
@@ -223,7 +225,7 @@ class Continuation:
             if left is not None and left <= 0:
                 raise ConfigurationError(
                     f"the cost budget does not cover the prompt of this call (about {self._last_prompt_tokens} "
-                    f"tokens of {self._call.model!r})"
+                    f"tokens of {call.model!r})"
                 )
 
     # ----------------------------------------------------------------------------------------------------------
@@ -465,7 +467,7 @@ class Continuation:
         self._round_index = len(self.trace.rounds) + 1
         text = self._text
         call = self._call
-        reasoning = "".join(self._reasoning)
+        reasoning = "".join(self._reasoning) if self._reasoning else ""
         seam: Seam
         if text == "" and not call.has_prefix and not reasoning:
             sent, held = "", ""
@@ -672,7 +674,8 @@ class Continuation:
         if cause is not None:
             return self._done(cause, finish_reason="length")
         said = current.seam.model_text
-        repeated = self._loops.repeated(said, current.sent, (current.raw_chars, current.raw_head))
+        loops = self._loops = self._loops or _LoopWatch()
+        repeated = loops.repeated(said, current.sent, (current.raw_chars, current.raw_head))
         stalled = len(self._text) <= before and not in_reasoning
         if stalled and not repeated and current.held and self._grow_limit(current):
             # The whole round went into regenerating the text held back from the prefix (whitespace a provider
@@ -684,12 +687,12 @@ class Continuation:
             # A restart on a host that ignores the prefix reproduces the reply of round 1 exactly (and looks like an
             # echo of the text so far): that, or a round that adds nothing, calls for the fallback dialect; a model
             # repeating itself in new words does not.
-            restart_like = stalled or self._loops.same_reply
+            restart_like = stalled or loops.same_reply
             if restart_like and self._fallback is not None and current.sent:
                 # On an unknown host a round that adds nothing is most likely a restart that reproduced the text
                 # so far (and looked like an echo of it): the fallback dialect gets the next round.
                 self._switch_dialect("no progress")
-                self._loops = _LoopWatch()
+                self._loops = None
                 return self._begin_round()
             return self._done("no_progress", finish_reason="length")
         return self._begin_round()
@@ -709,11 +712,13 @@ class Continuation:
 
     def _commit(self, current: _Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
         """Make the round's text (and reasoning and logprobs) part of the answer, and record the round."""
-        self._learn_echo(current)
+        if current.sent:
+            self._learn_echo(current)
         before = len(self._text)
         self._text = current.sent + new_text
         self._floor = len(current.sent)
-        self._reasoning.extend(current.reasoning)
+        if current.reasoning:
+            self._reasoning.extend(current.reasoning)
         self._last_queue = current.logprob_queue
         self._record(current, chars_added=len(self._text) - before, extra_seam=extra_seam)
         self._round = None

@@ -89,18 +89,15 @@ def build_completion(
 
 
 def reuse_completion(completion: ChatCompletion, trace: ContinuationTrace) -> ContinuedChatCompletion:
-    """``completion`` itself as the result of a one-round call: its fields, already validated, with the trace.
+    """``completion`` itself as the result of a one-round call: the same object, retyped, with the trace.
 
-    Built the way pydantic's ``model_construct`` builds a model, without the SDK's recursive ``construct`` (which
-    costs more than the rest of an untruncated call's handling).
+    The object is fresh from the SDK's parser and ours alone. Changing its class (``ContinuedChatCompletion`` adds
+    no field, so the layout is the same) keeps every validated field as it is, where building a copy would cost
+    more than the rest of an untruncated call's handling.
     """
-    result = ContinuedChatCompletion.__new__(ContinuedChatCompletion)
-    extra = completion.__pydantic_extra__
-    object.__setattr__(result, "__dict__", dict(completion.__dict__))
-    object.__setattr__(result, "__pydantic_fields_set__", set(completion.model_fields_set))
-    object.__setattr__(result, "__pydantic_extra__", dict(extra) if extra is not None else None)
-    object.__setattr__(result, "__pydantic_private__", {"_continuation": trace})
-    return result
+    object.__setattr__(completion, "__class__", ContinuedChatCompletion)
+    object.__setattr__(completion, "__pydantic_private__", {"_continuation": trace})
+    return completion  # type: ignore[return-value]
 
 
 def _standard(finish_reason: str) -> bool:
