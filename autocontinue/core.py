@@ -4,8 +4,9 @@
 tenacity's ``BaseRetrying.iter`` and h11's ``Connection``:
 
 - :meth:`Continuation.start` → the first :class:`DoRequest`;
-- a whole reply → :meth:`Continuation.on_response`; a streamed reply → :meth:`Continuation.on_chunk` per chunk,
-  then :meth:`Continuation.on_stream_end`;
+- a whole reply → :meth:`Continuation.on_response`; a streamed reply → :meth:`Continuation.on_chunk` per chunk
+  (it returns the chunk for the caller, if any, and sets :attr:`Continuation.stop_reading` when a budget ends the
+  round early), then :meth:`Continuation.on_stream_end`;
 - a failed request → :meth:`Continuation.on_error`; after a :class:`DoSleep`, :meth:`Continuation.resume`.
 
 Each returns the next action: :class:`DoRequest` (send this), :class:`DoSleep` (wait, then resume), :class:`Done`
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -53,7 +54,6 @@ __all__ = [
     "Fail",
     "IncompleteStream",
     "Settings",
-    "StreamStep",
 ]
 
 #: finish reasons that mean "the output limit was hit" (OpenAI-compatible, Anthropic-compatible, Gemini)
@@ -113,17 +113,6 @@ class Fail:
 Action = DoRequest | DoSleep | Done | Fail
 
 
-class StreamStep(NamedTuple):
-    """What one upstream chunk produced: chunks to hand to the caller, and whether to stop reading upstream."""
-
-    # A named tuple rather than a dataclass: one is made per streamed chunk, and this is the cheapest to make.
-    chunks: tuple[ChatCompletionChunk, ...]
-    close: bool = False
-
-
-_NOTHING = StreamStep(())
-
-
 @dataclass(slots=True)
 class _Round:
     """The round in flight."""
@@ -178,6 +167,8 @@ class Continuation:
     _limit_override: int | None = None  # a larger limit for a retried round
     _enlarged = False  # a round is retried with a larger limit at most once per call
     _loops: _LoopWatch | None = None  # made when a round is cut, as only then is looping possible
+    #: set by :meth:`on_chunk` when a streamed round must end before its reply does (a budget is reached)
+    stop_reading = False
 
     def __init__(
         self,
@@ -282,7 +273,7 @@ class Continuation:
             self._commit(current, content)
             tool_calls = list(getattr(choice.message, "tool_calls", None) or ())
             return self._done(_cause_of(finish), finish_reason=finish, tool_calls=tool_calls)
-        self._feed(content)
+        self._feed(current, content)
         return self._end_round()
 
     def _split_choices(self, completion: ChatCompletion) -> ChatCompletion:
@@ -311,57 +302,65 @@ class Continuation:
         self._siblings = singles[1:]
         return singles[0]
 
-    def on_chunk(self, chunk: ChatCompletionChunk) -> StreamStep:
-        """One streamed chunk arrived; returns the chunks the caller should see now."""
-        current = self._current()
+    def on_chunk(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk | None:
+        """One streamed chunk arrived; returns the chunk the caller should see now, or None.
+
+        When :attr:`stop_reading` is then True, the round must end here: close the upstream response and call
+        :meth:`on_stream_end`.
+        """
+        # This runs for every chunk of every stream: fields are read from the models' dicts, and the common case
+        # (a piece of text and nothing else) takes no detour.
+        current = self._round or self._current()
         if self._first is None:
             self._first = chunk
             self._stream_id = chunk.id
-        if chunk.usage is not None:
+        head = chunk.__dict__
+        if head["usage"] is not None:
             current.usage = chunk.usage
         if not chunk.choices:
-            return _NOTHING
+            return None
         choice = chunk.choices[0]
         delta = choice.delta
+        fields = delta.__dict__
         if choice.finish_reason is not None:
             current.finish_reason = choice.finish_reason
             # Interim finish reasons are swallowed; the last chunk carries the final one.
             choice.__dict__["finish_reason"] = None
-        if delta.tool_calls:
-            current.tool_calls.extend(delta.tool_calls)
-        reasoning = _reasoning_of(delta)
-        if reasoning:
-            current.reasoning.append(reasoning)
+        if fields.get("tool_calls"):
+            current.tool_calls.extend(delta.tool_calls or ())
+        if delta.__pydantic_extra__ or _REASONING_FIELDS[0] in fields or _REASONING_FIELDS[1] in fields:
+            reasoning = _reasoning_of(delta)
+            if reasoning:
+                current.reasoning.append(reasoning)
         if choice.logprobs is not None:
             current.logprob_queue.extend(choice.logprobs.content or ())
             choice.logprobs = None
         released = ""
-        if delta.content:
+        content = fields.get("content")
+        if content:
             current.content_chunks += 1
-            released = self._feed(delta.content)
+            released = self._feed(current, content)
         if current.fresh_logprobs:
             choice.logprobs = ChoiceLogprobs.model_construct(content=current.fresh_logprobs, refusal=None)
             current.fresh_logprobs = []
         # The chunk object is ours alone (fresh from the SDK's parser): reuse it rather than build a copy.
         # Plain dict writes: pydantic's __setattr__ costs more than the rest of a chunk's handling.
-        fields = delta.__dict__
         fields["content"] = released or None
         if self._role_sent:
             fields["role"] = None
         elif fields.get("role") is not None or released:
             fields["role"] = "assistant"
             self._role_sent = True
-        chunk.__dict__["id"] = self._stream_id or chunk.id
-        chunk.__dict__["usage"] = None
-        keep = released or delta.role or _has_payload(delta) or choice.logprobs is not None
+        head["id"] = self._stream_id or chunk.id
+        head["usage"] = None
+        keep = released or fields["role"] or _has_payload(delta) or choice.logprobs is not None
         # The request's own limit already stops the server at the budget. Closing early is for servers that ignore
         # it: every content chunk carries at least one token, so more chunks than the limit prove an overrun
         # (a tokenizer-based estimate would not: ours and the server's differ).
-        new_chunks = current.content_chunks - current.seam.echo_pieces
-        close = self._round_limit is not None and new_chunks > self._round_limit
-        if close:
+        if self._round_limit is not None and current.content_chunks - current.seam.echo_pieces > self._round_limit:
             current.finish_reason = "length"
-        return StreamStep((chunk,) if keep else (), close) if keep or close else _NOTHING
+            self.stop_reading = True
+        return chunk if keep else None
 
     def on_stream_end(self) -> Action:
         """The upstream stream ended (or was closed because a budget was reached)."""
@@ -514,6 +513,7 @@ class Continuation:
             elif self._call.stream_options:
                 kwargs["stream_options"] = dict(self._call.stream_options)
         self._clamp(kwargs)
+        self.stop_reading = False
         self._round = _Round(
             index=self._round_index,
             sent=sent,
@@ -585,15 +585,16 @@ class Continuation:
         larger = 2 * had if left is None else min(2 * had, left)
         return larger if larger > had else None
 
-    def _feed(self, delta: str) -> str:
+    def _feed(self, current: _Round, delta: str) -> str:
         """Pass reply text through the seam; return the text now safe to hand to a stream."""
-        current = self._current()
         if len(current.raw_head) < RAW_HEAD:
             current.raw_head += delta[: RAW_HEAD - len(current.raw_head)]
         current.raw_chars += len(delta)
         return self._append(current, current.seam.feed(delta))
 
     def _append(self, current: _Round, text: str) -> str:
+        """Add decided text to the round; return the part of it (and of earlier text) that can no longer change:
+        all but what a cut here would hold back for the model to regenerate."""
         if not text:
             return ""
         current.pieces.append(text)
@@ -604,15 +605,11 @@ class Continuation:
             current.skip -= len(skipped)
             text = text[len(skipped) :]
         current.unreleased += text
-        current.tail = (current.tail + text)[-2 * HOLD_WINDOW :]
-        return self._release(current)
-
-    def _release(self, current: _Round) -> str:
-        """Text that can no longer change: all but what a cut here would hold back for the model to regenerate."""
+        tail = current.tail = (current.tail + text)[-2 * HOLD_WINDOW :]
         total = len(current.sent) + current.length
         end = hold_back_point(
-            current.tail,
-            total - len(current.tail),
+            tail,
+            total - len(tail),
             floor=len(current.sent),
             heal=self._settings.heal,
             strip_whitespace=self._dialect.strips_trailing_whitespace,
@@ -969,15 +966,17 @@ def _mentions(error: BaseException, word: str) -> bool:
     return getattr(error, "status_code", None) in (400, 422) and word in str(error)
 
 
-_DELTA_FIELDS = ("tool_calls", "function_call", "refusal")
-
-
 def _has_payload(delta: Any) -> bool:
+    """Whether a delta carries anything besides text and role (tool calls, a refusal, audio, a provider's extras)."""
     fields = delta.__dict__
-    if any(fields.get(name) for name in _DELTA_FIELDS):
+    if fields.get("tool_calls") or fields.get("function_call") or fields.get("refusal") or fields.get("audio"):
         return True
-    extra = getattr(delta, "__pydantic_extra__", None) or {}
-    return any(value for value in extra.values())
+    extra = delta.__pydantic_extra__
+    return bool(extra) and any(value for value in extra.values())
+
+
+#: where providers put reasoning text: ``reasoning_content`` (DeepSeek, DashScope, vLLM) or ``reasoning``
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 def _reasoning_of(message: Any) -> str:
@@ -986,7 +985,7 @@ def _reasoning_of(message: Any) -> str:
     # and attribute access on a missing field is slow).
     fields = getattr(message, "__dict__", {})
     extra = getattr(message, "__pydantic_extra__", None) or {}
-    for name in ("reasoning_content", "reasoning"):
+    for name in _REASONING_FIELDS:
         value = extra.get(name) or fields.get(name)
         if isinstance(value, str) and value:
             return value

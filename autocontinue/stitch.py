@@ -61,6 +61,20 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
     - ``heal``: everything after the last place where a word (letters, digits) ends and something else follows,
       so the prefix ends where the tokenizer splits the same way the model did (see :func:`_last_word_end`).
     """
+    if heal and tail[-1:] != REPLACEMENT_CHAR:
+        # The common case, checked first as this runs for every streamed chunk: a word ends within MAX_HOLD of the
+        # end. It is the answer the general path below gives then (its window is this one), with less work.
+        window = tail[-(MAX_HOLD + 1) :]
+        match = _LAST_WORD_END.match(window)
+        if match is not None:
+            cut = offset + len(tail) - len(window) + match.end()
+            if cut > floor:
+                return cut
+    return _hold_back_point(tail, offset, floor=floor, heal=heal, strip_whitespace=strip_whitespace)
+
+
+def _hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whitespace: bool) -> int:
+    """:func:`hold_back_point` without its shortcut for the common case (the tests check that both agree)."""
     # Only the end of the text is read: HOLD_WINDOW characters, or as far back as a long run of whitespace goes
     # (the prefix sent must not end inside it).
     size = HOLD_WINDOW

@@ -439,9 +439,10 @@ def run_stream(
                 except Exception as error:
                     action = core.on_error(error)
                     break
-                step = core.on_chunk(chunk)
-                out.extend(step.chunks)
-                if step.close:
+                given = core.on_chunk(chunk)
+                if given is not None:
+                    out.append(given)
+                if core.stop_reading:
                     action = core.on_stream_end()
                     out.extend(core.take_released())
                     break
@@ -1108,7 +1109,9 @@ def test_mid_stream_error_resumes_from_the_released_text(name: str, after: int) 
         upstream = send(action)
         try:
             for chunk in upstream:
-                out.extend(core.on_chunk(chunk).chunks)
+                given = core.on_chunk(chunk)
+                if given is not None:
+                    out.append(given)
         except openai.APIConnectionError as error:
             action = core.on_error(error)
         else:

@@ -14,6 +14,7 @@ from autocontinue.stitch import (
     REPLACEMENT_CHAR,
     Seam,
     SeamPlan,
+    _hold_back_point,
     hold_back_point,
 )
 
@@ -181,6 +182,16 @@ def test_offset_is_absolute(text: str, data: st.DataObject, heal: bool, strip: b
     whole = hold_back_point(text, 0, floor=floor, heal=heal, strip_whitespace=strip)
     part = hold_back_point(text[offset:], offset, floor=floor, heal=heal, strip_whitespace=strip)
     assert whole == part
+
+
+@SETTINGS
+@given(text=texts, data=st.data(), heal=st.booleans(), strip=st.booleans())
+def test_shortcut_agrees_with_general_rule(text: str, data: st.DataObject, heal: bool, strip: bool) -> None:
+    """hold_back_point's shortcut for a word ending near the end gives exactly the general rule's answer."""
+    offset = data.draw(st.integers(0, 1000))
+    floor = data.draw(st.integers(0, offset + len(text)))
+    fast = hold_back_point(text, offset, floor=floor, heal=heal, strip_whitespace=strip)
+    assert fast == _hold_back_point(text, offset, floor=floor, heal=heal, strip_whitespace=strip)
 
 
 @SETTINGS

@@ -78,9 +78,10 @@ class ContinuedStream:
                         except Exception as error:
                             action = core.on_error(error)
                             break
-                        step = core.on_chunk(chunk)
-                        yield from step.chunks
-                        if step.close:
+                        given = core.on_chunk(chunk)
+                        if given is not None:
+                            yield given
+                        if core.stop_reading:
                             action = core.on_stream_end()
                             yield from core.take_released()
                             break
@@ -153,10 +154,10 @@ class AsyncContinuedStream:
                         except Exception as error:
                             action = core.on_error(error)
                             break
-                        step = core.on_chunk(chunk)
-                        for out in step.chunks:
-                            yield out
-                        if step.close:
+                        given = core.on_chunk(chunk)
+                        if given is not None:
+                            yield given
+                        if core.stop_reading:
                             action = core.on_stream_end()
                             for out in core.take_released():
                                 yield out
