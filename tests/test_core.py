@@ -1078,6 +1078,38 @@ def test_stream_without_any_text() -> None:
     assert result.chunks[-1].choices[0].finish_reason == "stop"
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"audio": {"id": "audio-1", "data": "UklGRg==", "transcript": "Hi"}},
+        {"refusal": "I cannot help with that."},
+        {"x_provider_note": "kept"},  # a provider's own field, arriving as a pydantic extra
+    ],
+)
+def test_stream_passes_other_delta_fields_through(payload: dict[str, Any]) -> None:
+    """A chunk that carries no text but some other field reaches the caller with that field unchanged."""
+    special = ChatCompletionChunk.model_validate(
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": payload, "finish_reason": None, "logprobs": None}],
+        }
+    )
+    upstream = stream_of("x", ["Hello", " there."], "stop")
+    upstream.insert(2, special)
+    core = make_core(None, stream=True)
+    result = run_stream(core, scripted([upstream]))
+    assert result.text == "Hello there."
+    carried = [c for c in result.chunks if c.choices and any(getattr(c.choices[0].delta, k, None) for k in payload)]
+    assert len(carried) == 1
+    delta = carried[0].choices[0].delta
+    for key, value in payload.items():
+        got = getattr(delta, key)
+        assert (got.model_dump(exclude_none=True) if hasattr(got, "model_dump") else got) == value
+
+
 @pytest.mark.parametrize("name", ["dashscope", "mistral", "anthropic", "openai"])
 @pytest.mark.parametrize("after", [1, 2, 3, 5])
 def test_mid_stream_error_resumes_from_the_released_text(name: str, after: int) -> None:
