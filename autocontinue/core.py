@@ -132,7 +132,7 @@ class _Round:
     usage: CompletionUsage | None = None
     message: Any = None
     tail: str = ""  # the end of sent + pieces, for hold-back decisions without joining
-    content_chunks: int = 0  # streamed chunks that carried text
+    content_chunks: int = 0  # pieces of reply text received (streamed: chunks that carried text)
     raw_head: str = ""  # the first characters of the raw reply, to recognise the same reply twice
     tool_calls: list[Any] = field(default_factory=list)  # streamed tool-call deltas
     released_at_start: int = 0
@@ -313,47 +313,45 @@ class Continuation:
         current = self._round or self._current()
         if self._first is None:
             self._first = chunk
-            self._stream_id = chunk.id
+            self._stream_id = chunk.id or "chatcmpl-autocontinue"
         head = chunk.__dict__
         if head["usage"] is not None:
-            current.usage = chunk.usage
-        if not chunk.choices:
+            current.usage = head["usage"]
+        # The chunk object is ours alone (fresh from the SDK's parser): it is reused rather than copied, and written
+        # through its dicts, as pydantic's __setattr__ would cost more than the rest of a chunk's handling.
+        head["id"] = self._stream_id
+        head["usage"] = None
+        choices = head["choices"]
+        if not choices:
             return None
-        choice = chunk.choices[0]
-        delta = choice.delta
+        choice = choices[0]
+        top = choice.__dict__
+        delta = top["delta"]
         fields = delta.__dict__
-        if choice.finish_reason is not None:
-            current.finish_reason = choice.finish_reason
-            # Interim finish reasons are swallowed; the last chunk carries the final one.
-            choice.__dict__["finish_reason"] = None
+        if top["finish_reason"] is not None:
+            current.finish_reason = top["finish_reason"]
+            top["finish_reason"] = None  # interim finish reasons are swallowed; the last chunk carries the final one
         if fields.get("tool_calls"):
-            current.tool_calls.extend(delta.tool_calls or ())
-        if delta.__pydantic_extra__ or _REASONING_FIELDS[0] in fields or _REASONING_FIELDS[1] in fields:
+            current.tool_calls.extend(fields["tool_calls"])
+        if delta.__pydantic_extra__ or "reasoning_content" in fields or "reasoning" in fields:
             reasoning = _reasoning_of(delta)
             if reasoning:
                 current.reasoning.append(reasoning)
-        if choice.logprobs is not None:
-            current.logprob_queue.extend(choice.logprobs.content or ())
-            choice.logprobs = None
-        released = ""
+        if top["logprobs"] is not None:
+            current.logprob_queue.extend(top["logprobs"].content or ())
+            top["logprobs"] = None
         content = fields.get("content")
-        if content:
-            current.content_chunks += 1
-            released = self._feed(current, content)
+        released = self._feed(current, content) if content else ""
         if current.fresh_logprobs:
-            choice.logprobs = ChoiceLogprobs.model_construct(content=current.fresh_logprobs, refusal=None)
+            top["logprobs"] = ChoiceLogprobs.model_construct(content=current.fresh_logprobs, refusal=None)
             current.fresh_logprobs = []
-        # The chunk object is ours alone (fresh from the SDK's parser): reuse it rather than build a copy.
-        # Plain dict writes: pydantic's __setattr__ costs more than the rest of a chunk's handling.
         fields["content"] = released or None
         if self._role_sent:
             fields["role"] = None
         elif fields.get("role") is not None or released:
             fields["role"] = "assistant"
             self._role_sent = True
-        head["id"] = self._stream_id or chunk.id
-        head["usage"] = None
-        keep = released or fields["role"] or _has_payload(delta) or choice.logprobs is not None
+        keep = released or fields["role"] or top["logprobs"] is not None or _has_payload(delta)
         # The request's own limit already stops the server at the budget. Closing early is for servers that ignore
         # it: every content chunk carries at least one token, so more chunks than the limit prove an overrun
         # (a tokenizer-based estimate would not: ours and the server's differ).
@@ -587,6 +585,7 @@ class Continuation:
 
     def _feed(self, current: _Round, delta: str) -> str:
         """Pass reply text through the seam; return the text now safe to hand to a stream."""
+        current.content_chunks += 1
         if len(current.raw_head) < RAW_HEAD:
             current.raw_head += delta[: RAW_HEAD - len(current.raw_head)]
         current.raw_chars += len(delta)
@@ -604,21 +603,22 @@ class Continuation:
             skipped = text[: current.skip]
             current.skip -= len(skipped)
             text = text[len(skipped) :]
-        current.unreleased += text
+        unreleased = current.unreleased = current.unreleased + text
         tail = current.tail = (current.tail + text)[-2 * HOLD_WINDOW :]
-        total = len(current.sent) + current.length
+        floor = len(current.sent)
         end = hold_back_point(
             tail,
-            total - len(tail),
-            floor=len(current.sent),
+            floor + current.length - len(tail),
+            floor=floor,
             heal=self._settings.heal,
             strip_whitespace=self._dialect.strips_trailing_whitespace,
         )
-        if end <= self._released:
+        released = self._released
+        if end <= released:
             return ""
         # Unreleased text is only ever the last few characters of the round, so this never touches the whole answer.
-        count = end - self._released
-        out, current.unreleased = current.unreleased[:count], current.unreleased[count:]
+        count = end - released
+        out, current.unreleased = unreleased[:count], unreleased[count:]
         self._released = end
         if current.logprob_queue:
             self._take_logprobs(current, len(out))
@@ -976,7 +976,7 @@ def _has_payload(delta: Any) -> bool:
 
 
 #: where providers put reasoning text: ``reasoning_content`` (DeepSeek, DashScope, vLLM) or ``reasoning``
-_REASONING_FIELDS = ("reasoning_content", "reasoning")
+_REASONING_FIELDS = ("reasoning_content", "reasoning")  # (on_chunk checks for both names inline)
 
 
 def _reasoning_of(message: Any) -> str:
