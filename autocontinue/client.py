@@ -49,6 +49,7 @@ OPTION_NAMES = frozenset(
         "heal",
         "log_text",
         "reasoning_retry",
+        "stop_on_repeat",
     }
 )
 
@@ -72,6 +73,7 @@ def make_settings(
     heal: bool = True,
     log_text: bool = False,
     reasoning_retry: bool = False,
+    stop_on_repeat: bool = True,
     counter: TokenCounter | None = None,
 ) -> Settings:
     """Check the options and build the :class:`~autocontinue.core.Settings` of a call.
@@ -97,7 +99,8 @@ def make_settings(
         raise ConfigurationError("retry must be a tenacity.Retrying (or AsyncRetrying) policy, or None")
     if prices is not None and not isinstance(prices, Mapping):
         raise ConfigurationError("prices must be a mapping of model name to Price")
-    for name, flag in (("heal", heal), ("log_text", log_text), ("reasoning_retry", reasoning_retry)):
+    flags = {"heal": heal, "log_text": log_text, "reasoning_retry": reasoning_retry, "stop_on_repeat": stop_on_repeat}
+    for name, flag in flags.items():
         if not isinstance(flag, bool):
             raise ConfigurationError(f"{name} must be True or False, got {flag!r}")
     return Settings(
@@ -109,6 +112,7 @@ def make_settings(
         counter=counter or default_counter(),
         log_text=log_text,
         reasoning_retry=reasoning_retry,
+        stop_on_repeat=stop_on_repeat,
     )
 
 

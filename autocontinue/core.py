@@ -79,6 +79,8 @@ class Settings:
     log_text: bool = False
     #: retry a round cut inside the reasoning phase once with a larger limit (where it cannot be continued)
     reasoning_retry: bool = False
+    #: end the call (``no_progress``) when a round repeats itself; off, only a round that adds nothing ends it
+    stop_on_repeat: bool = True
 
 
 @dataclass(frozen=True)
@@ -691,7 +693,8 @@ class Continuation:
                 self._switch_dialect("no progress")
                 self._loops = None
                 return self._begin_round()
-            return self._done("no_progress", finish_reason="length")
+            if stalled or self._settings.stop_on_repeat:
+                return self._done("no_progress", finish_reason="length")
         return self._begin_round()
 
     def _grow_limit(self, current: _Round) -> bool:

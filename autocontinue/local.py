@@ -484,6 +484,13 @@ class LocalEngine:
         ctx_size: Context size in tokens of *each* slot (the server is started with
             ``parallel * ctx_size``, as llama-server splits its context among the
             slots). The model was trained on 8192 tokens; the server caps slots there.
+        batch_invariant: Evaluate prompts one token at a time (``--ubatch-size 1``), the
+            way generated tokens are evaluated. Then the same tokens always give the same
+            logits, whether they were generated or sent back as a prefix, and whatever else
+            the server is doing. An answer continued in rounds is then the answer written in
+            one request, bit for bit. Batched prompt evaluation sums in another order, and
+            at a near-tie that can flip the next token. The cost is slower evaluation of
+            long prompts.
         extra_args: Further llama-server flags, appended last so they can override
             the defaults.
         threads: CPU threads for decoding; defaults to the CPUs this process may use.
@@ -498,6 +505,7 @@ class LocalEngine:
         *,
         parallel: int = 1,
         ctx_size: int = 4096,
+        batch_invariant: bool = True,
         extra_args: Sequence[str] = (),
         threads: int | None = None,
         seed: int = DEFAULT_SEED,
@@ -510,6 +518,7 @@ class LocalEngine:
             raise ValueError(f"ctx_size must be >= 16, got {ctx_size}")
         self.parallel = parallel
         self.ctx_size = ctx_size
+        self.batch_invariant = batch_invariant
         self.extra_args: tuple[str, ...] = tuple(extra_args)
         self.threads = threads if threads is not None else _cpu_count()
         self.seed = seed
@@ -592,6 +601,7 @@ class LocalEngine:
             # The log is a file; colour escape codes would only clutter it.
             "--log-colors",
             "off",
+            *(["--ubatch-size", "1"] if self.batch_invariant else []),
             *self.extra_args,
         ]
 

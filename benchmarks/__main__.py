@@ -110,10 +110,24 @@ def _fidelity_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                     "ours": f"{healed['identical']}/{healed['total']} ({100 * (healed['rate'] or 0):.1f} %)",
                     "baseline": f"{naive['identical']}/{naive['total']} ({100 * (naive['rate'] or 0):.1f} %)",
                     "ratio": round(ratio, 4) if ratio is not None else None,
-                    "goal": "info",
-                    "ok": None,
+                    "goal": "= 100 %",
+                    "ok": healed["identical"] == healed["total"],
                 }
             )
+            default = table.get("default")
+            if default:
+                rows.append(
+                    {
+                        "benchmark": "fidelity",
+                        "metric": "with the default repeat stop: identical / stopped early at a loop (text identical "
+                        "up to the stop)",
+                        "ours": f"{default['identical']} / {default['stopped_early']} of {default['total']}",
+                        "baseline": "-",
+                        "ratio": None,
+                        "goal": "info",
+                        "ok": None,
+                    }
+                )
         else:
             for mode, cell in cells.items():
                 rows.append(

@@ -7,9 +7,11 @@ tokenizer splits the same way the model emitted it) and the same numbers (the en
 logits for them).
 
 Method, per prompt: a one-shot request with ``max_tokens=N``; then for each ``k`` the continued call with
-``max_tokens=k`` per round, once with ``heal=False`` ("naive": the echo is stripped, nothing else) and once with
-``heal=True``. "Identical" means the joined text equals the one-shot text when the one-shot ended by itself, or
-starts with it when the one-shot was cut at ``N``. A continued call stops as soon as its text is longer than the
+``max_tokens=k`` per round, once with ``heal=False`` ("naive": the echo is stripped, nothing else), once with
+``heal=True`` ("healed"), both with ``stop_on_repeat=False`` so that a model that loops goes on as it does in one
+request, and once with the library's defaults ("default": healed, and a loop ends the call early). "Identical"
+means the joined text equals the one-shot text when the one-shot ended by itself, or starts with it when the
+one-shot was cut at ``N``. A continued call stops as soon as its text is longer than the
 one-shot (a custom stop condition), so a small model that loops forever costs no more than needed.
 
 Every failure is diagnosed automatically: the round whose reply first left the one-shot text, the prefix it was
@@ -60,16 +62,19 @@ __all__ = [
 ]
 
 K_VALUES = (5, 7, 13, 23, 64)
-#: mode -> (dialect, heal). "naive" is continue_final_message without healing: the echo is stripped and nothing
-#: else is done (prefill would still hold back trailing whitespace). "healed" uses the dialect under test (the
-#: default, "auto", resolves to prefill on the loopback URL). "naive-prefill" (not run by default) isolates the
-#: effect of holding back trailing whitespace alone.
-MODE_SETTINGS: dict[str, tuple[str | None, bool]] = {
-    "naive": ("continue_final_message", False),
-    "healed": (None, True),
-    "naive-prefill": ("prefill", False),
+#: mode -> (dialect, heal, stop_on_repeat). "naive" is continue_final_message without healing: the echo is stripped
+#: and nothing else is done (prefill would still hold back trailing whitespace). "healed" uses the dialect under
+#: test (the default, "auto", resolves to prefill on the loopback URL). Both let a model that loops go on as it
+#: would in one request, so that they measure the seam alone; "default" is "healed" with the library's defaults,
+#: whose repeat stop ends such a call early. "naive-prefill" (not run by default) isolates the effect of holding
+#: back trailing whitespace alone.
+MODE_SETTINGS: dict[str, tuple[str | None, bool, bool]] = {
+    "naive": ("continue_final_message", False, False),
+    "healed": (None, True, False),
+    "default": (None, True, True),
+    "naive-prefill": ("prefill", False, False),
 }
-MODES = ("naive", "healed")
+MODES = ("naive", "healed", "default")
 #: one-shot limit: long enough for several seams at every k, short enough for 30+ prompts in minutes
 DEFAULT_N = 96
 RESULTS = Path(__file__).resolve().parent / "results" / "fidelity.json"
@@ -274,7 +279,7 @@ def run_case(
     extra_body: dict[str, Any] | None,
 ) -> tuple[CaseResult, list[Exchange]]:
     """One continued call in rounds of ``k`` tokens, compared with the one-shot (``dialect``: the healed one's)."""
-    mode_dialect, heal = MODE_SETTINGS[mode]
+    mode_dialect, heal, stop_on_repeat = MODE_SETTINGS[mode]
     recorder.reset()
     started = time.perf_counter()
     reply = autocontinue.create(
@@ -287,6 +292,7 @@ def run_case(
         stop_when=Covered(recorder, reference.text),
         dialect=mode_dialect or dialect,
         heal=heal,
+        stop_on_repeat=stop_on_repeat,
         retry=None,
     )
     seconds = time.perf_counter() - started
@@ -441,6 +447,11 @@ def diagnose(
         cause = "prefix cut inside one of the model's tokens"
     elif same_tokens is False:
         cause = "prefix re-tokenizes differently from the model's own tokens"
+    elif same_tokens is None:
+        cause = (
+            "prefix tokens not compared: the one-shot's text does not re-tokenize into the model's own tokens "
+            "(a seam where a tokenization can differ, or numerics)"
+        )
     elif gap is not None and gap < NEAR_TIE:
         cause = f"numerics: near-tie (gap {gap:.4f}) flipped by different evaluation of the same tokens"
     else:
@@ -654,6 +665,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cache-prompt", choices=("default", "on", "off"), default="default", help="llama.cpp's cache_prompt"
     )
+    parser.add_argument(
+        "--engine-args", default="", help="further llama-server flags, e.g. '--ubatch-size 1' (split on spaces)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default %(default)s)")
     args = parser.parse_args(argv)
     ks = [int(v) for v in args.k.split(",") if v]
@@ -678,13 +692,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workers": args.workers,
         "dialect": args.dialect,
         "cache_prompt": args.cache_prompt,
+        "engine_args": args.engine_args.split(),
         "seed": DEFAULT_SEED,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
     started = time.perf_counter()
     done: list[PromptRun] = []
     lock = threading.Lock()
-    with LocalEngine(parallel=max(1, args.workers)) as eng:
+    with LocalEngine(parallel=max(1, args.workers), extra_args=args.engine_args.split()) as eng:
         engine = Engine(eng.server_url)
         local = threading.local()
 

@@ -361,10 +361,12 @@ def make_core(
     base_url: str | None = None,
     prices: Any = None,
     counter: TokenCounter | None = None,
+    stop_on_repeat: bool = True,
     **kwargs: Any,
 ) -> Continuation:
     flavour = provider.flavour if provider is not None else FLAVOURS["dashscope"]
     settings = Settings(
+        stop_on_repeat=stop_on_repeat,
         stop=stop if stop is not None else max_rounds(2000),
         dialect=dialect if dialect is not None else flavour.dialect,
         retry=retry,
@@ -954,6 +956,23 @@ def test_no_progress(name: str, mode: str, heal: bool) -> None:
     assert result.choices[0].finish_reason == "length"
     assert len(provider.requests) <= good + 3
     assert content_of(result).startswith(target[:20])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_repetitive_text_in_full_without_the_repeat_stop(stream: bool) -> None:
+    """A reply that really is repetitive (a rule of dashes, a table's rows) stops early by default, with the text
+    so far intact, and comes out whole with stop_on_repeat=False."""
+    target = "Table:\n" + "| -- | -- |\n" * 30 + "End."
+    for stop_on_repeat in (True, False):
+        provider = Provider(target, FLAVOURS["llamacpp"])
+        core = make_core(provider, max_tokens=4, stream=stream, stop=max_rounds(200), stop_on_repeat=stop_on_repeat)
+        text = run_stream(core, provider.chunks).text if stream else content_of(run(core, provider.completion))
+        if stop_on_repeat:
+            assert core.trace.stop_cause == "no_progress"
+            assert target.startswith(text) and len(text) < len(target)
+        else:
+            assert core.trace.stop_cause == "natural"
+            assert text == target
 
 
 def test_no_progress_on_an_empty_first_round() -> None:

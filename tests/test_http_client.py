@@ -511,6 +511,35 @@ def test_runaway_ends_with_no_progress(emu: Emulator, sync_client: Any, runaway:
     assert len(trace.rounds) <= 3
 
 
+@pytest.mark.parametrize("runaway", ["empty", "identical", "repeat"])
+def test_runaway_without_the_repeat_stop_is_still_bounded(emu: Emulator, sync_client: Any, runaway: str) -> None:
+    """No setting makes a loop unbounded: with stop_on_repeat=False a runaway server still ends the call, at the
+    latest at max_rounds (these runaways add nothing new once their reply is taken for an echo, so sooner)."""
+    model = add(emu, runaway=runaway)
+    result = autocontinue.create(
+        sync_client("vllm"), model=model, messages=[USER], max_tokens=5, max_rounds=6, stop_on_repeat=False
+    )
+    trace = result.continuation
+    assert result.choices[0].finish_reason == "length"
+    assert trace.stop_cause in ("no_progress", "max_rounds")
+    assert len(emu.requests(model)) == len(trace.rounds) <= 6
+
+
+@pytest.mark.parametrize("persona", ["vllm", "dashscope", "mistral"])
+def test_repetitive_answer_whole_without_the_repeat_stop(emu: Emulator, sync_client: Any, persona: str) -> None:
+    """An answer that really repeats itself (a table's identical rows) is cut short by the repeat stop, the text so
+    far intact; with stop_on_repeat=False it comes out whole."""
+    target = "Rows:\n" + "| -- | -- |\n" * 24 + "Done."
+    model = add(emu, target=target)
+    request = {"model": model, "messages": [USER], "max_tokens": 4, "dialect": PERSONA_DIALECT[persona]}
+    guarded = autocontinue.create(sync_client(persona), max_rounds=100, **request)
+    assert guarded.continuation.stop_cause == "no_progress"
+    assert target.startswith(guarded.choices[0].message.content or "")
+    whole = autocontinue.create(sync_client(persona), max_rounds=100, stop_on_repeat=False, **request)
+    assert whole.continuation.stop_cause == "natural"
+    assert whole.choices[0].message.content == target
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Retry limits through the client
 

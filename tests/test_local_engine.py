@@ -246,6 +246,37 @@ def test_continuation_round_trip_matches_uncut_reply(engine: LocalEngine, client
     assert (resp.usage.prompt_tokens_details.cached_tokens or 0) > 0
 
 
+def test_a_prefix_sent_back_gets_the_logits_it_was_generated_with(engine: LocalEngine, client: openai.OpenAI) -> None:
+    """Batch invariance (LocalEngine's default): the model's own tokens, sent back as a prefix and evaluated as a
+    prompt (the prompt cache off, so nothing is reused), give the next token exactly the log-probability it had
+    when the model generated them one by one. Seam fidelity stands on this."""
+    assert engine.batch_invariant
+    one_shot = client.chat.completions.create(
+        model=engine.model, messages=[USER], max_tokens=64, temperature=0, seed=42, logprobs=True
+    )
+    assert one_shot.choices[0].logprobs is not None
+    tokens = one_shot.choices[0].logprobs.content or []
+    assert len(tokens) == 64
+    # Cuts before a token that starts a word: there the text re-tokenizes into the model's own tokens. With batched
+    # prompt evaluation (batch_invariant=False) most of these log-probabilities differ.
+    cuts = [m for m in range(4, 63) if tokens[m].token.startswith(" ") and tokens[m - 1].token[-1:].isalpha()]
+    assert len(cuts) >= 20, [t.token for t in tokens]
+    for m in cuts[::2]:
+        prefix = "".join(t.token for t in tokens[:m])
+        reply = client.chat.completions.create(
+            model=engine.model,
+            messages=_with_prefix(prefix),
+            max_tokens=1,
+            temperature=0,
+            seed=42,
+            logprobs=True,
+            extra_body={**CONTINUE_EXTRA, "cache_prompt": False},
+        )
+        assert reply.choices[0].logprobs is not None
+        (following,) = reply.choices[0].logprobs.content or []
+        assert (following.token, following.logprob) == (tokens[m].token, tokens[m].logprob), m
+
+
 def test_stream_reports_length_and_usage(engine: LocalEngine, client: openai.OpenAI) -> None:
     chunks = _stream(client, engine, [USER], 5)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"

@@ -481,6 +481,7 @@ BAD_CALLS = [
     Bad("heal-str", "heal", options={"heal": "no"}),
     Bad("log_text-str", "log_text", options={"log_text": "no"}),
     Bad("reasoning_retry-str", "reasoning_retry", options={"reasoning_retry": "yes"}),
+    Bad("stop_on_repeat-int", "stop_on_repeat", options={"stop_on_repeat": 0}),
     Bad("stop_when-int", "stop_when", options={"stop_when": 5}),
     Bad("stop_when-lambda", "stop_when", options={"stop_when": lambda state: None}),
 ]
