@@ -468,12 +468,13 @@ class Continuation:
         call = self._call
         reasoning = "".join(self._reasoning) if self._reasoning else ""
         seam: Seam
+        pieces: list[str] = []
         if text == "" and not call.has_prefix and not reasoning:
             sent, held = "", ""
             messages: list[Any] = list(call.messages)
             kwargs = dict(call.kwargs)
             base_url = None
-            seam = PlainSeam()
+            seam = PlainSeam(pieces)  # the round's pieces are what the model said
         else:
             heal = self._settings.heal and len(text) > len(call.prefix)
             offset = max(0, len(text) - 2 * HOLD_WINDOW)
@@ -519,6 +520,7 @@ class Continuation:
             sent=sent,
             held=held,
             seam=seam,
+            pieces=pieces,
             kwargs=kwargs,
             started=self._clock(),
             tail=sent[-2 * HOLD_WINDOW :],
@@ -591,7 +593,8 @@ class Continuation:
         if len(current.raw_head) < RAW_HEAD:
             current.raw_head += delta[: RAW_HEAD - len(current.raw_head)]
         current.raw_chars += len(delta)
-        return self._append(current, current.seam.feed(delta))
+        seam = current.seam
+        return self._append(current, delta if seam.plain else seam.feed(delta))
 
     def _append(self, current: _Round, text: str) -> str:
         """Add decided text to the round; return the part of it (and of earlier text) that can no longer change:
@@ -606,7 +609,10 @@ class Continuation:
             current.skip -= len(skipped)
             text = text[len(skipped) :]
         unreleased = current.unreleased = current.unreleased + text
-        tail = current.tail = (current.tail + text)[-2 * HOLD_WINDOW :]
+        tail = current.tail + text
+        if len(tail) > 4 * HOLD_WINDOW:  # trimmed now and then, not on every chunk
+            tail = tail[-2 * HOLD_WINDOW :]
+        current.tail = tail
         floor = len(current.sent)
         end = hold_back_point(
             tail,

@@ -320,6 +320,9 @@ class Seam:
     discarded); ``actions`` records what was done, for the trace.
     """
 
+    #: whether every character passes through unchanged (see :class:`PlainSeam`)
+    plain = False
+
     def __init__(self, plan: SeamPlan) -> None:
         self.actions: list[str] = []
         self._echo = _Echo(plan.sent, plan.echo, self.actions)
@@ -396,9 +399,15 @@ class PlainSeam(Seam):
     once to do nothing: most calls are one such round, and they should cost next to nothing.
     """
 
-    def __init__(self) -> None:
+    #: the reply passes through unchanged, so a caller may skip :meth:`feed` and keep the pieces itself
+    plain = True
+
+    def __init__(self, pieces: list[str] | None = None) -> None:
         self.actions = []
-        self._said = []
+        # What the model said is the reply itself. ``pieces``: the caller's own list of the reply's pieces, which it
+        # keeps up to date (feed then records nothing), so the text is held once rather than twice.
+        self._keeps = pieces is None
+        self._said = pieces if pieces is not None else []
         self.echo_pieces = 0
 
     @property
@@ -408,7 +417,7 @@ class PlainSeam(Seam):
 
     def feed(self, delta: str) -> str:
         """Take the next piece of the reply; all of it is decided."""
-        if delta:
+        if delta and self._keeps:
             self._said.append(delta)
         return delta
 
