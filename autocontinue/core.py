@@ -41,7 +41,17 @@ from .jsoncheck import check_json
 from .request import CallRequest
 from .result import build_completion, reuse_completion
 from .retry import RetryTracker
-from .stitch import HOLD_WINDOW, RESTART_PROBE, EchoMode, PlainSeam, Seam, SeamPlan, hold_back_point
+from .stitch import (
+    HOLD_WINDOW,
+    MAX_HOLD,
+    RESTART_PROBE,
+    EchoMode,
+    PlainSeam,
+    Seam,
+    SeamPlan,
+    hold_back_point,
+    word_ends_before,
+)
 from .tokens import TokenCounter, default_counter
 from .trace import ContinuationTrace, RoundTrace
 
@@ -614,13 +624,24 @@ class Continuation:
             tail = tail[-2 * HOLD_WINDOW :]
         current.tail = tail
         floor = len(current.sent)
-        end = hold_back_point(
-            tail,
-            floor + current.length - len(tail),
-            floor=floor,
-            heal=self._settings.heal,
-            strip_whitespace=self._dialect.strips_trailing_whitespace,
-        )
+        total = floor + current.length
+        size = len(text)
+        if (
+            size <= MAX_HOLD
+            and total - size > floor
+            and len(tail) > size
+            and self._settings.heal
+            and word_ends_before(tail[-size - 1], text)
+        ):
+            end = total - size  # most streamed tokens: the cut is just before this one
+        else:
+            end = hold_back_point(
+                tail,
+                total - len(tail),
+                floor=floor,
+                heal=self._settings.heal,
+                strip_whitespace=self._dialect.strips_trailing_whitespace,
+            )
         released = self._released
         if end <= released:
             return ""

@@ -31,6 +31,7 @@ __all__ = [
     "Seam",
     "SeamPlan",
     "hold_back_point",
+    "word_ends_before",
 ]
 
 EchoMode = Literal["never", "maybe", "always"]
@@ -71,6 +72,19 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
             if cut > floor:
                 return cut
     return _hold_back_point(tail, offset, floor=floor, heal=heal, strip_whitespace=strip_whitespace)
+
+
+def word_ends_before(previous: str, piece: str) -> bool:
+    """Whether a word ends just before ``piece`` (``previous`` is the character before it) and nowhere after.
+
+    Then, for text ending with ``piece``, the place :func:`hold_back_point` heals at is the start of ``piece``
+    (as long as that is above the floor and ``piece`` is at most :data:`MAX_HOLD` long): the common case of a
+    streamed token such as ``" word"`` or ``","`` after a word, answered without searching the text.
+    """
+    if not piece or not (previous.isalnum() or previous == "_"):
+        return False
+    first, rest = piece[0], piece[1:]
+    return not (first.isalnum() or first == "_" or first == REPLACEMENT_CHAR) and (not rest or rest.isalnum())
 
 
 def _hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whitespace: bool) -> int:

@@ -52,7 +52,7 @@ def _drain(stream: Any) -> int:
 def _chunk_overhead(emu: Any, quick: bool) -> dict[str, Any]:
     from tests.emulator import Script
 
-    pairs = 6 if quick else 20
+    pairs = 6 if quick else 40
     target = synthetic_text(STREAM_CHARS, seed=21)
     model = emu.add_script(Script(target=target))
     client = openai.OpenAI(base_url=emu.base_url("vllm"), api_key="x", max_retries=0, timeout=120)

@@ -16,6 +16,7 @@ from autocontinue.stitch import (
     SeamPlan,
     _hold_back_point,
     hold_back_point,
+    word_ends_before,
 )
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -192,6 +193,22 @@ def test_shortcut_agrees_with_general_rule(text: str, data: st.DataObject, heal:
     floor = data.draw(st.integers(0, offset + len(text)))
     fast = hold_back_point(text, offset, floor=floor, heal=heal, strip_whitespace=strip)
     assert fast == _hold_back_point(text, offset, floor=floor, heal=heal, strip_whitespace=strip)
+
+
+@SETTINGS
+@given(
+    text=texts,
+    piece=st.sampled_from(
+        [*"ab ,.\n\t_日😀", REPLACEMENT_CHAR, " x", " word", "x ", ", and", "4", " a b", " ab.", ".x ", " \ufffd"]
+    ),
+)
+def test_a_word_ending_before_the_last_piece_is_where_a_heal_cuts(text: str, piece: str) -> None:
+    """word_ends_before, the shortcut for a streamed token, agrees with hold_back_point's rule."""
+    assume(text)
+    whole = text + piece
+    expected = [hold_back_point(whole, 0, floor=0, heal=True, strip_whitespace=strip) for strip in (False, True)]
+    if word_ends_before(text[-1], piece):
+        assert expected == [len(text), len(text)]
 
 
 @SETTINGS
