@@ -24,7 +24,7 @@ from typing import Any
 
 import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from openai.types.chat.chat_completion_chunk import ChoiceLogprobs
+from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
 from openai.types.completion_usage import CompletionUsage
 
 from . import _log
@@ -326,13 +326,13 @@ class Continuation:
         if self._first is None:
             self._first = chunk
             self._stream_id = chunk.id or "chatcmpl-autocontinue"
+        # The chunk object is ours alone (fresh from the SDK's parser): it is reused rather than copied, and written
+        # through its dicts, as pydantic's __setattr__ would cost more than the rest of a chunk's handling.
         head = chunk.__dict__
         if head["usage"] is not None:
             current.usage = head["usage"]
-        # The chunk object is ours alone (fresh from the SDK's parser): it is reused rather than copied, and written
-        # through its dicts, as pydantic's __setattr__ would cost more than the rest of a chunk's handling.
+            head["usage"] = None
         head["id"] = self._stream_id
-        head["usage"] = None
         choices = head["choices"]
         if not choices:
             return None
@@ -345,7 +345,7 @@ class Continuation:
             top["finish_reason"] = None  # interim finish reasons are swallowed; the last chunk carries the final one
         if fields.get("tool_calls"):
             current.tool_calls.extend(fields["tool_calls"])
-        if delta.__pydantic_extra__ or "reasoning_content" in fields or "reasoning" in fields:
+        if delta.__pydantic_extra__ or (_DELTA_HAS_REASONING and not fields.keys().isdisjoint(_REASONING_FIELDS)):
             reasoning = _reasoning_of(delta)
             if reasoning:
                 current.reasoning.append(reasoning)
@@ -416,8 +416,6 @@ class Continuation:
         return chunks
 
     def _make_chunk(self, delta: dict[str, Any], finish_reason: str | None) -> ChatCompletionChunk:
-        from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
-
         if not self._role_sent:
             delta = {"role": "assistant", **delta}
             self._role_sent = True
@@ -618,7 +616,6 @@ class Continuation:
             skipped = text[: current.skip]
             current.skip -= len(skipped)
             text = text[len(skipped) :]
-        unreleased = current.unreleased = current.unreleased + text
         tail = current.tail + text
         if len(tail) > 4 * HOLD_WINDOW:  # trimmed now and then, not on every chunk
             tail = tail[-2 * HOLD_WINDOW :]
@@ -633,8 +630,13 @@ class Continuation:
             and self._settings.heal
             and word_ends_before(tail[-size - 1], text)
         ):
-            end = total - size  # most streamed tokens: the cut is just before this one
+            # Most streamed tokens: the cut is just before this one, so all that was unreleased is released.
+            out, current.unreleased = current.unreleased, text
+            if not out:
+                return ""
+            self._released = total - size
         else:
+            unreleased = current.unreleased + text
             end = hold_back_point(
                 tail,
                 total - len(tail),
@@ -642,13 +644,15 @@ class Continuation:
                 heal=self._settings.heal,
                 strip_whitespace=self._dialect.strips_trailing_whitespace,
             )
-        released = self._released
-        if end <= released:
-            return ""
-        # Unreleased text is only ever the last few characters of the round, so this never touches the whole answer.
-        count = end - released
-        out, current.unreleased = unreleased[:count], unreleased[count:]
-        self._released = end
+            released = self._released
+            if end <= released:
+                current.unreleased = unreleased
+                return ""
+            # Unreleased text is only ever the last few characters of the round: this never touches the whole
+            # answer.
+            count = end - released
+            out, current.unreleased = unreleased[:count], unreleased[count:]
+            self._released = end
         if current.logprob_queue:
             self._take_logprobs(current, len(out))
         return out
@@ -1006,7 +1010,9 @@ def _has_payload(delta: Any) -> bool:
 
 
 #: where providers put reasoning text: ``reasoning_content`` (DeepSeek, DashScope, vLLM) or ``reasoning``
-_REASONING_FIELDS = ("reasoning_content", "reasoning")  # (on_chunk checks for both names inline)
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
+#: whether the installed SDK's delta type has a reasoning field (none has yet: such text arrives as an extra)
+_DELTA_HAS_REASONING = not set(ChoiceDelta.model_fields).isdisjoint(_REASONING_FIELDS)
 
 
 def _reasoning_of(message: Any) -> str:
