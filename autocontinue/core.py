@@ -1021,6 +1021,8 @@ def _reasoning_of(message: Any) -> str:
     # and attribute access on a missing field is slow).
     fields = getattr(message, "__dict__", {})
     extra = getattr(message, "__pydantic_extra__", None) or {}
+    if not extra and fields.keys().isdisjoint(_REASONING_FIELDS):
+        return ""  # the common case, settled with one look
     for name in _REASONING_FIELDS:
         value = extra.get(name) or fields.get(name)
         if isinstance(value, str) and value:
