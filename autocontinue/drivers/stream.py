@@ -67,10 +67,10 @@ class ContinuedStream:
                     action = core.on_error(error)
                     continue
                 try:
-                    chunks = iter(upstream)
+                    pull, feed = iter(upstream).__next__, core.on_chunk  # looked up once, not per chunk
                     while True:
                         try:
-                            chunk = next(chunks)
+                            chunk = pull()
                         except StopIteration:
                             action = core.on_stream_end()
                             yield from core.take_released()
@@ -78,7 +78,7 @@ class ContinuedStream:
                         except Exception as error:
                             action = core.on_error(error)
                             break
-                        given = core.on_chunk(chunk)
+                        given = feed(chunk)
                         if given is not None:
                             yield given
                         if core.stop_reading:
@@ -142,10 +142,10 @@ class AsyncContinuedStream:
                     action = core.on_error(error)
                     continue
                 try:
-                    chunks = upstream.__aiter__()
+                    pull, feed = upstream.__aiter__().__anext__, core.on_chunk  # looked up once, not per chunk
                     while True:
                         try:
-                            chunk = await chunks.__anext__()
+                            chunk = await pull()
                         except StopAsyncIteration:
                             action = core.on_stream_end()
                             for out in core.take_released():
@@ -154,7 +154,7 @@ class AsyncContinuedStream:
                         except Exception as error:
                             action = core.on_error(error)
                             break
-                        given = core.on_chunk(chunk)
+                        given = feed(chunk)
                         if given is not None:
                             yield given
                         if core.stop_reading:
