@@ -322,6 +322,18 @@ class _ContinuingChat(_Proxy):
         object.__setattr__(self, "completions", completions)
 
 
+class _ContinuingBeta(_Proxy):
+    """``client.beta`` with its ``chat`` continued (the SDK keeps ``beta.chat.completions`` as a second way in)."""
+
+    def __init__(self, target: Any, chat: _ContinuingChat) -> None:
+        super().__init__(target)
+        object.__setattr__(self, "chat", chat)
+
+
+def _continuing_chat(chat: Any, client: Any, settings: Settings, asynchronous: bool) -> _ContinuingChat:
+    return _ContinuingChat(chat, _ContinuingCompletions(chat.completions, client, settings, asynchronous))
+
+
 def wrap(client: ClientT, **options: Any) -> ClientT:
     """Return ``client`` with ``chat.completions.create`` continuing cut-off replies.
 
@@ -346,10 +358,9 @@ def _wrapped(client: ClientT, settings: Settings) -> ClientT:
     wrapped: Any = _copy.copy(original)
     wrapped.__class__ = _wrapper_class(type(original))
     asynchronous = isinstance(original, openai.AsyncOpenAI)
-    completions = _ContinuingCompletions(original.chat.completions, original, settings, asynchronous)
     state = vars(wrapped)
     state["__wrapped__"] = original
-    state["_autocontinue_chat"] = _ContinuingChat(original.chat, completions)
+    state["_autocontinue_chat"] = _continuing_chat(original.chat, original, settings, asynchronous)
     state["_autocontinue_settings"] = settings
     result: ClientT = wrapped
     return result
@@ -373,8 +384,14 @@ def _wrapper_class(cls: type) -> type:
         return known
     namespace: dict[str, Any] = {}
     for name in dir(cls):
-        if name != "chat" and isinstance(inspect.getattr_static(cls, name, None), functools.cached_property):
+        if name not in ("chat", "beta") and isinstance(
+            inspect.getattr_static(cls, name, None), functools.cached_property
+        ):
             namespace[name] = _delegate(name)
+    if hasattr(cls, "beta"):
+        # A property, not a cached_property: the wrapped client is a copy of the original, whose own cached
+        # ``beta`` may be in the copied instance dict, and only a data descriptor takes precedence over it.
+        namespace["beta"] = property(_continuing_beta, doc="beta, with beta.chat.completions continued")
 
     def with_options(self: Any, **kwargs: Any) -> Any:
         return _wrapped(vars(self)["__wrapped__"].with_options(**kwargs), vars(self)["_autocontinue_settings"])
@@ -389,6 +406,22 @@ def _wrapper_class(cls: type) -> type:
     subclass = type(f"Continuing{cls.__name__}", (cls,), namespace)
     _wrapper_classes[cls] = subclass
     return subclass
+
+
+def _continuing_beta(self: Any) -> _ContinuingBeta | Any:
+    """The original client's ``beta``, with ``beta.chat.completions`` continuing like ``chat.completions``."""
+    state = vars(self)
+    made = state.get("_autocontinue_beta")
+    if made is not None:
+        return made
+    original, settings = state["__wrapped__"], state["_autocontinue_settings"]
+    beta = original.beta
+    chat = getattr(beta, "chat", None)
+    if chat is None:
+        return beta
+    asynchronous = isinstance(original, openai.AsyncOpenAI)
+    made = state["_autocontinue_beta"] = _ContinuingBeta(beta, _continuing_chat(chat, original, settings, asynchronous))
+    return made
 
 
 def _unwrap(client: Any) -> Any:

@@ -288,6 +288,29 @@ def test_parse_on_a_wrapped_client_needs_several_rounds(emu: Emulator, sync_clie
     assert "__autocontinue_trace__" not in parsed.model_dump(warnings=False)
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_beta_chat_on_a_wrapped_client_is_continued_too(
+    emu: Emulator, sync_client: Any, async_client: Any, asynchronous: bool
+) -> None:
+    """The SDK's second way in, client.beta.chat.completions (create and parse), goes through the same engine."""
+    raw = async_client("openrouter") if asynchronous else sync_client("openrouter")
+    # The original's own beta, once read, is cached in its instance dict, which the wrapped copy starts from.
+    assert raw.beta.chat is not None
+    client = autocontinue.wrap(raw, dialect="prefill", max_rounds=30)
+    assert client.beta.chat.completions is client.beta.chat.completions
+    assert client.beta.assistants is raw.beta.assistants  # the rest of beta passes through
+    created_model, parsed_model = add(emu, DOC), add(emu, DOC)
+    create = client.beta.chat.completions.create(model=created_model, messages=[USER], max_tokens=6)
+    parse = client.beta.chat.completions.parse(
+        model=parsed_model, messages=[USER], max_tokens=6, response_format=Person
+    )
+    created, parsed = (await create, await parse) if asynchronous else (create, parse)
+    assert created.choices[0].message.content == DOC
+    assert created.continuation.continued
+    assert parsed.choices[0].message.parsed == Person.model_validate_json(DOC)
+    assert len(emu.requests(parsed_model)) > 1
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # n > 1
 
