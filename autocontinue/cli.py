@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="send the text so far as it is, instead of holding back its last word for the model to rewrite",
     )
+    budgets.add_argument(
+        "--no-repeat-stop",
+        dest="stop_on_repeat",
+        action="store_false",
+        help="let an answer whose rounds repeat themselves go on (to its end, --max-rounds or a budget)",
+    )
     where = parser.add_argument_group("where")
     where.add_argument("--base-url", help="an OpenAI-compatible API's base URL (default: $OPENAI_BASE_URL)")
     where.add_argument("--api-key", help="the API key (default: $OPENAI_API_KEY)")
@@ -184,6 +190,7 @@ def build_request(args: argparse.Namespace, prompt: str, model: str) -> dict[str
         "max_rounds": args.max_rounds,
         "dialect": args.dialect,
         "heal": args.heal,
+        "stop_on_repeat": args.stop_on_repeat,
     }
     # Unset options stay out of the request, so the server's and the library's defaults apply.
     optional = {

@@ -138,6 +138,18 @@ def test_no_heal_and_explicit_dialect_run() -> None:
     assert ROUNDS_LINE.search(result.stderr) is not None
 
 
+def test_no_repeat_stop_lets_a_looping_answer_go_on() -> None:
+    """The model loops on this prompt at temperature 0: by default the call stops at the repetition; with
+    --no-repeat-stop it goes on to --max-rounds."""
+    prompt = "日本語で春についての短い詩を書いてください。"
+    args = [*LOCAL_ARGS[:2], "--max-rounds", "8", *LOCAL_ARGS[4:]]
+    stopped = ROUNDS_LINE.search(run_cli(*args, prompt).stderr)
+    going = ROUNDS_LINE.search(run_cli(*args, "--no-repeat-stop", prompt).stderr)
+    assert stopped is not None and going is not None
+    assert stopped.group(3) == "no_progress" and int(stopped.group(1)) < 8
+    assert going.group(3) == "max_rounds" and int(going.group(1)) == 8
+
+
 # ---------------------------------------------------------------------------------------------- usage errors
 
 
