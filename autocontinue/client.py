@@ -190,14 +190,20 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return options, kwargs
 
 
+def _begin(
+    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | None
+) -> tuple[Continuation, _Transport]:
+    """The checked call's core and the transport its rounds go through (the sync and async drivers' shared start)."""
+    if transport is None:
+        transport = _transport(_unwrap(client), settings)
+    return Continuation(kwargs, settings, base_url=transport.base_url), transport
+
+
 def run_sync(
     client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | None = None
 ) -> ChatCompletion | ContinuedStream:
     """One continued call on a sync client (streaming when ``stream=True``), through ``transport`` if given."""
-    if transport is None:
-        client = _unwrap(client)
-        transport = _transport(client, settings)
-    core = Continuation(kwargs, settings, base_url=transport.base_url)
+    core, transport = _begin(client, settings, kwargs, transport)
     if kwargs.get("stream") is True:
         from .drivers.stream import ContinuedStream
 
@@ -209,10 +215,7 @@ async def run_async(
     client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | None = None
 ) -> ChatCompletion | AsyncContinuedStream:
     """One continued call on an async client (streaming when ``stream=True``), through ``transport`` if given."""
-    if transport is None:
-        client = _unwrap(client)
-        transport = _transport(client, settings)
-    core = Continuation(kwargs, settings, base_url=transport.base_url)
+    core, transport = _begin(client, settings, kwargs, transport)
     if kwargs.get("stream") is True:
         from .drivers.stream import AsyncContinuedStream
 

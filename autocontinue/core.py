@@ -345,7 +345,7 @@ class Continuation:
             top["finish_reason"] = None  # interim finish reasons are swallowed; the last chunk carries the final one
         if fields.get("tool_calls"):
             current.tool_calls.extend(fields["tool_calls"])
-        if delta.__pydantic_extra__ or (_DELTA_HAS_REASONING and not fields.keys().isdisjoint(_REASONING_FIELDS)):
+        if delta.__pydantic_extra__ or _DELTA_HAS_REASONING:  # else there is nowhere for reasoning to be
             reasoning = _reasoning_of(delta)
             if reasoning:
                 current.reasoning.append(reasoning)

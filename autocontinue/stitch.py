@@ -413,15 +413,14 @@ class PlainSeam(Seam):
     once to do nothing: most calls are one such round, and they should cost next to nothing.
     """
 
-    #: the reply passes through unchanged, so a caller may skip :meth:`feed` and keep the pieces itself
+    #: the reply passes through unchanged: the caller skips :meth:`feed` and keeps the pieces itself
     plain = True
 
-    def __init__(self, pieces: list[str] | None = None) -> None:
+    def __init__(self, pieces: list[str]) -> None:
         self.actions = []
-        # What the model said is the reply itself. ``pieces``: the caller's own list of the reply's pieces, which it
-        # keeps up to date (feed then records nothing), so the text is held once rather than twice.
-        self._keeps = pieces is None
-        self._said = pieces if pieces is not None else []
+        # What the model said is the reply itself: ``pieces`` is the caller's own list of the reply's pieces, which
+        # it keeps up to date, so the text is held once rather than twice.
+        self._said = pieces
         self.echo_pieces = 0
 
     @property
@@ -430,9 +429,7 @@ class PlainSeam(Seam):
         return False
 
     def feed(self, delta: str) -> str:
-        """Take the next piece of the reply; all of it is decided."""
-        if delta and self._keeps:
-            self._said.append(delta)
+        """Take the next piece of the reply; all of it is decided (and the caller records it)."""
         return delta
 
     def finish(self) -> str:
