@@ -50,6 +50,7 @@ OPTION_NAMES = frozenset(
         "log_text",
         "reasoning_retry",
         "stop_on_repeat",
+        "max_round_tokens",
     }
 )
 
@@ -74,6 +75,7 @@ def make_settings(
     log_text: bool = False,
     reasoning_retry: bool = False,
     stop_on_repeat: bool = True,
+    max_round_tokens: int | None = None,
     counter: TokenCounter | None = None,
 ) -> Settings:
     """Check the options and build the :class:`~autocontinue.core.Settings` of a call.
@@ -103,6 +105,10 @@ def make_settings(
     for name, flag in flags.items():
         if not isinstance(flag, bool):
             raise ConfigurationError(f"{name} must be True or False, got {flag!r}")
+    if max_round_tokens is not None and (
+        not isinstance(max_round_tokens, int) or isinstance(max_round_tokens, bool) or max_round_tokens <= 0
+    ):
+        raise ConfigurationError(f"max_round_tokens must be a positive integer or None, got {max_round_tokens!r}")
     return Settings(
         stop=stop,
         dialect=dialect,
@@ -113,6 +119,7 @@ def make_settings(
         log_text=log_text,
         reasoning_retry=reasoning_retry,
         stop_on_repeat=stop_on_repeat,
+        max_round_tokens=max_round_tokens,
     )
 
 
@@ -228,8 +235,8 @@ def create(client: openai.OpenAI, **kwargs: Any) -> Any:
 
     Takes the SDK's keyword arguments plus autocontinue's options (``max_rounds``, ``max_total_tokens``,
     ``max_cost_usd``, ``stop_when``, ``dialect``, ``retry``, ``prices``, ``heal``, ``log_text``,
-    ``reasoning_retry``, ``stop_on_repeat``). Returns a ``ChatCompletion`` (with ``.continuation``), or a stream when
-    ``stream=True``.
+    ``reasoning_retry``, ``stop_on_repeat``, ``max_round_tokens``). Returns a ``ChatCompletion`` (with
+    ``.continuation``), or a stream when ``stream=True``.
     """
     _check_client(client, asynchronous=False)
     options, request = _split(dict(kwargs))

@@ -27,7 +27,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
 from openai.types.completion_usage import CompletionUsage
 
-from . import _log
+from . import _limits, _log
 from .budget import BudgetState, Price, PriceTable, StopCondition
 from .dialects import Dialect, DialectChoice, Instruction, Partial, resolve_dialect
 from .errors import (
@@ -91,6 +91,8 @@ class Settings:
     reasoning_retry: bool = False
     #: end the call (``no_progress``) when a round repeats itself; off, only a round that adds nothing ends it
     stop_on_repeat: bool = True
+    #: the most tokens a round may ask for when its limit is raised above the caller's (see ``_limits``)
+    max_round_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ class Continuation:
     _round: _Round | None = None
     _completion_tokens = 0
     _echo_learned: EchoMode | None = None
-    _growths = 0  # consecutive rounds given a larger limit because they could only regenerate whitespace
+    _stalls = 0  # rounds in a row that could only regenerate held-back text
     _round_index = 0
     _stream_id: str | None = None
     _role_sent = False
@@ -565,10 +567,7 @@ class Continuation:
         self._limit_override = None
         names = [n for n in ("max_tokens", "max_completion_tokens") if kwargs.get(n) is not None]
         for name in names or [self._dialect.limit_parameter]:
-            limit = override if override is not None else kwargs.get(name)
-            if left is not None:
-                limit = max(1, left) if limit is None else min(limit, max(1, left))
-            kwargs[name] = limit
+            kwargs[name] = _limits.capped(override if override is not None else kwargs.get(name), left=left)
 
     def _round_limit_of(self, kwargs: Mapping[str, Any]) -> int | None:
         limits = [kwargs[n] for n in ("max_tokens", "max_completion_tokens") if kwargs.get(n) is not None]
@@ -591,9 +590,7 @@ class Continuation:
         )
         if self._settings.stop(after) is not None:
             return None
-        left = self._settings.stop.tokens_left(after)
-        larger = 2 * had if left is None else min(2 * had, left)
-        return larger if larger > had else None
+        return _limits.doubled(had, left=self._settings.stop.tokens_left(after), cap=self._settings.max_round_tokens)
 
     def _feed(self, current: _Round, delta: str) -> str:
         """Pass reply text through the seam; return the text now safe to hand to a stream."""
@@ -707,12 +704,12 @@ class Continuation:
         loops = self._loops = self._loops or _LoopWatch()
         repeated = loops.repeated(said, current.sent, (current.raw_chars, current.raw_head))
         stalled = len(self._text) <= before and not in_reasoning
-        if stalled and not repeated and current.held and self._grow_limit(current):
-            # The whole round went into regenerating the text held back from the prefix (whitespace a provider
-            # refuses, a healed word; tiny rounds): the next one gets a larger limit instead of stopping.
+        if stalled and not repeated and current.held and self._after_stall(current):
+            # The whole round went into regenerating the text held back from the prefix (a healed word, whitespace
+            # a provider refuses; tiny rounds): the next one can do better (see _after_stall) instead of stopping.
             return self._begin_round()
         if not stalled:
-            self._growths = 0
+            self._stalls = 0
         if stalled or repeated:
             # A restart on a host that ignores the prefix reproduces the reply of round 1 exactly (and looks like an
             # echo of the text so far): that, or a round that adds nothing, calls for the fallback dialect; a model
@@ -728,17 +725,23 @@ class Continuation:
                 return self._done("no_progress", finish_reason="length")
         return self._begin_round()
 
-    def _grow_limit(self, current: _Round) -> bool:
-        """Double the next round's limit (within the budgets), a few times at most."""
-        had = self._round_limit_of(current.kwargs)
-        if had is None or self._growths >= MAX_GROWTHS:
+    def _after_stall(self, current: _Round) -> bool:
+        """Whether a round that only regenerated held-back text is followed by one that can add to the answer.
+
+        A held word: the next round holds back less at the same limit, as a heal never reaches back past the
+        prefix this round sent. Held whitespace the dialect may not send: only a larger limit helps (see _limits).
+        """
+        if self._stalls >= _limits.MAX_STALLS:
             return False
-        left = self._settings.stop.tokens_left(self._budget_state())
-        larger = 2 * had if left is None else min(2 * had, left)
-        if larger <= had:
-            return False
-        self._growths += 1
-        self._limit_override = larger
+        if current.held.isspace() and self._dialect.strips_trailing_whitespace:
+            left = self._settings.stop.tokens_left(self._budget_state())
+            larger = _limits.doubled(
+                self._round_limit_of(current.kwargs), left=left, cap=self._settings.max_round_tokens
+            )
+            if larger is None:
+                return False
+            self._limit_override = larger
+        self._stalls += 1
         return True
 
     def _commit(self, current: _Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
@@ -1102,8 +1105,6 @@ MIN_REPEAT = 16
 MIN_IDENTICAL = 6
 #: rounds in a row that each repeat one of the few rounds before them: a model cycling through short pieces
 CYCLE_STREAK = 8
-#: how many times in a row a round's limit may be doubled because it could only regenerate held text
-MAX_GROWTHS = 4
 
 
 class _LoopWatch:

