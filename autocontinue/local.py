@@ -19,6 +19,7 @@ Command line::
 
     python -m autocontinue.local build   # ensure binary + model, print their paths
     python -m autocontinue.local serve   # run a server until Ctrl-C
+    python autocontinue/local.py check   # can the engine be built here? (runs before anything is installed)
 """
 
 from __future__ import annotations
@@ -55,10 +56,12 @@ __all__ = [
     "LocalEngine",
     "LocalEngineError",
     "cache_dir",
+    "check_build_tools",
     "ensure_llama_server",
     "ensure_model",
     "llama_server_path",
     "main",
+    "missing_build_tools",
     "model_path",
 ]
 
@@ -189,6 +192,54 @@ def _file_lock(lock_path: Path, what: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+# What building llama-server needs: (what, the commands that provide it, the environment variable naming one).
+_BUILD_TOOLS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
+    ("cmake", ("cmake",), None),
+    # cmake's default generator on POSIX is Unix Makefiles; CMAKE_GENERATOR may name another (Ninja).
+    ("make", ("make", "gmake"), "CMAKE_GENERATOR"),
+    ("a C compiler", ("cc", "gcc", "clang"), "CC"),
+    ("a C++ compiler", ("c++", "g++", "clang++"), "CXX"),
+)
+
+#: where to get them, for the message
+_BUILD_TOOLS_HINT = (
+    "Debian/Ubuntu: sudo apt-get install cmake make gcc g++ (or build-essential cmake); "
+    "Fedora: sudo dnf install cmake make gcc gcc-c++; "
+    "macOS: xcode-select --install (compilers, make), then brew install cmake"
+)
+
+
+def missing_build_tools() -> list[str]:
+    """What building ``llama-server`` needs and this machine lacks (cmake, make, a C and a C++ compiler)."""
+    missing = []
+    for what, commands, variable in _BUILD_TOOLS:
+        if variable is not None and os.environ.get(variable):
+            continue  # named explicitly: cmake will use (and check) it
+        if not any(shutil.which(command) for command in commands):
+            missing.append(what)
+    return missing
+
+
+def check_build_tools() -> None:
+    """Raise :class:`LocalEngineError` naming what is missing, unless ``llama-server`` can be built (or is cached).
+
+    Run before anything is downloaded, so a machine without a compiler learns it in a second, in one line.
+    """
+    if _is_executable(llama_server_path()):
+        return
+    missing = missing_build_tools()
+    if missing:
+        raise LocalEngineError(
+            f"building llama-server (once, cached in {cache_dir()}) needs cmake, make and a C/C++ compiler; "
+            f"not found: {', '.join(missing)}. {_BUILD_TOOLS_HINT}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds + 0.5), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
 _PERCENT_RE = re.compile(r"^\[\s*(\d+)%\]")
 
 
@@ -197,10 +248,13 @@ def _run(cmd: Sequence[str], *, what: str, log_path: Path, cwd: Path | None = No
 
     Raises :class:`LocalEngineError` quoting the output's tail when the command is
     missing or exits non-zero. Build percentages are echoed to stderr in steps of
-    10% so a several-minute compile does not look like a hang.
+    10%, with the time elapsed and a rough estimate of the time left (cmake's
+    percentage counts files, not seconds), so a several-minute compile does not
+    look like a hang.
     """
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     last_reported = -10
+    started = time.monotonic()
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
@@ -217,7 +271,7 @@ def _run(cmd: Sequence[str], *, what: str, log_path: Path, cwd: Path | None = No
         except FileNotFoundError as exc:
             raise LocalEngineError(
                 f"{what} failed: {cmd[0]!r} was not found on PATH "
-                "(building llama-server needs cmake and a C/C++ compiler)"
+                f"(building llama-server needs cmake, make and a C/C++ compiler; {_BUILD_TOOLS_HINT})"
             ) from exc
         assert proc.stdout is not None  # guaranteed by stdout=PIPE
         with proc:
@@ -227,7 +281,10 @@ def _run(cmd: Sequence[str], *, what: str, log_path: Path, cwd: Path | None = No
                 match = _PERCENT_RE.match(line)
                 if match and int(match.group(1)) >= last_reported + 10:
                     last_reported = int(match.group(1))
-                    _log(f"{what}: {last_reported}%")
+                    elapsed = time.monotonic() - started
+                    left = elapsed * (100 - last_reported) / last_reported if last_reported else None
+                    estimate = f", about {_duration(left)} left" if left is not None and last_reported < 100 else ""
+                    _log(f"{what}: {last_reported}% ({_duration(elapsed)} elapsed{estimate})")
             returncode = proc.wait()
     if returncode != 0:
         raise LocalEngineError(
@@ -356,7 +413,7 @@ def ensure_llama_server() -> Path:
     """Return the path of the cached ``llama-server`` binary, building it if missing.
 
     The first call downloads the pinned llama-cpp-python sdist with pip and compiles
-    its vendored llama.cpp with cmake (about 5-6 minutes on 2 cores); later calls
+    its vendored llama.cpp with cmake (about 10 minutes on 2 cores); later calls
     return at once. A file lock keeps concurrent processes from building twice.
 
     Raises:
@@ -366,6 +423,7 @@ def ensure_llama_server() -> Path:
     target = llama_server_path()
     if _is_executable(target):
         return target
+    check_build_tools()
     root = cache_dir()
     with _file_lock(root / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}.lock", "llama-server"):
         # Another process may have finished the build while we waited for the lock.
@@ -773,11 +831,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="ensure the llama-server binary and the model are cached; print their paths")
+    sub.add_parser(
+        "check", help="fail at once, saying what to install, if llama-server is not cached and cannot be built"
+    )
     serve = sub.add_parser("serve", help="run a local engine until interrupted")
     serve.add_argument("--parallel", type=int, default=1)
     serve.add_argument("--ctx-size", type=int, default=4096)
     args = parser.parse_args(argv)
     try:
+        if args.command == "check":
+            check_build_tools()
+            return 0
         if args.command == "build":
             binary = ensure_llama_server()
             model = ensure_model()
