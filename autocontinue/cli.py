@@ -13,9 +13,14 @@ Where it sends requests: with ``--base-url`` or an API key (``--api-key``, or ``
 embedded local model, a ``llama-server`` running SmolLM2-135M-Instruct that is built or fetched on first use
 (see :mod:`autocontinue.local`).
 
-Exit codes: 0 success, 1 the request failed (API error, a round failed after text was generated, the local
-engine could not start), 2 the command or its options are wrong, 130 interrupted. Errors are one line on stderr;
-when a round fails after others succeeded, the text generated so far is still printed.
+Every option is checked before anything starts (the local engine included), so a wrong value costs no wait.
+
+Exit codes: 0 the answer is complete (it ended by itself, or in a tool call), 1 the request failed (API error, a
+round failed after text was generated, the local engine could not start), 2 the command or its options are wrong,
+3 the answer is incomplete (``max_rounds``, a budget, no progress, the context window, a content filter, ...: the
+text so far is printed, and a one-line notice on stderr says why, even with ``-q``), 130 interrupted (the trace of
+the rounds done is printed). Errors are one line on stderr; when a round fails after others succeeded, the text
+generated so far is still printed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -34,10 +40,12 @@ from typing import Any, TextIO
 import openai
 import pydantic
 
-from .client import DEFAULT_MAX_ROUNDS, create, trace_of
+from .budget import Price, PriceTable
+from .client import DEFAULT_MAX_ROUNDS, _begin, create, make_settings, trace_of
 from .dialects import DIALECTS
+from .drivers import sync as sync_driver
 from .errors import ConfigurationError, ContinuationFailed
-from .local import LocalEngine, LocalEngineError
+from .local import DEFAULT_MODEL_NAME, LocalEngine, LocalEngineError
 from .trace import ContinuationTrace
 
 __all__ = ["DEFAULT_MAX_TOKENS", "format_trace", "main", "trace_to_dict"]
@@ -48,7 +56,23 @@ DEFAULT_MAX_TOKENS = 128
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
+
+#: stop causes of a complete answer; any other exits with EXIT_INCOMPLETE
+COMPLETE = frozenset({"natural", "tool_calls"})
+
+#: what to say, after the stop cause, when an answer is incomplete
+_INCOMPLETE_HINTS = {
+    "max_rounds": "raise --max-rounds",
+    "token_budget": "raise --max-total-tokens",
+    "cost_budget": "raise --max-cost",
+    "no_progress": "the model repeated itself or added nothing; --no-repeat-stop lets a repeating answer go on",
+    "context_window": "the conversation no longer fits the model's context",
+    "content_filter": "the provider's content filter ended the answer",
+    "reasoning_truncated": "cut inside the model's reasoning; raise --max-tokens",
+    "other": "the provider ended the answer for a reason of its own",
+}
 
 PROG = "autocontinue"
 
@@ -80,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_TOKENS,
         help="output tokens per round (default %(default)s)",
     )
-    request.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
-    request.add_argument("--seed", type=int, help="sampling seed, for reproducible answers")
+    request.add_argument("--temperature", type=_number, help="sampling temperature (default: the server's)")
+    request.add_argument("--seed", type=_integer, help="sampling seed, for reproducible answers")
     budgets = parser.add_argument_group("continuation")
     budgets.add_argument(
         "--max-rounds",
@@ -91,7 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     budgets.add_argument("--max-total-tokens", type=_positive_int, help="most output tokens over all rounds")
     budgets.add_argument(
-        "--max-cost", type=float, metavar="USD", help="most money to spend on the answer (needs a known model price)"
+        "--max-cost",
+        type=_positive_number,
+        metavar="USD",
+        help="most money to spend on the answer (needs the model's price: built in, or --price-in/--price-out)",
+    )
+    budgets.add_argument(
+        "--price-in", type=_price, metavar="USD", help="the model's price per 1M input (prompt) tokens"
+    )
+    budgets.add_argument("--price-out", type=_price, metavar="USD", help="the model's price per 1M output tokens")
+    budgets.add_argument(
+        "--max-round-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="the most tokens one round may ask for when a round's limit is raised above --max-tokens "
+        "(see the README's per-round limit rule; --max-round-tokens equal to --max-tokens: never above it)",
     )
     budgets.add_argument(
         "--dialect",
@@ -127,10 +165,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Option types. Each raises ArgumentTypeError with its own message: for any other exception argparse would print
+# the function's name ("invalid _positive_int value").
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {value!r}") from None
+
+
 def _positive_int(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
     if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a number, got {value!r}")
+    return number
+
+
+def _positive_number(value: str) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
+    return number
+
+
+def _price(value: str) -> float:
+    number = _number(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be a price in USD per 1M tokens (0 or more), got {value!r}")
     return number
 
 
@@ -160,54 +236,89 @@ class Endpoint:
     local: bool
 
 
+def _where(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
+    """(base URL, API key, local): the API given on the command line or in the environment, else the local model."""
+    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
+    return base_url, api_key, bool(args.local or (base_url is None and api_key is None))
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Every check that needs no server, made before anything starts (a first local run builds the engine)."""
+    _, _, local = _where(args)
+    if not local and not args.model:
+        raise _UsageError("--model is required when an API is given (--base-url, --api-key or the environment)")
+    if (args.price_in is None) != (args.price_out is None):
+        raise _UsageError("--price-in and --price-out go together (USD per 1M input and output tokens)")
+    model = args.model or DEFAULT_MODEL_NAME
+    options = build_options(args, model)
+    try:
+        make_settings(**options)
+    except ConfigurationError as exc:
+        raise _UsageError(_one_line(exc)) from None
+    if args.max_cost is not None and PriceTable(options.get("prices")).lookup(model) is None:
+        raise _UsageError(
+            f"--max-cost needs the price of model {model!r}, which is not built in: "
+            "give --price-in and --price-out (USD per 1M tokens)"
+        )
+
+
 @contextlib.contextmanager
 def open_endpoint(args: argparse.Namespace, *, quiet: bool) -> Iterator[Endpoint]:
     """The API given on the command line or in the environment, or else the local engine, for the ``with`` block."""
-    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or None
-    api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
-    if args.local or (base_url is None and api_key is None):
+    base_url, api_key, local = _where(args)
+    if local:
         if not quiet:
             print(f"{PROG}: starting the local model (llama-server, SmolLM2-135M-Instruct)", file=sys.stderr)
         with LocalEngine() as engine:
             yield Endpoint(engine.base_url, "unused", args.model or engine.model, local=True)
         return
-    if not args.model:
-        raise _UsageError("--model is required when an API is given (--base-url, --api-key or the environment)")
     # A server on the caller's own network (llama.cpp, vLLM, Ollama) often needs no key, but the SDK wants one.
     yield Endpoint(base_url, api_key or "unused", args.model, local=False)
 
 
 def build_request(args: argparse.Namespace, prompt: str, model: str) -> dict[str, Any]:
     """The keyword arguments of ``autocontinue.create``: the SDK request plus the continuation options."""
+    return {**build_sdk_request(args, prompt, model), **build_options(args, model)}
+
+
+def build_sdk_request(args: argparse.Namespace, prompt: str, model: str) -> dict[str, Any]:
+    """The SDK's own keyword arguments of the request."""
     messages: list[dict[str, str]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": prompt})
-    request: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "max_tokens": args.max_tokens,
+    request: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": args.max_tokens}
+    # Unset options stay out of the request, so the server's defaults apply.
+    optional = {"temperature": args.temperature, "seed": args.seed}
+    request.update({name: value for name, value in optional.items() if value is not None})
+    return request
+
+
+def build_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    """autocontinue's options (``make_settings``'s keyword arguments); unset ones keep the library's defaults."""
+    options: dict[str, Any] = {
         "max_rounds": args.max_rounds,
         "dialect": args.dialect,
         "heal": args.heal,
         "stop_on_repeat": args.stop_on_repeat,
     }
-    # Unset options stay out of the request, so the server's and the library's defaults apply.
     optional = {
-        "temperature": args.temperature,
-        "seed": args.seed,
         "max_total_tokens": args.max_total_tokens,
         "max_cost_usd": args.max_cost,
+        "max_round_tokens": args.max_round_tokens,
     }
-    request.update({name: value for name, value in optional.items() if value is not None})
-    return request
+    options.update({name: value for name, value in optional.items() if value is not None})
+    if args.price_in is not None and args.price_out is not None:
+        options["prices"] = {model: Price(input=args.price_in, output=args.price_out)}
+    return options
 
 
 # ------------------------------------------------------------------------------------------------------ output
 
 
-def format_trace(trace: ContinuationTrace) -> str:
-    """The round trace for stderr: one line per round, then the totals."""
+def format_trace(trace: ContinuationTrace, *, stop: str | None = None) -> str:
+    """The round trace for stderr: one line per round, then the totals (``stop`` overrides the stop cause)."""
     lines = [f"{'round':>5} {'tokens':>7} {'finish':<10} {'latency':>8}  seam"]
     for r in trace.rounds:
         tokens = f"{'~' if r.usage_estimated else ''}{r.usage.completion_tokens}"
@@ -223,7 +334,7 @@ def format_trace(trace: ContinuationTrace) -> str:
     totals = (
         f"{len(trace.rounds)} round{'s' if len(trace.rounds) != 1 else ''}, "
         f"{'~' if estimated else ''}{completion} output tokens "
-        f"({prompt} prompt tokens, {cached} cached), {cost}, stop: {trace.stop_cause}"
+        f"({prompt} prompt tokens, {cached} cached), {cost}, stop: {stop or trace.stop_cause}"
     )
     if trace.fallbacks:
         totals += f", dialect fallback {', '.join(trace.fallbacks)}"
@@ -284,31 +395,42 @@ class _Output:
 # ------------------------------------------------------------------------------------------------------- main
 
 
-def run(args: argparse.Namespace, prompt: str, out: _Output) -> ContinuationTrace | None:
-    """Send the request and print the answer; returns the trace (None when --json printed it already)."""
-    quiet = args.quiet
-    with open_endpoint(args, quiet=quiet) as endpoint:
+class _Call:
+    """The call in progress: its trace is readable as soon as the call has begun, so an interrupt can print it."""
+
+    def __init__(self) -> None:
+        self.trace: ContinuationTrace | None = None
+        self.url: str | None = None
+
+
+def run(args: argparse.Namespace, prompt: str, out: _Output, call: _Call) -> ContinuationTrace:
+    """Send the request and print the answer; returns the trace."""
+    with open_endpoint(args, quiet=args.quiet) as endpoint:
+        call.url = endpoint.base_url or "https://api.openai.com/v1"
         # SDK retries off: autocontinue's own retry policy (per round, keeping the text so far) replaces them.
         client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0)
         with client:
-            request = build_request(args, prompt, endpoint.model)
+            request = build_sdk_request(args, prompt, endpoint.model)
+            options = build_options(args, endpoint.model)
+            if args.stream:
+                with create(client, stream=True, **request, **options) as stream:
+                    call.trace = stream.continuation
+                    for chunk in stream:
+                        if chunk.choices and chunk.choices[0].delta.content:
+                            out.write(chunk.choices[0].delta.content)
+                    out.end()
+                    streamed: ContinuationTrace = stream.continuation
+                    return streamed
+            # The call's core is made here rather than by create(), only so that its trace is at hand on Ctrl-C.
+            core, transport = _begin(client, make_settings(**options), request, None)
+            call.trace = core.trace
+            completion = sync_driver.run(core, transport.send)
             if args.json:
-                completion = create(client, **request)
                 out.write(completion_to_json(completion) + "\n")
-                return completion.continuation if not quiet else None
-            if not args.stream:
-                completion = create(client, **request)
+            else:
                 out.write(completion.choices[0].message.content or "")
                 out.end()
-                trace: ContinuationTrace = completion.continuation
-                return trace
-            with create(client, stream=True, **request) as stream:
-                for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        out.write(chunk.choices[0].delta.content)
-                out.end()
-                streamed: ContinuationTrace = stream.continuation
-                return streamed
+            return trace_of(completion) or core.trace
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,9 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         _log_to_stderr()
     out = _Output(sys.stdout)
+    call = _Call()
     try:
+        check_options(args)
         prompt = read_prompt(args.prompt, sys.stdin)
-        trace = run(args, prompt, out)
+        trace = run(args, prompt, out, call)
     except _UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ContinuationFailed as exc:
@@ -339,15 +463,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         partial_trace = trace_of(exc.partial)
         if partial_trace is not None and not args.quiet:
             _print_trace(partial_trace)
-        return _fail(f"{_one_line(exc)} (kept {len(text)} characters)", EXIT_FAILED)
+        return _fail(f"{_one_line(exc)}{_at(exc.cause, call)} (kept {len(text)} characters)", EXIT_FAILED)
     except ConfigurationError as exc:
         return _fail(_one_line(exc), EXIT_USAGE)
+    except openai.APIConnectionError as exc:
+        # "Connection error." alone does not say where: a wrong --base-url or a server that is down.
+        return _fail(f"{type(exc).__name__}: {_one_line(exc)}{_at(exc, call)}", EXIT_FAILED)
     except openai.APIError as exc:
         return _fail(f"{type(exc).__name__}: {_one_line(exc)}", EXIT_FAILED)
     except openai.OpenAIError as exc:
         return _fail(_one_line(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         out.end()
+        if call.trace is not None and call.trace.rounds and not args.quiet:
+            # The rounds done so far (paid for): what they produced and cost. The round in flight is not in it.
+            _print_trace(call.trace, stop="interrupted")
         return _fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): nothing left to say. Point stdout at devnull so the
@@ -356,8 +486,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except LocalEngineError as exc:
         return _fail(f"the local model could not be started: {_one_line(exc)}", EXIT_FAILED)
-    if trace is not None and not args.quiet:
+    if not args.quiet:
         _print_trace(trace)
+    if trace.stop_cause not in COMPLETE:
+        # The text printed is all there is, but not all there was to say: a script must be able to tell.
+        rounds = f"{len(trace.rounds)} round{'s' if len(trace.rounds) != 1 else ''}"
+        hint = _INCOMPLETE_HINTS.get(trace.stop_cause)
+        notice = f"{PROG}: incomplete answer: stopped by {trace.stop_cause} after {rounds}"
+        notice += f"; {hint}" if hint else ""
+        print(notice, file=sys.stderr, flush=True)
+        return EXIT_INCOMPLETE
     return 0
 
 
@@ -368,8 +506,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _print_trace(trace: ContinuationTrace) -> None:
-    print(format_trace(trace), file=sys.stderr, flush=True)
+def _print_trace(trace: ContinuationTrace, *, stop: str | None = None) -> None:
+    print(format_trace(trace, stop=stop), file=sys.stderr, flush=True)
+
+
+def _at(error: BaseException | None, call: _Call) -> str:
+    """ " (URL)" for a connection error: the URL of the request that failed, else the endpoint's."""
+    if not isinstance(error, openai.APIConnectionError):
+        return ""
+    request = getattr(error, "request", None)
+    url = str(request.url) if request is not None else call.url
+    return f" ({url})" if url else ""
 
 
 def _fail(message: str, code: int) -> int:

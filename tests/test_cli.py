@@ -12,8 +12,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,7 @@ def test_streamed_equals_unstreamed_and_json_on_the_local_model() -> None:
     as_json = run_cli(*LOCAL_ARGS, "--json", PROMPT)
     for result in (streamed, unstreamed, as_json):
         _no_traceback(result)
-        assert result.returncode == 0, result.stderr
+        assert result.returncode in (0, 3), result.stderr  # 3: cut short by --max-rounds (checked below)
 
     # Several rounds happened, and the trace says so: one line per round, then the totals.
     match = ROUNDS_LINE.search(streamed.stderr)
@@ -101,6 +103,7 @@ def test_streamed_equals_unstreamed_and_json_on_the_local_model() -> None:
     assert rounds >= 3
     assert tokens <= 12 * rounds
     assert stop in ("natural", "max_rounds")
+    assert {streamed.returncode, unstreamed.returncode, as_json.returncode} == {0 if stop == "natural" else 3}
     round_lines = [line for line in streamed.stderr.splitlines() if re.match(r"^\s+\d+\s+\d+\s+(length|stop)\s", line)]
     assert len(round_lines) == rounds
     assert "echo_stripped" in streamed.stderr  # llama.cpp echoes the prefix; the seam removed it
@@ -125,15 +128,18 @@ def test_streamed_equals_unstreamed_and_json_on_the_local_model() -> None:
 def test_prompt_from_stdin_and_quiet() -> None:
     result = run_cli("--max-tokens", "6", "--max-rounds", "2", "--temperature", "0", "-q", stdin="Name a colour.")
     _no_traceback(result)
-    assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
-    assert result.stderr == ""  # --quiet: neither progress nor trace
+    if result.returncode == 0:
+        assert result.stderr == ""  # --quiet: neither progress nor trace
+    else:  # cut short by --max-rounds: the one-line notice, and nothing else
+        assert result.returncode == 3, result.stderr
+        assert len(result.stderr.splitlines()) == 1 and NOTICE.match(result.stderr), result.stderr
 
 
 def test_no_heal_and_explicit_dialect_run() -> None:
     args = [*LOCAL_ARGS[:2], "--max-rounds", "3", "--no-heal", "--dialect", "continue_final_message"]
     result = run_cli(*args, PROMPT)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode in (0, 3), result.stderr
     assert "healed" not in result.stderr  # nothing was held back for the model to rewrite
     assert ROUNDS_LINE.search(result.stderr) is not None
 
@@ -235,3 +241,132 @@ def test_sigterm_stops_the_local_server_too() -> None:
     # Nothing is left in the command's process group: the server was stopped, not orphaned.
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
+
+
+# ------------------------------------------------------------------------------------- telling the truth (emulator)
+
+STORY = "The quick brown fox jumps over the lazy dog, and then it runs far away into the deep green forest."
+NOTICE = re.compile(r"^autocontinue: incomplete answer: stopped by (\w+) after (\d+) rounds?; (.+)$", re.MULTILINE)
+
+
+def _emulated(emu: Emulator, *args: str, script: Script | None = None) -> list[str]:
+    model = emu.add_script(script or Script(target=STORY))
+    return ["--base-url", emu.base_url("vllm"), "--model", model, "--dialect", "continue_final_message", *args]
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-stream"], ["--json"], ["-q"]])
+def test_an_incomplete_answer_exits_3_with_a_one_line_notice(emu: Emulator, mode: list[str]) -> None:
+    result = run_cli(*_emulated(emu, "--max-tokens", "3", "--max-rounds", "2", *mode), "Tell me.")
+    _no_traceback(result)
+    assert result.returncode == 3, result.stderr
+    notice = NOTICE.search(result.stderr)
+    assert notice is not None, result.stderr
+    assert notice.groups() == ("max_rounds", "2", "raise --max-rounds")
+    text = json.loads(result.stdout)["choices"][0]["message"]["content"] if mode == ["--json"] else result.stdout
+    assert text.strip() and STORY.startswith(text.removesuffix("\n"))  # the text so far is all printed
+    if mode == ["-q"]:
+        assert result.stderr.splitlines() == [notice.group(0)]  # quiet, but not silent about it
+
+
+def test_a_complete_answer_exits_0_without_a_notice(emu: Emulator) -> None:
+    result = run_cli(*_emulated(emu, "--max-tokens", "8", "--max-rounds", "30"), "Tell me.")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == STORY + "\n"
+    assert NOTICE.search(result.stderr) is None
+    assert "stop: natural" in result.stderr
+
+
+def test_a_price_on_the_command_line_makes_max_cost_work(emu: Emulator) -> None:
+    # $1 per output token: a $5 budget is reached after a few rounds, and the trace prices each one.
+    args = ["--max-tokens", "4", "--max-rounds", "30", "--price-in", "0", "--price-out", "1000000", "--max-cost", "5"]
+    result = run_cli(*_emulated(emu, *args), "Tell me.")
+    _no_traceback(result)
+    assert result.returncode == 3, result.stderr
+    notice = NOTICE.search(result.stderr)
+    assert notice is not None and notice.group(1) == "cost_budget" and notice.group(3) == "raise --max-cost"
+    assert re.search(r"output tokens .*, \$\d+\.\d+, stop: cost_budget", result.stderr), result.stderr
+
+
+# Each must fail at once, before the engine is even looked for: the cache is empty and PATH holds no compiler, so
+# anything that got as far as the engine would fail differently (exit 1, "could not be started").
+EARLY = [
+    (["--max-cost", "-1"], "argument --max-cost: must be a positive number, got '-1'"),
+    (["--max-cost", "0.01"], "--max-cost needs the price of model 'SmolLM2-135M-Instruct', which is not built in"),
+    (["--price-in", "0.1"], "--price-in and --price-out go together"),
+    (["--price-out", "-2", "--price-in", "1"], "argument --price-out: must be a price in USD per 1M tokens"),
+    (["--max-tokens", "zero"], "argument --max-tokens: must be a positive integer, got 'zero'"),
+    (["--max-rounds", "0"], "argument --max-rounds: must be a positive integer, got '0'"),
+    (["--max-total-tokens", "-5"], "argument --max-total-tokens: must be a positive integer, got '-5'"),
+    (["--max-round-tokens", "1.5"], "argument --max-round-tokens: must be a positive integer, got '1.5'"),
+    (["--temperature", "warm"], "argument --temperature: must be a number, got 'warm'"),
+    (["--temperature", "nan"], "argument --temperature: must be a number, got 'nan'"),
+    (["--seed", "x"], "argument --seed: must be an integer, got 'x'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), EARLY, ids=[" ".join(a) for a, _ in EARLY])
+def test_every_option_is_checked_before_anything_starts(tmp_path: Path, args: list[str], message: str) -> None:
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {**_env(), "PATH": str(bare), "AUTOCONTINUE_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "autocontinue", "--local", *args, "hello"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=CLI_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    _no_traceback(result)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "starting the local model" not in result.stderr
+    assert "invalid" not in result.stderr and "_positive" not in result.stderr  # argparse's internal wording
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_connection_error_names_the_url() -> None:
+    with socket.socket() as sock:  # a port nobody listens on (bound, then released)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    result = run_cli("--base-url", url, "--model", "m", "hello")
+    _no_traceback(result)
+    assert result.returncode == 1
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1
+    assert "APIConnectionError" in lines[0] and f"127.0.0.1:{port}" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_ctrl_c_prints_the_trace_of_the_rounds_done(emu: Emulator, stream: bool) -> None:
+    # Slow tokens: the call is interrupted after a few rounds, long before its end.
+    long = " ".join(f"word{i}" for i in range(300)) + "."
+    script = Script(target=long, token_delay=0.05)
+    mode = [] if stream else ["--no-stream"]
+    args = _emulated(emu, "--max-tokens", "2", "--max-rounds", "200", *mode, script=script)
+    model = args[3]
+    command = [*_command(), *args, "Tell me."]
+    with subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    ) as proc:
+        try:
+            deadline = time.monotonic() + CLI_TIMEOUT
+            while len(emu.requests(model)) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(emu.requests(model)) >= 4
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=CLI_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    _no_traceback(subprocess.CompletedProcess(command, proc.returncode, stdout, stderr))
+    assert proc.returncode == 130
+    assert _error_lines(stderr) == ["autocontinue: error: interrupted"]
+    totals = ROUNDS_LINE.search(stderr)
+    assert totals is not None, stderr
+    assert int(totals.group(1)) >= 3 and totals.group(3) == "interrupted"
+    round_lines = [line for line in stderr.splitlines() if re.match(r"^\s+\d+\s+\d+\s+length\s", line)]
+    assert len(round_lines) == int(totals.group(1))
+    if stream:
+        assert stdout.strip() and long.startswith(stdout.removesuffix("\n"))
