@@ -115,7 +115,11 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setenv("AUTOCONTINUE_CACHE", str(tmp_path / "mine"))
     assert local.cache_dir() == tmp_path / "mine"
     assert local.llama_server_path() == (
-        tmp_path / "mine" / f"llama-server-{local.LLAMA_CPP_PYTHON_VERSION}-{local.BUILD_FLAVOUR}" / "bin" / "llama-server"
+        tmp_path
+        / "mine"
+        / f"llama-server-{local.LLAMA_CPP_PYTHON_VERSION}-{local.BUILD_FLAVOUR}"
+        / "bin"
+        / "llama-server"
     )
     assert local.model_path() == tmp_path / "mine" / "models" / local.MODEL_FILENAME
     monkeypatch.delenv("AUTOCONTINUE_CACHE")
