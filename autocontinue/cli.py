@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -38,8 +36,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 import openai
-import pydantic
 
+from ._cli_options import integer, number, positive_int, positive_number, price
+from ._cli_output import Output, completion_to_json, format_trace, incomplete_notice, trace_to_dict
 from .budget import Price, PriceTable
 from .client import DEFAULT_MAX_ROUNDS, _begin, create, make_settings, trace_of
 from .dialects import DIALECTS
@@ -58,21 +57,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
-
-#: stop causes of a complete answer; any other exits with EXIT_INCOMPLETE
-COMPLETE = frozenset({"natural", "tool_calls"})
-
-#: what to say, after the stop cause, when an answer is incomplete
-_INCOMPLETE_HINTS = {
-    "max_rounds": "raise --max-rounds",
-    "token_budget": "raise --max-total-tokens",
-    "cost_budget": "raise --max-cost",
-    "no_progress": "the model repeated itself or added nothing; --no-repeat-stop lets a repeating answer go on",
-    "context_window": "the conversation no longer fits the model's context",
-    "content_filter": "the provider's content filter ended the answer",
-    "reasoning_truncated": "cut inside the model's reasoning; raise --max-tokens",
-    "other": "the provider ended the answer for a reason of its own",
-}
 
 PROG = "autocontinue"
 
@@ -100,33 +84,31 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--system", help="a system message to put before the prompt")
     request.add_argument(
         "--max-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_TOKENS,
         help="output tokens per round (default %(default)s)",
     )
-    request.add_argument("--temperature", type=_number, help="sampling temperature (default: the server's)")
-    request.add_argument("--seed", type=_integer, help="sampling seed, for reproducible answers")
+    request.add_argument("--temperature", type=number, help="sampling temperature (default: the server's)")
+    request.add_argument("--seed", type=integer, help="sampling seed, for reproducible answers")
     budgets = parser.add_argument_group("continuation")
     budgets.add_argument(
         "--max-rounds",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_ROUNDS,
         help="most requests for one answer (default %(default)s)",
     )
-    budgets.add_argument("--max-total-tokens", type=_positive_int, help="most output tokens over all rounds")
+    budgets.add_argument("--max-total-tokens", type=positive_int, help="most output tokens over all rounds")
     budgets.add_argument(
         "--max-cost",
-        type=_positive_number,
+        type=positive_number,
         metavar="USD",
         help="most money to spend on the answer (needs the model's price: built in, or --price-in/--price-out)",
     )
-    budgets.add_argument(
-        "--price-in", type=_price, metavar="USD", help="the model's price per 1M input (prompt) tokens"
-    )
-    budgets.add_argument("--price-out", type=_price, metavar="USD", help="the model's price per 1M output tokens")
+    budgets.add_argument("--price-in", type=price, metavar="USD", help="the model's price per 1M input (prompt) tokens")
+    budgets.add_argument("--price-out", type=price, metavar="USD", help="the model's price per 1M output tokens")
     budgets.add_argument(
         "--max-round-tokens",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="the most tokens one round may ask for when a round's limit is raised above --max-tokens "
         "(see the README's per-round limit rule; --max-round-tokens equal to --max-tokens: never above it)",
@@ -163,51 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("-q", "--quiet", action="store_true", help="print no trace and no progress on stderr")
     output.add_argument("-v", "--verbose", action="store_true", help="also log every round's event on stderr")
     return parser
-
-
-# Option types. Each raises ArgumentTypeError with its own message: for any other exception argparse would print
-# the function's name ("invalid _positive_int value").
-
-
-def _integer(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {value!r}") from None
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
-    return number
-
-
-def _number(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"must be a number, got {value!r}")
-    return number
-
-
-def _positive_number(value: str) -> float:
-    number = _number(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
-    return number
-
-
-def _price(value: str) -> float:
-    number = _number(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be a price in USD per 1M tokens (0 or more), got {value!r}")
-    return number
 
 
 def read_prompt(words: Sequence[str], stdin: TextIO) -> str:
@@ -277,11 +214,6 @@ def open_endpoint(args: argparse.Namespace, *, quiet: bool) -> Iterator[Endpoint
     yield Endpoint(base_url, api_key or "unused", args.model, local=False)
 
 
-def build_request(args: argparse.Namespace, prompt: str, model: str) -> dict[str, Any]:
-    """The keyword arguments of ``autocontinue.create``: the SDK request plus the continuation options."""
-    return {**build_sdk_request(args, prompt, model), **build_options(args, model)}
-
-
 def build_sdk_request(args: argparse.Namespace, prompt: str, model: str) -> dict[str, Any]:
     """The SDK's own keyword arguments of the request."""
     messages: list[dict[str, str]] = []
@@ -314,84 +246,6 @@ def build_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
     return options
 
 
-# ------------------------------------------------------------------------------------------------------ output
-
-
-def format_trace(trace: ContinuationTrace, *, stop: str | None = None) -> str:
-    """The round trace for stderr: one line per round, then the totals (``stop`` overrides the stop cause)."""
-    lines = [f"{'round':>5} {'tokens':>7} {'finish':<10} {'latency':>8}  seam"]
-    for r in trace.rounds:
-        tokens = f"{'~' if r.usage_estimated else ''}{r.usage.completion_tokens}"
-        seam = ", ".join(r.seam) if r.seam else "-"
-        lines.append(f"{r.index:>5} {tokens:>7} {r.finish_reason or '-':<10} {r.latency_s:>7.2f}s  {seam}")
-    completion = sum(r.usage.completion_tokens for r in trace.rounds)
-    prompt = sum(r.usage.prompt_tokens for r in trace.rounds)
-    cached = sum(
-        (r.usage.prompt_tokens_details.cached_tokens or 0) if r.usage.prompt_tokens_details else 0 for r in trace.rounds
-    )
-    estimated = any(r.usage_estimated for r in trace.rounds)
-    cost = f"${trace.cost_usd:.6f}" if trace.cost_usd is not None else "cost unknown"
-    totals = (
-        f"{len(trace.rounds)} round{'s' if len(trace.rounds) != 1 else ''}, "
-        f"{'~' if estimated else ''}{completion} output tokens "
-        f"({prompt} prompt tokens, {cached} cached), {cost}, stop: {stop or trace.stop_cause}"
-    )
-    if trace.fallbacks:
-        totals += f", dialect fallback {', '.join(trace.fallbacks)}"
-    lines.append(totals)
-    return "\n".join(lines)
-
-
-def trace_to_dict(trace: ContinuationTrace) -> dict[str, Any]:
-    """The trace as plain JSON-able data (its usage objects are pydantic models, its seams tuples)."""
-    data = _plain(trace)
-    assert isinstance(data, dict)
-    data["continued"] = trace.continued
-    return data
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, pydantic.BaseModel):
-        return value.model_dump(mode="json", exclude_none=True)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    return value
-
-
-def completion_to_json(completion: Any) -> str:
-    """The final ChatCompletion as JSON, with its trace under ``continuation``."""
-    data = completion.model_dump(mode="json", exclude_none=True)
-    trace = getattr(completion, "continuation", None)
-    if trace is not None:
-        data["continuation"] = trace_to_dict(trace)
-    return json.dumps(data, ensure_ascii=False, indent=2)
-
-
-class _Output:
-    """stdout for the answer, remembering what was written so a failure prints only the rest."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self.written = ""
-
-    def write(self, text: str) -> None:
-        if text:
-            self._stream.write(text)
-            # Flushed per piece: the point of streaming is to see the answer as it is generated.
-            self._stream.flush()
-            self.written += text
-
-    def end(self) -> None:
-        # A terminal prompt must not be glued to the answer's last line; the text itself is unchanged.
-        if self.written and not self.written.endswith("\n"):
-            self._stream.write("\n")
-            self._stream.flush()
-
-
 # ------------------------------------------------------------------------------------------------------- main
 
 
@@ -403,7 +257,7 @@ class _Call:
         self.url: str | None = None
 
 
-def run(args: argparse.Namespace, prompt: str, out: _Output, call: _Call) -> ContinuationTrace:
+def run(args: argparse.Namespace, prompt: str, out: Output, call: _Call) -> ContinuationTrace:
     """Send the request and print the answer; returns the trace."""
     with open_endpoint(args, quiet=args.quiet) as endpoint:
         call.url = endpoint.base_url or "https://api.openai.com/v1"
@@ -444,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.stream = False
     if args.verbose:
         _log_to_stderr()
-    out = _Output(sys.stdout)
+    out = Output(sys.stdout)
     call = _Call()
     try:
         check_options(args)
@@ -488,13 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"the local model could not be started: {_one_line(exc)}", EXIT_FAILED)
     if not args.quiet:
         _print_trace(trace)
-    if trace.stop_cause not in COMPLETE:
+    notice = incomplete_notice(trace)
+    if notice is not None:
         # The text printed is all there is, but not all there was to say: a script must be able to tell.
-        rounds = f"{len(trace.rounds)} round{'s' if len(trace.rounds) != 1 else ''}"
-        hint = _INCOMPLETE_HINTS.get(trace.stop_cause)
-        notice = f"{PROG}: incomplete answer: stopped by {trace.stop_cause} after {rounds}"
-        notice += f"; {hint}" if hint else ""
-        print(notice, file=sys.stderr, flush=True)
+        print(f"{PROG}: {notice}", file=sys.stderr, flush=True)
         return EXIT_INCOMPLETE
     return 0
 
