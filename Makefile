@@ -33,9 +33,11 @@ lint: $(STAMP)
 test: build-tools lint engine
 	$(PY) -m pytest -q
 
+# Exit status 3 (an answer cut short by a budget, or a loop of the small model stopped) is still a working demo:
+# the notice on stderr says so.
 demo: engine
 	$(VENV)/bin/autocontinue --max-tokens 24 --max-rounds 30 \
-		"Explain in three short paragraphs why the sea is salty."
+		"Explain in three short paragraphs why the sea is salty." || test $$? -eq 3
 
 bench: engine
 	$(PY) -m benchmarks
