@@ -514,6 +514,7 @@ class Continuation:
                     echo=self._echo_mode(),
                     remove_overlap=self._dialect.repeats_tail,
                     restart_probe=self._restart_probe(),
+                    answer_start=len(call.prefix),
                 )
             )
         kwargs["messages"] = messages

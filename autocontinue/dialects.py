@@ -180,8 +180,8 @@ class Prefill(Dialect):
 class Instruction(Dialect):
     """For models without prefill (OpenAI): the text so far as an assistant turn, then a user turn asking to go on.
 
-    The user turn quotes the tail, says whether it ends in whitespace, and asks for the next characters only; a
-    repeated tail is removed by the seam.
+    The user turn quotes the tail and asks for the continuation; whatever the model does with it (a preamble, a
+    repeated tail, a restart, a space added or dropped) is read off its reply by the seam.
     """
 
     name = "instruction"
@@ -198,22 +198,17 @@ class Instruction(Dialect):
         return [*base, message, {"role": "user", "content": self.instruction(prefix)}]
 
     def instruction(self, prefix: str) -> str:
-        """The user turn asking the model to continue ``prefix``."""
+        """The user turn asking the model to continue ``prefix``: the tail quoted (from where a word starts), and
+        no rules about spacing (a model told to begin with a space writes `` ,``; the seam settles the join)."""
         tail = prefix[-self.quote_chars :]
-        if not prefix:
-            spacing = ""
-        elif prefix[-1].isspace():
-            spacing = " It already ends with whitespace, so do not begin with another space or newline."
-        else:
-            spacing = (
-                " It ends without trailing whitespace, so begin with a space or newline if your first word starts"
-                " a new word or line."
-            )
+        if len(tail) < len(prefix):
+            # Quote from a word's start, so that a model repeating the quote repeats whole words.
+            start = next((i + 1 for i, c in enumerate(tail[:40]) if c.isspace()), 0)
+            tail = tail[start:]
         return (
-            "Your previous reply was cut off by the output limit. It ended with: "
+            "Your previous reply was cut off by the output limit. It ends with: "
             + json.dumps(tail, ensure_ascii=False)
-            + ". Continue exactly where it stopped: your first characters must be the ones that come right after"
-            " it. Do not repeat any of it, and add no preamble, summary, quotation marks or closing remarks." + spacing
+            + ". Continue it from exactly that point, without repeating anything or adding any preamble."
         )
 
 

@@ -7,9 +7,10 @@ and releases the rest:
    reply still agrees with the prefix we wait; a full match is dropped, a divergence releases everything.
 2. **restart** - on an unknown host a trailing assistant message may be ignored and the answer begun again; a reply
    that starts with the answer's opening words is reported so the caller can change dialect.
-3. **overlap** - a model asked by instruction to continue may repeat the tail it was shown. The longest suffix of
-   the prefix that starts the reply is removed, if it is long enough and occurs only once in the window (so that
-   repetitive text, where a match proves nothing, is never cut).
+3. **reading** (instruction dialect) - a chat model asked in a new turn to continue may open with a preamble, "..."
+   or a reopened code fence, repeat the end of the text or start the answer again: the reply is read as
+   ``[junk][repeat][held text][new text]`` by :class:`~autocontinue._reading.InstructionReader`, which replaces the
+   next stage.
 4. **reconcile** - the part of the text held back from the prefix (trailing whitespace some providers refuse, a
    partial last word re-tokenized badly, a cut multi-byte character) is put back: held whitespace is kept and the
    model's re-emission of it dropped; a held word is replaced by the model's regeneration, and kept if the model
@@ -24,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Literal
+
+from ._reading import InstructionReader
 
 __all__ = [
     "EchoMode",
@@ -40,10 +43,6 @@ EchoMode = Literal["never", "maybe", "always"]
 HOLD_WINDOW = 256
 #: the most text a heal may hold back; a longer "word" (base64, CJK run) is sent as it is
 MAX_HOLD = 48
-#: overlap shorter than this is indistinguishable from a natural continuation
-MIN_OVERLAP = 8
-#: how far back a repeated tail is looked for
-OVERLAP_WINDOW = 1024
 #: opening characters of the answer used to recognise a restart
 RESTART_PROBE = 24
 
@@ -138,8 +137,10 @@ class SeamPlan:
     """How one continuation round's reply is to be joined.
 
     ``sent`` is the prefix as sent, ``held`` the text held back from it, ``echo`` whether the provider may return
-    ``sent`` first, ``remove_overlap`` whether a repeated tail is expected (instruction dialect), and
-    ``restart_probe`` the answer's opening to recognise a restart by (empty: don't look).
+    ``sent`` first, ``remove_overlap`` whether the reply is a chat model's answer to "continue" (instruction
+    dialect: junk, a repeated tail or a restart are read off it; ``answer_start`` is where the answer begins in
+    ``sent``, after the caller's own prefix), and ``restart_probe`` the answer's opening to recognise a restart by
+    on a host that may ignore the prefix (empty: don't look).
     """
 
     sent: str = ""
@@ -147,6 +148,7 @@ class SeamPlan:
     echo: EchoMode = "never"
     remove_overlap: bool = False
     restart_probe: str = ""
+    answer_start: int = 0
 
 
 @dataclass
@@ -215,40 +217,6 @@ class _Restart:
             return ""
         self.decided = True
         return self.buffer
-
-
-@dataclass
-class _Overlap:
-    window: str
-    actions: list[str]
-    enabled: bool
-    buffer: str = ""
-    decided: bool = False
-
-    def __post_init__(self) -> None:
-        self.decided = not self.enabled or len(self.window) < MIN_OVERLAP
-
-    def feed(self, text: str) -> str:
-        if self.decided:
-            return text
-        self.buffer += text
-        if len(self.buffer) <= len(self.window) and self.buffer in self.window:
-            return ""  # could still grow into a repeat of the tail
-        return self._decide()
-
-    def finish(self) -> str:
-        return "" if self.decided else self._decide()
-
-    def _decide(self) -> str:
-        self.decided = True
-        buffer, window = self.buffer, self.window
-        for k in range(min(len(buffer), len(window)), MIN_OVERLAP - 1, -1):
-            candidate = buffer[:k]
-            # Unique in the window: in repetitive text a match could be real new content.
-            if window.endswith(candidate) and window.find(candidate) == len(window) - k:
-                self.actions.append(f"overlap_removed:{k}")
-                return buffer[k:]
-        return buffer
 
 
 @dataclass
@@ -341,8 +309,10 @@ class Seam:
         self.actions: list[str] = []
         self._echo = _Echo(plan.sent, plan.echo, self.actions)
         self._restart = _Restart(plan.restart_probe)
-        self._overlap = _Overlap(plan.sent[-OVERLAP_WINDOW:], self.actions, plan.remove_overlap)
         self._reconcile = _Reconcile(plan.held, self.actions)
+        self._reader = (
+            InstructionReader(plan.sent, plan.held, plan.answer_start, self.actions) if plan.remove_overlap else None
+        )
         self._said: list[str] = []
         #: pieces of the reply that were all echo (they carry no new tokens)
         self.echo_pieces = 0
@@ -369,8 +339,7 @@ class Seam:
             not self._echo.pending
             and self._restart.decided
             and not self._restart.restarted
-            and self._overlap.decided
-            and self._reconcile.stage == 2
+            and (self._reconcile.stage == 2 if self._reader is None else self._reader.decided)
         )
         return out
 
@@ -380,25 +349,28 @@ class Seam:
         text += self._after_restart(self._restart.finish())
         if self._restart.restarted:
             return ""
-        text += self._reconciled(self._overlap.finish())
+        if self._reader is not None:
+            return text + self._reader.finish()
         return text + self._reconcile.finish()
 
     def abort(self) -> str:
         """The reply broke off mid-way: undecided text is dropped (the model will write it again) and the held
         text not yet re-emitted is returned, to keep."""
-        return self._reconcile.abort()
+        return self._reconcile.abort() if self._reader is None else self._reader.abort()
 
     def _after_echo(self, text: str) -> str:
         return self._after_restart(self._restart.feed(text)) if text else ""
 
     @property
     def model_text(self) -> str:
-        """What the model wrote this round, after echo and overlap removal and before reconciliation with the
-        held text: compared between rounds to notice a model stuck in a loop."""
-        return "".join(self._said)
+        """What the model wrote this round, after echo (and junk and repeat) removal and before reconciliation
+        with the held text: compared between rounds to notice a model stuck in a loop."""
+        return "".join(self._said) if self._reader is None else self._reader.said
 
     def _after_restart(self, text: str) -> str:
-        return self._reconciled(self._overlap.feed(text)) if text else ""
+        if not text:
+            return ""
+        return self._reconciled(text) if self._reader is None else self._reader.feed(text)
 
     def _reconciled(self, text: str) -> str:
         if text:
@@ -421,6 +393,7 @@ class PlainSeam(Seam):
         # What the model said is the reply itself: ``pieces`` is the caller's own list of the reply's pieces, which
         # it keeps up to date, so the text is held once rather than twice.
         self._said = pieces
+        self._reader = None
         self.echo_pieces = 0
 
     @property

@@ -29,7 +29,9 @@ from autocontinue.budget import PriceTable, StopCondition
 from autocontinue.client import make_settings
 from autocontinue.core import Continuation, Done, DoRequest, DoSleep, Fail, Settings
 from autocontinue.retry import RetryTracker, is_transient
-from autocontinue.stitch import MIN_OVERLAP, OVERLAP_WINDOW, RESTART_PROBE
+from autocontinue._reading import MIN_UNCONFIRMED as MIN_OVERLAP
+from autocontinue._reading import WINDOW as OVERLAP_WINDOW
+from autocontinue.stitch import RESTART_PROBE
 from autocontinue.tokens import TokenCounter
 
 # ================================================================================================================
@@ -125,7 +127,7 @@ class Provider:
             return "first", None
         if len(messages) == self.n_base + 2 and messages[-1]["role"] == "user":
             assert messages[-2]["role"] == "assistant", messages
-            assert "Continue exactly where it stopped" in messages[-1]["content"], messages[-1]
+            assert "Continue it from exactly that point" in messages[-1]["content"], messages[-1]
             return "instruction", messages[-2]["content"]
         assert len(messages) == self.n_base + 1, f"unexpected messages: {messages}"
         last = messages[-1]

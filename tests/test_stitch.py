@@ -311,15 +311,15 @@ def test_short_repeated_tail_is_kept() -> None:
     out, seam = join(SeamPlan(sent="The cat sat then", remove_overlap=True), [" then it slept."])
     assert out == " then it slept."
     out, seam = join(SeamPlan(sent="The cat sat then", remove_overlap=True), ["then it slept."])
-    assert out == "then it slept."  # 4 chars: could be the text's own
-    assert seam.actions == []
+    assert out == "then it slept."  # 4 chars, nothing held to confirm it: could be the text's own
+    assert "doubt:repeat_kept:4" in seam.actions  # kept, and the doubt recorded
 
 
 def test_non_unique_tail_is_kept() -> None:
     sent = "abcdefgh abcdefgh"
     out, seam = join(SeamPlan(sent=sent, remove_overlap=True), ["abcdefgh more"])
     assert out == "abcdefgh more"
-    assert seam.actions == []
+    assert "doubt:repeat_kept:8" in seam.actions and not any(a.startswith("overlap") for a in seam.actions)
 
 
 def test_overlap_only_in_the_instruction_dialect() -> None:

@@ -493,7 +493,7 @@ class EmulatorApp:
             return
         targets = self._targets(script, body, messages)
         try:
-            cont = resolve(call.persona, body, messages, targets[0], script.overlap)
+            cont = resolve(call.persona, body, messages, targets[0], script.overlap, call.ordinal)
         except PersonaError as exc:
             call.entry["error"] = exc.message
             await self._send_persona_error(call.send, exc)
@@ -634,7 +634,7 @@ class EmulatorApp:
             return _Reply(echo, tokenize(text)[:cap], "length")
         if not target.startswith(cont.prefix):
             return _Reply(echo, [PREFIX_NOT_IN_TARGET], "stop", reasoning=thought)
-        rest = tokenize(target[len(cont.prefix) :])
+        rest = tokenize(cont.head + target[len(cont.prefix) + cont.drop :])
         if len(rest) > cap:
             return _Reply(echo, rest[:cap], "length", reasoning=thought)
         return _Reply(echo, rest, "stop", reasoning=thought)

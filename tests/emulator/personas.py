@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .behaviours import BEHAVIOURS, answer
+
 __all__ = [
     "KIMI_JSON_PARTIAL",
     "PERSONA_PATHS",
@@ -37,6 +39,9 @@ PERSONA_PATHS: dict[str, str] = {
     "openrouter": "/openrouter/v1",
     "ollama": "/ollama/v1",
 }
+# Chat models without prefill, one per way of answering "continue" (behaviours.py): like "openai", but the reply to
+# the instruction pattern is written the way that behaviour says.
+PERSONA_PATHS.update({f"chat-{name}": f"/chat-{name}/v1" for name in BEHAVIOURS})
 
 #: Exact request path -> persona. A dict lookup keeps routing O(1) in the hot path.
 ROUTES: dict[str, str] = {base + "/chat/completions": name for name, base in PERSONA_PATHS.items()}
@@ -75,6 +80,8 @@ class Continuation:
     reasoning: the reasoning already done when the model thinks in this reply (it writes the rest of the
                script's ``reasoning`` before the answer; "" = all of it), ``None`` when it does not think.
     broken:    a fixed reply (finish "stop") for a request the real provider mishandles.
+    head:      written before the continuation (a chat persona's preamble or repeated tail; counted as tokens).
+    drop:      characters of the continuation left out at its start (a chat persona dropping a space).
     """
 
     prefix: str = ""
@@ -83,6 +90,8 @@ class Continuation:
     mode: str = "first"
     reasoning: str | None = None
     broken: str | None = None
+    head: str = ""
+    drop: int = 0
 
 
 #: A fresh answer thinks first (when the script has reasoning); continuations do not, unless resumed.
@@ -104,7 +113,9 @@ def message_text(message: dict[str, Any]) -> str:
     return ""
 
 
-def _instruction(messages: list[dict[str, Any]], target: str, overlap: int) -> Continuation:
+def _instruction(
+    messages: list[dict[str, Any]], target: str, overlap: int, behaviour: str | None = None, ordinal: int = 1
+) -> Continuation:
     """No-prefill fallback: ``[..., assistant A, user "continue"]`` continues from A if A is in target.
 
     ``overlap`` models a model that repeats the tail of A: it restarts ``overlap`` chars before the end of A,
@@ -113,12 +124,17 @@ def _instruction(messages: list[dict[str, Any]], target: str, overlap: int) -> C
     if len(messages) >= 2 and messages[-1].get("role") == "user" and messages[-2].get("role") == "assistant":
         partial = message_text(messages[-2])
         if partial and target.startswith(partial):
+            if behaviour is not None:
+                said = answer(behaviour, partial, target, ordinal)
+                if said.restart:
+                    return Continuation(prefix="", mode="instruction")
+                return Continuation(prefix=partial, mode="instruction", head=said.head, drop=said.drop)
             return Continuation(prefix=partial[: max(0, len(partial) - overlap)], mode="instruction")
     return FIRST
 
 
 def resolve(
-    persona: str, body: dict[str, Any], messages: list[dict[str, Any]], target: str, overlap: int
+    persona: str, body: dict[str, Any], messages: list[dict[str, Any]], target: str, overlap: int, ordinal: int = 1
 ) -> Continuation:
     """Apply ``persona``'s dialect to a validated request; raise :class:`PersonaError` for its 400s.
 
@@ -127,14 +143,14 @@ def resolve(
     with empty content that resumes the reasoning from there. DashScope thinks unless ``enable_thinking``
     is false, and refuses ``partial`` when ``enable_thinking`` is true.
     """
-    cont = _resolve(persona, body, messages, target, overlap)
+    cont = _resolve(persona, body, messages, target, overlap, ordinal)
     if persona == "dashscope" and body.get("enable_thinking") is False and cont.reasoning is not None:
         cont = replace(cont, reasoning=None)
     return cont
 
 
 def _resolve(
-    persona: str, body: dict[str, Any], messages: list[dict[str, Any]], target: str, overlap: int
+    persona: str, body: dict[str, Any], messages: list[dict[str, Any]], target: str, overlap: int, ordinal: int
 ) -> Continuation:
     last = messages[-1]
     trailing = last.get("role") == "assistant"
@@ -142,6 +158,8 @@ def _resolve(
     cfm = body.get("continue_final_message") is True
     agp = body.get("add_generation_prompt")
 
+    if persona.startswith("chat-"):
+        return RESTART if trailing else _instruction(messages, target, overlap, persona[len("chat-") :], ordinal)
     if persona == "openai":
         # No prefill: a trailing assistant message is accepted but the model starts over.
         return RESTART if trailing else _instruction(messages, target, overlap)
