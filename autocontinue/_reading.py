@@ -54,11 +54,9 @@ _MARKERS = (
     "picking up",
     "resuming",
 )
-_PREAMBLE = re.compile(
-    r"(?:" + "|".join(re.escape(m) for m in _MARKERS) + r")\b[^\n`]{0,%d}[:.!…]\s*\n+" % MAX_PREAMBLE,
-    re.IGNORECASE,
-)
-_PREAMBLE_OPEN = re.compile(r"(?:" + "|".join(re.escape(m) for m in _MARKERS) + r")\b[^\n`]{0,%d}$" % MAX_PREAMBLE, re.I)
+_OPENING = "(?:" + "|".join(re.escape(m) for m in _MARKERS) + ")"
+_PREAMBLE = re.compile(_OPENING + rf"\b[^\n`]{{0,{MAX_PREAMBLE}}}[:.!…]\s*\n+", re.IGNORECASE)
+_PREAMBLE_OPEN = re.compile(_OPENING + rf"\b[^\n`]{{0,{MAX_PREAMBLE}}}$", re.IGNORECASE)
 _FENCE_LINE = re.compile(r"```[\w+#.-]*[ \t]*\n")
 _FENCE = re.compile(r"^[ \t]*```", re.MULTILINE)
 _ELLIPSES = ("...", "…")
@@ -86,19 +84,22 @@ def _settle(held_run: str, model_run: str) -> str:
     """The whitespace run that ends the held text, as the model's reply goes on from it.
 
     The model's run is kept where it extends the held one (a run of blank lines or an indentation going on), except
-    for one newline it put in front of the held run (a newline added at the join); where it has less, the held run
-    is kept, followed by what the model wrote after the part they share (a newline dropped before an indentation).
+    for whitespace it put in front of the held run (a space or newline added at the join); where it has less, the
+    held newlines are kept, then the model's indentation where it extends the held one (a newline dropped before an
+    indentation, or eaten with a preamble).
     """
     if model_run.startswith(held_run):
         if "\n" in held_run and model_run[:1] == "\n" and model_run[1:].startswith(held_run):
             return model_run[1:]
         return model_run
-    if held_run.endswith(model_run):
+    at = model_run.find(held_run)
+    if at > 0:
+        return model_run[at:]  # whitespace added in front of the held run
+    if "\n" not in held_run:
         return held_run
-    shared = 0
-    while shared < min(len(held_run), len(model_run)) and held_run[shared] == model_run[shared]:
-        shared += 1
-    return held_run + model_run[shared:]
+    cut = held_run.rfind("\n") + 1
+    indent, model_indent = held_run[cut:], model_run[model_run.rfind("\n") + 1 :]
+    return held_run[:cut] + (model_indent if model_indent.startswith(indent) else indent)
 
 
 def _fit(rest: str, held: str, final: bool) -> _Fit:
@@ -158,9 +159,10 @@ class _Reading:
         )
         # A remainder that agrees with the held text for a while and then says something else is no evidence.
         body = 0 if fit.diverged else fit.body
-        # Unconfirmed, only a preamble line is junk by its look: "..." or a fence line may be the text's own.
-        preamble = "preamble" in self.junk_kinds
-        return (fit.full, body, fit.exact_space, unconfirmed, preamble, -len(self.junk_kinds), -self.repeat)
+        # A preamble line is junk by its look; "..." or a fence line may be the text's own, so they are taken for
+        # junk only where the held text is re-created after them (and then rather than kept: "9" + "....5").
+        junk = "preamble" in self.junk_kinds or (held_body and fit.full and bool(self.junk_kinds))
+        return (fit.full, body, fit.exact_space, unconfirmed, junk, -len(self.junk_kinds), -self.repeat)
 
 
 class InstructionReader:
@@ -275,10 +277,10 @@ class InstructionReader:
                             continue
                 # Once in the window (a repeat's first occurrence is the tail itself), or a restart from beyond it.
                 seen = rest[:length]
-                unique = (
-                    length > len(self.window)
-                    or (self.window.find(seen) == self.window.rfind(seen) if not complete else
-                        self.window.find(seen) == len(self.window) - length)
+                unique = length > len(self.window) or (
+                    self.window.find(seen) == self.window.rfind(seen)
+                    if not complete
+                    else self.window.find(seen) == len(self.window) - length
                 )
                 readings.append(_Reading(at, kinds, length, restart, complete, fit, unique, min(length, len(rest))))
         return readings, open_
@@ -352,6 +354,10 @@ class InstructionReader:
         rivals = [r for r in readings if r is not best and r.score(self.held_body)[:-1] == score[:-1]]
         if rivals:
             self.actions.append("doubt:readings_tied")
+        elif any(r.fit.full and not r.junk_kinds for r in readings if r is not best) and set(best.junk_kinds) - {
+            "preamble"
+        }:
+            self.actions.append("doubt:junk_removed")  # the reply also reads as text that begins with it
         if not self.held_body:
             kept = [r.repeat for r in readings if r.repeat > best.repeat and not r.junk_kinds]
             if kept and best.repeat == 0:

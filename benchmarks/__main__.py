@@ -36,6 +36,7 @@ BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("efficiency", "5. Token efficiency, budgets, prompt cache"),
     ("fidelity", "6. Seam fidelity (benchmarks.fidelity)"),
     ("memory", "7. Memory for a 1 M-character answer"),
+    ("instruction_seam", "8. The instruction dialect's seam under 15 chat-model behaviours"),
 )
 NAMES = tuple(name for name, _ in BENCHMARKS)
 #: fidelity with --quick: one prompt, one round size, a short one-shot

@@ -85,7 +85,9 @@ def run_case(emu: Emulator, behaviour: str, kind: str, size: int, stream: bool) 
         "doubts": sum(1 for r in trace.rounds for a in r.seam if a.startswith("doubt")),
     }
     if outcome != "exact":
-        at = next((i for i, (a, b) in enumerate(zip(target, text)) if a != b), min(len(target), len(text)))
+        at = next(
+            (i for i, (a, b) in enumerate(zip(target, text, strict=False)) if a != b), min(len(target), len(text))
+        )
         case["diff_at"] = at
         case["expected"] = target[max(0, at - 30) : at + 30]
         case["got"] = text[max(0, at - 30) : at + 30]

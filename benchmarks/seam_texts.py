@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (the Chinese text has its own punctuation)
 """The answers of the instruction-seam benchmark: one of each kind of text that stresses a seam differently."""
 
 from __future__ import annotations

@@ -25,12 +25,12 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import autocontinue
 from autocontinue import ConfigurationError, TruncatedToolCallError, max_rounds
+from autocontinue._reading import MIN_UNCONFIRMED as MIN_OVERLAP
+from autocontinue._reading import WINDOW as OVERLAP_WINDOW
 from autocontinue.budget import PriceTable, StopCondition
 from autocontinue.client import make_settings
 from autocontinue.core import Continuation, Done, DoRequest, DoSleep, Fail, Settings
 from autocontinue.retry import RetryTracker, is_transient
-from autocontinue._reading import MIN_UNCONFIRMED as MIN_OVERLAP
-from autocontinue._reading import WINDOW as OVERLAP_WINDOW
 from autocontinue.stitch import RESTART_PROBE
 from autocontinue.tokens import TokenCounter
 

@@ -50,6 +50,10 @@ Personas (``base_url(name)``; ``first`` = no trailing assistant message):
     sglang      /sglang/v1        continue_final_message = prefill; without -> restart
     llamacpp    /llamacpp/v1      trailing assistant = prefill WITH echo (flags optional; cfm+agp true -> 400)
     openrouter  /openrouter/v1, ollama /ollama/v1: trailing assistant = prefill (no echo)
+    chat-<behaviour> /chat-<behaviour>/v1: like openai, and the reply to the instruction pattern is written the
+                                  way a chat model with that behaviour writes it (behaviours.py: exact, word,
+                                  words, line, tail60, preamble, preamble-repeat, dots, ellipsis, space-added,
+                                  newline-added, space-dropped, fence, rewrite, restart)
 ``emu.requests(model)[i]["mode"]`` records the decision: "first", "restart", "prefill", "instruction".
 
 Faults (:class:`Fault`, keyed by request ordinal): "status" (JSON error; Retry-After + retry-after-ms when

@@ -93,7 +93,7 @@ def _dots(a: str, rest: str, ordinal: int) -> Answer:
 
 
 def _ellipsis(a: str, rest: str, ordinal: int) -> Answer:
-    """"…" and the last word again."""
+    """ "…" and the last word again."""
     return Answer(head="…" + _word(a, rest, ordinal).head)
 
 
