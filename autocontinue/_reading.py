@@ -183,15 +183,23 @@ class InstructionReader:
         self.buffer = ""
         self.decided = False
         self._inside_fence: bool | None = None
-        #: what the model wrote that is not junk or repeat (compared between rounds by the loop watch)
-        self.said = ""
+        # How much of the reply (after each junk start) is known to agree with the answer's opening: a restart of
+        # a long answer is compared once, not again with every streamed piece.
+        self._restart_agrees: dict[int, int] = {}
+        # What the model wrote that is not junk or repeat (compared between rounds by the loop watch).
+        self._said: list[str] = []
+
+    @property
+    def said(self) -> str:
+        """What the model wrote this round after junk and repeat, before the held text is put back."""
+        return "".join(self._said)
 
     # ------------------------------------------------------------------------------------------------- feeding
 
     def feed(self, text: str) -> str:
         """Take the next piece of the reply; return what is decided."""
         if self.decided:
-            self.said += text
+            self._said.append(text)
             return text
         self.buffer += text
         return self._decide(final=False)
@@ -263,7 +271,7 @@ class InstructionReader:
             if not rest and not final:
                 open_ = True  # after junk, a repeat may follow
                 continue
-            for length, restart, complete in self._repeats(rest, final):
+            for length, restart, complete in self._repeats(rest, final, at):
                 if not complete:
                     if not final:
                         open_ = True
@@ -285,7 +293,7 @@ class InstructionReader:
                 readings.append(_Reading(at, kinds, length, restart, complete, fit, unique, min(length, len(rest))))
         return readings, open_
 
-    def _repeats(self, rest: str, final: bool) -> list[tuple[int, bool, bool]]:
+    def _repeats(self, rest: str, final: bool, at: int) -> list[tuple[int, bool, bool]]:
         """(length, is a restart, complete) of every suffix of the known text that ``rest`` starts with, or that
         ``rest`` is the start of (the reply may be cut inside a repeat); (0, False, True) always."""
         found = [(0, False, True)]
@@ -316,13 +324,13 @@ class InstructionReader:
             start += 1
         if start < self.window_start:
             answer_length = len(sent) - start
-            if rest.startswith(sent[start : start + len(rest)]):
-                if len(rest) >= answer_length:
-                    found.append((answer_length, True, True))
-                else:
-                    found.append((answer_length, True, False))
-            elif len(rest) >= answer_length and rest.startswith(sent[start:]):
-                found.append((answer_length, True, True))
+            agreed = self._restart_agrees.get(at, 0)
+            if agreed >= 0:
+                upto = min(len(rest), answer_length)
+                agreed = upto if sent.startswith(rest[agreed:upto], start + agreed) else -1
+                self._restart_agrees[at] = agreed
+            if agreed >= 0:
+                found.append((answer_length, True, len(rest) >= answer_length))
         return found
 
     def _apply(self, best: _Reading, readings: list[_Reading]) -> str:
@@ -333,7 +341,7 @@ class InstructionReader:
         if best.repeat:
             self.actions.append(("restart_removed:" if best.restart else "overlap_removed:") + str(best.repeat))
         self._record_doubts(best, readings)
-        self.said = rest
+        self._said.append(rest)
         fit = best.fit
         if fit.full:
             if held:
