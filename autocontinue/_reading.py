@@ -146,6 +146,7 @@ class _Reading:
     fit: _Fit
     unique: bool  # the repeat occurs once in the window
     seen: int  # characters of the reply that are repeat
+    visible: int  # of them, not whitespace
 
     def score(self, held_body: bool) -> tuple[int, ...]:
         fit = self.fit
@@ -155,7 +156,12 @@ class _Reading:
             (not fit.full or not held_body)
             and self.unique
             and all(kind == "preamble" for kind in self.junk_kinds)
-            and self.seen >= (MIN_UNCONFIRMED if self.complete else MIN_RESTART)
+            and (
+                self.seen >= MIN_UNCONFIRMED
+                if self.complete
+                # (a reply of whitespace that ends where the text has more proves nothing)
+                else self.seen >= MIN_RESTART and self.visible >= MIN_UNCONFIRMED
+            )
         )
         # A remainder that agrees with the held text for a while and then says something else is no evidence.
         body = 0 if fit.diverged else fit.body
@@ -290,7 +296,8 @@ class InstructionReader:
                     if not complete
                     else self.window.find(seen) == len(self.window) - length
                 )
-                readings.append(_Reading(at, kinds, length, restart, complete, fit, unique, min(length, len(rest))))
+                visible = len(seen) - sum(1 for c in seen if c.isspace()) if not complete else 0
+                readings.append(_Reading(at, kinds, length, restart, complete, fit, unique, len(seen), visible))
         return readings, open_
 
     def _repeats(self, rest: str, final: bool, at: int) -> list[tuple[int, bool, bool]]:

@@ -328,6 +328,8 @@ class Seam:
     def feed(self, delta: str) -> str:
         """Take the next piece of the reply; return the text that is decided."""
         if self._through:
+            if self._reader is not None:
+                return self._reader.feed(delta)  # decided: it passes the text through and keeps what was said
             if delta:
                 self._said.append(delta)
             return delta

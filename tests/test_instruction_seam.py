@@ -176,6 +176,15 @@ def test_a_stream_holds_the_start_only_while_it_is_open() -> None:
     assert seam.finish() == ""
 
 
+def test_what_the_model_said_covers_the_whole_streamed_reply() -> None:
+    # The loop watch compares what the model said round after round: all of it, not only the first piece.
+    seam = Seam(SeamPlan(sent="It was kept in a", held=" ledg", remove_overlap=True))
+    for piece in ["a", " ledger", " nobody", " read", "."]:
+        seam.feed(piece)
+    seam.finish()
+    assert seam.model_text == " ledger nobody read."
+
+
 def test_an_exact_continuation_streams_at_once() -> None:
     seam = Seam(SeamPlan(sent="It was kept in a", held=" ledg", remove_overlap=True))
     assert seam.feed(" ledger") == " ledger"
