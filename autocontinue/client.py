@@ -7,10 +7,12 @@ cut off by the output limit. Everything else passes through to the client untouc
 from __future__ import annotations
 
 import copy as _copy
+import dataclasses
 import functools
 import inspect
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
@@ -19,6 +21,7 @@ from openai.resources.chat.completions import AsyncCompletions, Completions
 from openai.types.chat import ChatCompletion
 
 from . import budget as _budget
+from . import raw
 from .budget import Price, PriceTable, StopCondition
 from .core import Continuation, DoRequest, Settings
 from .dialects import Dialect, resolve_dialect
@@ -60,6 +63,17 @@ _SYNC_CREATE = Completions.create
 _ASYNC_CREATE = AsyncCompletions.create
 
 _DEFAULT = object()
+
+#: True while one of our own rounds is being sent: request-layer hooks (the decorator's, a wrapped client's) let
+#: such requests through untouched, so a call is never continued twice
+_IN_ROUND: ContextVar[bool] = ContextVar("autocontinue_in_round", default=False)
+#: how the SDK marks a request whose caller wants the HTTP response itself ("true": with_raw_response)
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+
+
+def in_round() -> bool:
+    """Whether the current context is sending one of autocontinue's own rounds."""
+    return _IN_ROUND.get()
 
 
 def make_settings(
@@ -153,10 +167,51 @@ class _Transport:
         return routed.chat.completions
 
     def send(self, action: DoRequest) -> Any:
-        return _SYNC_CREATE(self.target(action), **action.kwargs)
+        token = _IN_ROUND.set(True)
+        try:
+            return _SYNC_CREATE(self.target(action), **action.kwargs)
+        finally:
+            _IN_ROUND.reset(token)
 
     async def asend(self, action: DoRequest) -> Any:
-        return await _ASYNC_CREATE(self.target(action), **action.kwargs)
+        token = _IN_ROUND.set(True)
+        try:
+            return await _ASYNC_CREATE(self.target(action), **action.kwargs)
+        finally:
+            _IN_ROUND.reset(token)
+
+
+def _asking_raw(action: DoRequest) -> DoRequest:
+    """``action`` asking the SDK for the raw response (a ``LegacyAPIResponse``) instead of the parsed one."""
+    headers = action.kwargs.get("extra_headers")
+    kwargs = {**action.kwargs, "extra_headers": {**(headers or {}), _RAW_RESPONSE_HEADER: "true"}}
+    return dataclasses.replace(action, kwargs=kwargs)
+
+
+class RawRounds:
+    """Sends a call's rounds through its transport as raw-response requests, keeping the latest HTTP response.
+
+    For callers that asked for the response itself (``with_raw_response``, ``client.post``): its headers,
+    ``request_id`` and ``http_response`` are those of the latest round. ``on_response`` is told of each new one.
+    """
+
+    def __init__(self, transport: _Transport) -> None:
+        self._transport = transport
+        self.base_url = transport.base_url
+        self.response: Any = None
+        self.on_response: Callable[[Any], None] | None = None
+
+    def _keep(self, raw: Any) -> Any:
+        self.response = raw.http_response
+        if self.on_response is not None:
+            self.on_response(raw.http_response)
+        return raw.parse()
+
+    def send(self, action: DoRequest) -> Any:
+        return self._keep(self._transport.send(_asking_raw(action)))
+
+    async def asend(self, action: DoRequest) -> Any:
+        return self._keep(await self._transport.asend(_asking_raw(action)))
 
 
 _transports: weakref.WeakKeyDictionary[Any, dict[bool, _Transport]] = weakref.WeakKeyDictionary()
@@ -198,8 +253,8 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _begin(
-    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | None
-) -> tuple[Continuation, _Transport]:
+    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | RawRounds | None
+) -> tuple[Continuation, _Transport | RawRounds]:
     """The checked call's core and the transport its rounds go through (the sync and async drivers' shared start)."""
     if transport is None:
         transport = _transport(_unwrap(client), settings)
@@ -207,7 +262,7 @@ def _begin(
 
 
 def run_sync(
-    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | None = None
+    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | RawRounds | None = None
 ) -> ChatCompletion | ContinuedStream:
     """One continued call on a sync client (streaming when ``stream=True``), through ``transport`` if given."""
     core, transport = _begin(client, settings, kwargs, transport)
@@ -219,7 +274,7 @@ def run_sync(
 
 
 async def run_async(
-    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | None = None
+    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | RawRounds | None = None
 ) -> ChatCompletion | AsyncContinuedStream:
     """One continued call on an async client (streaming when ``stream=True``), through ``transport`` if given."""
     core, transport = _begin(client, settings, kwargs, transport)
@@ -228,6 +283,11 @@ async def run_async(
 
         return AsyncContinuedStream(core, transport.asend)
     return await aio.run(core, transport.asend)
+
+
+def raw_rounds(client: Any, settings: Settings) -> RawRounds:
+    """Rounds for a call on ``client`` (wrapped or not) that keep each round's HTTP response."""
+    return RawRounds(_transport(_unwrap(client), settings))
 
 
 def create(client: openai.OpenAI, **kwargs: Any) -> Any:
@@ -267,12 +327,14 @@ class _Proxy:
 
 
 class _ContinuingCompletions(_Proxy):
-    def __init__(self, target: Any, client: Any, settings: Settings, asynchronous: bool) -> None:
+    """``chat.completions`` of a wrapped sync client: ``create``, ``parse`` and their raw-response forms continue."""
+
+    def __init__(self, target: Any, client: Any, settings: Settings) -> None:
         super().__init__(target)
         object.__setattr__(self, "_client", client)
         object.__setattr__(self, "_settings", settings)
-        object.__setattr__(self, "_async", asynchronous)
         object.__setattr__(self, "_last_transport", None)
+        object.__setattr__(self, "_raw_resource", None)
 
     def _transport(self) -> _Transport:
         # The transport of the last call, while still right for the client: spares the weak cache's lookup.
@@ -280,10 +342,28 @@ class _ContinuingCompletions(_Proxy):
         object.__setattr__(self, "_last_transport", transport)
         return transport
 
+    def _resource(self) -> Any:
+        # The SDK's own resource class, bound to a wrapped client: its raw-response wrappers then send through that
+        # client's request layer, which continues /chat/completions (see _wrapper_class).
+        resource = self._raw_resource
+        if resource is None:
+            resource = type(self._target)(_wrapped(self._client, self._settings))
+            object.__setattr__(self, "_raw_resource", resource)
+        return resource
+
+    @property
+    def with_raw_response(self) -> Any:
+        """The SDK's ``with_raw_response``, continued: ``.parse()`` of its result gives the joined reply; headers,
+        ``request_id`` and ``http_response`` are the last round's."""
+        return self._resource().with_raw_response
+
+    @property
+    def with_streaming_response(self) -> Any:
+        """The SDK's ``with_streaming_response``, continued like :attr:`with_raw_response`."""
+        return self._resource().with_streaming_response
+
     def create(self, **kwargs: Any) -> Any:
         """``chat.completions.create``, continued until the reply is complete (same arguments as the SDK)."""
-        if self._async:
-            return run_async(self._client, self._settings, kwargs, self._transport())
         return run_sync(self._client, self._settings, kwargs, self._transport())
 
     def parse(self, **kwargs: Any) -> Any:
@@ -291,9 +371,21 @@ class _ContinuingCompletions(_Proxy):
         model) exactly as the SDK does, so a reply cut by the limit no longer raises ``LengthFinishReasonError``
         unless a budget ended it. The result's ``continuation`` is the trace."""
         request, finish = _parse_request(kwargs)
-        if self._async:
-            return _aparse(self._client, self._settings, request, finish)
-        return finish(run_sync(self._client, self._settings, request))
+        return finish(run_sync(self._client, self._settings, request, self._transport()))
+
+
+class _AsyncContinuingCompletions(_ContinuingCompletions):
+    """The async twin: ``create`` and ``parse`` are ``async def``, as frameworks check with
+    ``inspect.iscoroutinefunction`` to tell an async client from a sync one."""
+
+    async def create(self, **kwargs: Any) -> Any:
+        """``chat.completions.create``, continued until the reply is complete (same arguments as the SDK)."""
+        return await run_async(self._client, self._settings, kwargs, self._transport())
+
+    async def parse(self, **kwargs: Any) -> Any:
+        """``chat.completions.parse``, continued (see the sync client's)."""
+        request, finish = _parse_request(kwargs)
+        return finish(await run_async(self._client, self._settings, request, self._transport()))
 
 
 def _parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -322,10 +414,6 @@ def _parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     return request, finish
 
 
-async def _aparse(client: Any, settings: Settings, request: dict[str, Any], finish: Any) -> Any:
-    return finish(await run_async(client, settings, request))
-
-
 class _ContinuingChat(_Proxy):
     def __init__(self, target: Any, completions: _ContinuingCompletions) -> None:
         super().__init__(target)
@@ -341,7 +429,8 @@ class _ContinuingBeta(_Proxy):
 
 
 def _continuing_chat(chat: Any, client: Any, settings: Settings, asynchronous: bool) -> _ContinuingChat:
-    return _ContinuingChat(chat, _ContinuingCompletions(chat.completions, client, settings, asynchronous))
+    kind = _AsyncContinuingCompletions if asynchronous else _ContinuingCompletions
+    return _ContinuingChat(chat, kind(chat.completions, client, settings))
 
 
 def wrap(client: ClientT, **options: Any) -> ClientT:
@@ -406,6 +495,7 @@ def _wrapper_class(cls: type) -> type:
     def with_options(self: Any, **kwargs: Any) -> Any:
         return _wrapped(vars(self)["__wrapped__"].with_options(**kwargs), vars(self)["_autocontinue_settings"])
 
+    namespace["request"] = _async_request(cls) if issubclass(cls, openai.AsyncOpenAI) else _sync_request(cls)
     namespace.update(
         chat=property(lambda self: vars(self)["_autocontinue_chat"], doc="chat, with completions continued"),
         with_options=with_options,
@@ -416,6 +506,35 @@ def _wrapper_class(cls: type) -> type:
     subclass = type(f"Continuing{cls.__name__}", (cls,), namespace)
     _wrapper_classes[cls] = subclass
     return subclass
+
+
+# The request layer of a wrapped client: what reaches /chat/completions on it without going through its
+# chat.completions (client.post, as litellm sends it; the raw-response forms, routed here by _ContinuingCompletions)
+# is continued too. Anything else goes to the client class's own request method, looked up at call time.
+
+
+def _sync_request(cls: type) -> Callable[..., Any]:
+    def request(self: Any, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        if raw.is_chat_request(options) and not in_round():
+            state = vars(self)
+            stream, stream_cls = kwargs.get("stream", False), kwargs.get("stream_cls")
+            settings = state["_autocontinue_settings"]
+            return raw.continue_request(state["__wrapped__"], settings, cast_to, options, stream, stream_cls)
+        return cls.request(self, cast_to, options, *args, **kwargs)  # type: ignore[attr-defined]
+
+    return request
+
+
+def _async_request(cls: type) -> Callable[..., Any]:
+    async def request(self: Any, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        if raw.is_chat_request(options) and not in_round():
+            state = vars(self)
+            stream, stream_cls = kwargs.get("stream", False), kwargs.get("stream_cls")
+            settings = state["_autocontinue_settings"]
+            return await raw.acontinue_request(state["__wrapped__"], settings, cast_to, options, stream, stream_cls)
+        return await cls.request(self, cast_to, options, *args, **kwargs)  # type: ignore[attr-defined]
+
+    return request
 
 
 def _continuing_beta(self: Any) -> _ContinuingBeta | Any:

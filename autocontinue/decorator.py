@@ -6,18 +6,20 @@
     with autocontinue.enabled(max_rounds=4):
         client.chat.completions.create(...)
 
-How: the SDK's ``Completions.create`` / ``AsyncCompletions.create`` (and ``parse``) are patched once, at class
-level, by a function that reads one :class:`~contextvars.ContextVar`. Outside a scope the variable is ``None`` and
-the SDK's own method runs untouched; inside a scope the call goes through the continuation engine with the scope's
-options. A scope is a context, not a thread or a time window: it reaches what the decorated function runs, asyncio
-tasks it starts (they copy the context), and threads it starts with ``contextvars.copy_context().run``; concurrent
-code outside is not affected.
+How: the request layer of the SDK's clients (``OpenAI.request`` / ``AsyncOpenAI.request``, which every call ends in
+and which is looked up at call time) is patched once by a function that reads one
+:class:`~contextvars.ContextVar`. Outside a scope the variable is ``None`` and the SDK's own method runs untouched;
+inside a scope a request to ``/chat/completions`` goes through the continuation engine with the scope's options,
+whichever way it was made: ``create``, ``parse``, their ``with_raw_response`` / ``with_streaming_response`` forms,
+``client.post`` (litellm), and bound methods a framework captured before the first scope existed. A scope is a
+context, not a thread or a time window: it reaches what the decorated function runs, asyncio tasks it starts (they
+copy the context), and threads it starts with ``contextvars.copy_context().run``; concurrent code outside is not
+affected.
 
-The engine's own rounds call the SDK methods captured in :mod:`autocontinue.client` before any patch, so a call is
-never continued twice: not by nested scopes (the innermost options win), and not when a ``wrap()``-ed client is used
-inside a scope. Not continued inside a scope either: ``with_raw_response`` / ``with_streaming_response`` calls (their
-caller wants the one HTTP response) and the SDK's ``chat.completions.stream()`` helper (it needs the raw stream's
-HTTP response, which a continued stream spanning several requests does not have).
+The engine's own rounds are marked while they are sent (:func:`autocontinue.client.in_round`) and pass through
+untouched, so a call is never continued twice: not by nested scopes (the innermost options win), and not when a
+``wrap()``-ed client is used inside a scope. Not continued inside a scope: the SDK's ``chat.completions.stream()``
+helper (it needs the raw stream's HTTP response, which a continued stream spanning several requests does not have).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Gene
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar, cast, overload
 
-from openai.resources.chat.completions import AsyncCompletions, Completions
+import openai
 
 from . import client as _client
 from .core import Settings
 from .errors import ConfigurationError
+from .raw import acontinue_request, continue_request, is_chat_request
 
 __all__ = ["Scope", "active_settings", "autocontinue", "enabled", "install"]
 
@@ -46,13 +49,6 @@ _ACTIVE: ContextVar[Settings | None] = ContextVar("autocontinue_active", default
 #: constant used by many tasks or threads), so its tokens cannot live on the object itself
 _WITH_TOKENS: ContextVar[tuple[Token[Settings | None], ...]] = ContextVar("autocontinue_with_tokens", default=())
 
-# Headers by which the SDK marks calls that must reach the network as one plain request: with_raw_response /
-# with_streaming_response (the caller reads that response) and the chat.completions.stream() helper (it wraps the
-# raw stream and reads its HTTP response).
-_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
-_HELPER_HEADER = "X-Stainless-Helper-Method"
-_PASSTHROUGH_HELPERS = frozenset({"chat.completions.stream"})
-
 _install_lock = threading.Lock()
 _installed = False
 
@@ -63,7 +59,7 @@ def active_settings() -> Settings | None:
 
 
 def install() -> None:
-    """Patch the SDK's chat-completion methods once (idempotent, thread-safe).
+    """Hook the SDK's request layer once (idempotent, thread-safe).
 
     Called when the first scope is made, not at import: importing autocontinue changes nothing in the SDK.
     """
@@ -74,76 +70,34 @@ def install() -> None:
         if _installed:
             return
         # Patch over whatever is on the class now (the SDK's method, or another library's instrumentation of it),
-        # so that outside a scope every call behaves exactly as before.
-        patches: tuple[tuple[type, str, Callable[[Any], Callable[..., Any]]], ...] = (
-            (Completions, "create", _patched_create),
-            (AsyncCompletions, "create", _patched_acreate),
-            (Completions, "parse", _patched_parse),
-            (AsyncCompletions, "parse", _patched_aparse),
-        )
-        for cls, name, patch in patches:
-            setattr(cls, name, patch(getattr(cls, name)))
+        # so that outside a scope every request behaves exactly as before.
+        openai.OpenAI.request = _patched_request(openai.OpenAI.request)  # type: ignore[method-assign]
+        openai.AsyncOpenAI.request = _patched_arequest(openai.AsyncOpenAI.request)  # type: ignore[method-assign,assignment]
         _installed = True
 
 
-def _passthrough(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
-    """Whether a call inside a scope must still go straight to the SDK."""
-    if args:  # the SDK takes keywords only: let it raise its own TypeError
-        return True
-    headers = kwargs.get("extra_headers")
-    if not headers:
-        return False
-    return _RAW_RESPONSE_HEADER in headers or headers.get(_HELPER_HEADER) in _PASSTHROUGH_HELPERS
-
-
-def _patched_create(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)  # keeps the SDK's signature visible to inspect.signature (request.py reads it)
-    def create(self: Completions, *args: Any, **kwargs: Any) -> Any:
-        settings = _ACTIVE.get()
-        if settings is None or _passthrough(args, kwargs):
-            return original(self, *args, **kwargs)
-        return _client.run_sync(self._client, settings, kwargs)
-
-    return create
-
-
-def _patched_acreate(original: Callable[..., Any]) -> Callable[..., Any]:
-    # A plain function returning an awaitable, like the SDK's own (its required_args wrapper is not async): outside a
-    # scope the caller awaits the SDK's coroutine itself, with no frame of ours in between.
+def _patched_request(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def create(self: AsyncCompletions, *args: Any, **kwargs: Any) -> Any:
+    def request(self: Any, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         settings = _ACTIVE.get()
-        if settings is None or _passthrough(args, kwargs):
-            return original(self, *args, **kwargs)
-        return _client.run_async(self._client, settings, kwargs)
+        if settings is None or not is_chat_request(options) or _client.in_round():
+            return original(self, cast_to, options, *args, **kwargs)
+        stream, stream_cls = kwargs.get("stream", False), kwargs.get("stream_cls")
+        return continue_request(self, settings, cast_to, options, stream, stream_cls)
 
-    return create
+    return request
 
 
-def _patched_parse(original: Callable[..., Any]) -> Callable[..., Any]:
+def _patched_arequest(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(original)
-    def parse(self: Completions, *args: Any, **kwargs: Any) -> Any:
+    async def request(self: Any, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         settings = _ACTIVE.get()
-        if settings is None or _passthrough(args, kwargs):
-            return original(self, *args, **kwargs)
-        # The same path as a wrap()-ed client's parse(): the joined reply is parsed by the SDK's own helpers.
-        request, finish = _client._parse_request(kwargs)
-        return finish(_client.run_sync(self._client, settings, request))
+        if settings is None or not is_chat_request(options) or _client.in_round():
+            return await original(self, cast_to, options, *args, **kwargs)
+        stream, stream_cls = kwargs.get("stream", False), kwargs.get("stream_cls")
+        return await acontinue_request(self, settings, cast_to, options, stream, stream_cls)
 
-    return parse
-
-
-def _patched_aparse(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    # The SDK's AsyncCompletions.parse is an ``async def``; staying one keeps inspect.iscoroutinefunction true.
-    @functools.wraps(original)
-    async def parse(self: AsyncCompletions, *args: Any, **kwargs: Any) -> Any:
-        settings = _ACTIVE.get()
-        if settings is None or _passthrough(args, kwargs):
-            return await original(self, *args, **kwargs)
-        request, finish = _client._parse_request(kwargs)
-        return finish(await _client.run_async(self._client, settings, request))
-
-    return parse
+    return request
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ _NOT_GIVEN: tuple[type, ...] = tuple(
 
 
 @lru_cache(maxsize=1)
-def _create_parameters() -> frozenset[str]:
+def create_parameters() -> frozenset[str]:
     """Keyword arguments the installed SDK's ``chat.completions.create`` accepts."""
     return frozenset(inspect.signature(Completions.create).parameters) - {"self"}
 
@@ -64,7 +64,7 @@ class CallRequest(NamedTuple):
     @classmethod
     def parse(cls, kwargs: Mapping[str, Any]) -> CallRequest:
         """Check ``kwargs`` and split them; raises ``ConfigurationError`` on anything that cannot work."""
-        parameters = _create_parameters()
+        parameters = create_parameters()
         if not parameters.issuperset(kwargs):
             unknown = sorted(set(kwargs) - parameters)
             raise ConfigurationError(f"chat.completions.create() got unexpected keyword argument(s): {unknown}")

@@ -401,13 +401,15 @@ async def test_async_parse_inside_a_scope(emu: Emulator, async_client: Any) -> N
     assert parsed.choices[0].message.parsed == Story.model_validate_json(STORY)
 
 
-def test_raw_response_calls_are_passed_through(emu: Emulator, sync_client: Any) -> None:
-    """with_raw_response wants the one HTTP response: a scope leaves it alone."""
+def test_a_create_captured_before_the_first_scope_is_continued(emu: Emulator, sync_client: Any) -> None:
+    """Frameworks keep bound methods (instructor keeps ``create``): the hook is at the request layer, looked up at
+    call time, so a method captured before any scope existed is still continued inside one."""
     client = sync_client(PERSONA)
+    captured = client.chat.completions.create
     model = add(emu)
     with autocontinue.enabled(max_rounds=30):
-        raw = client.chat.completions.with_raw_response.create(model=model, messages=[USER], max_tokens=LIMIT)
-    assert_plain(raw.parse(), emu, model)
+        assert_continued(captured(model=model, messages=[USER], max_tokens=LIMIT), emu, model)
+    assert_plain(captured(model=(other := add(emu)), messages=[USER], max_tokens=LIMIT), emu, other)
 
 
 def test_stream_helper_is_passed_through(emu: Emulator, sync_client: Any) -> None:

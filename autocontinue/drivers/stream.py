@@ -56,6 +56,15 @@ class ContinuedStream:
         """Stop the stream and close the upstream response."""
         self._iterator.close()
 
+    def prime(self) -> None:
+        """Run the stream up to its first chunk, kept for the caller: the first request is then sent and its
+        response received (a caller that wants the HTTP response reads it before iterating)."""
+        try:
+            first = next(self._iterator)
+        except StopIteration:
+            return
+        self._iterator = _primed(first, self._iterator)
+
     def _run(self) -> Generator[ChatCompletionChunk, None, None]:
         core = self._core
         action: Action = core.start()
@@ -131,6 +140,14 @@ class AsyncContinuedStream:
 
     aclose = close
 
+    async def prime(self) -> None:
+        """Run the stream up to its first chunk, kept for the caller (see :meth:`ContinuedStream.prime`)."""
+        try:
+            first = await self._iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        self._iterator = _aprimed(first, self._iterator)
+
     async def _run(self) -> AsyncGenerator[ChatCompletionChunk, None]:
         core = self._core
         action: Action = core.start()
@@ -175,3 +192,19 @@ class AsyncContinuedStream:
                 for out in core.failing_chunks():
                     yield out
                 raise action.error
+
+
+def _primed(first: ChatCompletionChunk, rest: Generator[ChatCompletionChunk, None, None]) -> Generator[Any, None, None]:
+    yield first
+    yield from rest  # close() reaches the rest, and with it the upstream response
+
+
+async def _aprimed(
+    first: ChatCompletionChunk, rest: AsyncGenerator[ChatCompletionChunk, None]
+) -> AsyncGenerator[Any, None]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
