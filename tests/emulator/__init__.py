@@ -29,6 +29,8 @@ Usage. prompt_tokens = tokens of every message's text + 1 per message; completio
 script's last 64 earlier prompts. ``usage=False`` omits usage everywhere; streams carry a usage chunk only
 with ``stream_options={"include_usage": True}``.
 
+Every successful reply carries ``x-request-id: req-<ordinal>``.
+
 Streaming. role chunk (``{"role": "assistant", "content": ""}``), then one chunk per token (echo
 personas: the echo first, in ``echo_chunks`` pieces; llama.cpp glues the last piece to the first token),
 a finish chunk with an empty delta, the optional usage chunk (``choices: []``), ``data: [DONE]``.

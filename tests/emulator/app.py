@@ -705,7 +705,7 @@ class EmulatorApp:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(data)).encode())],
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(data)).encode()), call.request_id_header],
             }
         )
         await call.send({"type": "http.response.body", "body": data})
@@ -784,7 +784,7 @@ class EmulatorApp:
         kind = call.fault.kind if call.fault is not None else None
         limit = call.fault.after_chunks if call.fault is not None and kind in ("drop", "malformed_sse") else None
         writer = _ChunkWriter(call.cid, call.created, call.model, include_usage)
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, call.request_id_header]})
         self.active_streams += 1
         self.max_active_streams = max(self.max_active_streams, self.active_streams)
         try:
@@ -855,6 +855,7 @@ class _Call:
         "ordinal",
         "persona",
         "receive",
+        "request_id_header",
         "scope",
         "send",
         "state",
@@ -885,6 +886,8 @@ class _Call:
         self.fault: Fault | None = state.script.faults.get(ordinal)
         self.stream = body.get("stream") is True
         self.cid = "chatcmpl-" + os.urandom(12).hex()
+        #: x-request-id of a successful reply: ``req-<ordinal>``, so a test can tell which request a response was
+        self.request_id_header = (b"x-request-id", f"req-{ordinal}".encode())
         self.created = int(time.time())
         # Set just before the final send, so the watcher does not mistake completion for a disconnect.
         self.finished = False
