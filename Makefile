@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install build-tools engine test lint unit demo bench bench-quick clean
 
-$(STAMP): pyproject.toml
+# The frameworks extra is for tests/frameworks; instructor goes in without its pins (pyproject.toml says why).
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,frameworks]'
+	$(PY) -m pip install --quiet --no-deps 'instructor>=1.17'
 	touch $(STAMP)
 
 install: $(STAMP)
