@@ -15,8 +15,9 @@ from typing import Any
 
 import instructor
 import pytest
-from instructor.v2.core.errors import IncompleteOutputException
+from instructor.v2.core.errors import IncompleteOutputException, InstructorRetryException
 
+import autocontinue
 from tests.conftest import add
 from tests.emulator import Emulator
 from tests.frameworks.support import (
@@ -124,3 +125,19 @@ def test_client_built_before_the_first_scope(emu: Emulator) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(done.stdout) == EXPECTED
     assert len(emu.requests(model)) > 1
+
+
+def test_tools_mode_cut_mid_arguments_is_an_error(emu: Emulator) -> None:
+    """instructor's default mode asks for a tool call; one cut mid-arguments is never continued as text: the call
+    fails with TruncatedToolCallError after one retry with a doubled limit (instructor reports it as the cause of its
+    own error)."""
+    model = add(emu, "", tool_call={"name": "Story", "arguments": STORY})
+    client = instructor.from_openai(sync_client(emu, "wrap"))
+    with pytest.raises(InstructorRetryException) as caught:
+        client.chat.completions.create(
+            model=model, response_model=Story, messages=MESSAGES, max_tokens=LIMIT, max_retries=0
+        )
+    cause = caught.value.__cause__
+    assert isinstance(cause, autocontinue.TruncatedToolCallError)
+    assert STORY.startswith(cause.tool_calls[0].function.arguments)  # the partial call, kept
+    assert len(emu.requests(model)) == 2  # the round, and its one retry with a doubled limit

@@ -60,3 +60,13 @@ async def test_acompletion_streaming(how: str, emu: Emulator, logs: list[dict[st
         stream = await litellm.acompletion(**request(emu, how, model, async_client(emu, how)), stream=True)
         chunks = [chunk async for chunk in stream]
     check("".join(chunk.choices[0].delta.content or "" for chunk in chunks), how, emu, model, logs)
+
+
+def test_router_under_the_decorator(emu: Emulator, logs: list[dict[str, Any]]) -> None:
+    """A Router makes and keeps its own clients: the decorator reaches them."""
+    model = add(emu)
+    params = {"model": f"openai/{model}", "api_base": emu.base_url(PERSONA), "api_key": API_KEY}
+    router = litellm.Router(model_list=[{"model_name": "storyteller", "litellm_params": params}])
+    with scope("decorator"):
+        reply = router.completion(model="storyteller", messages=MESSAGES, max_tokens=LIMIT)
+    check(reply.choices[0].message.content, "decorator", emu, model, logs)
