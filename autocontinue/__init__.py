@@ -7,7 +7,7 @@ reply.continuation                 # rounds, stop cause, cost
 """
 
 from .budget import Price, StopCondition, max_cost, max_rounds, max_total_tokens
-from .client import acreate, create, trace_of, wrap
+from .client import acreate, create, trace_of
 from .decorator import autocontinue, enabled
 from .dialects import ContinueFinalMessage, Dialect, Instruction, Partial, Prefill, Prefix
 from .errors import (
@@ -21,6 +21,7 @@ from .errors import (
 from .result import ContinuedChatCompletion
 from .retry import default_retry, is_transient
 from .trace import ContinuationTrace, RoundTrace
+from .wrapping import wrap
 
 __version__ = "0.1.0"
 

@@ -1,19 +1,17 @@
-"""The SDK-shaped surface: ``wrap()``, ``create()`` and ``acreate()``.
+"""The function form, ``create()`` and ``acreate()``, and what every way in shares: options, transports, drivers.
 
-A wrapped client is the caller's client with one method replaced: ``chat.completions.create`` continues replies
-cut off by the output limit. Everything else passes through to the client untouched.
+``wrap()`` (:mod:`autocontinue.wrapping`), the decorator and the request layer (:mod:`autocontinue.raw`) all run a
+call with :func:`run_sync` / :func:`run_async`, whose rounds go through a :class:`Transport` and are marked as
+autocontinue's own (:func:`in_round`), so that no hook continues them a second time.
 """
 
 from __future__ import annotations
 
-import copy as _copy
 import dataclasses
-import functools
-import inspect
 import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import openai
 import tenacity
@@ -21,7 +19,6 @@ from openai.resources.chat.completions import AsyncCompletions, Completions
 from openai.types.chat import ChatCompletion
 
 from . import budget as _budget
-from . import raw
 from .budget import Price, PriceTable, StopCondition
 from .core import Continuation, DoRequest, Settings
 from .dialects import Dialect, resolve_dialect
@@ -33,9 +30,23 @@ from .tokens import TokenCounter, default_counter
 if TYPE_CHECKING:
     from .drivers.stream import AsyncContinuedStream, ContinuedStream
 
-__all__ = ["DEFAULT_MAX_ROUNDS", "OPTION_NAMES", "acreate", "create", "make_settings", "trace_of", "wrap"]
-
-ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
+__all__ = [
+    "DEFAULT_MAX_ROUNDS",
+    "OPTION_NAMES",
+    "RawRounds",
+    "Transport",
+    "acreate",
+    "create",
+    "in_round",
+    "make_settings",
+    "parse_request",
+    "raw_rounds",
+    "run_async",
+    "run_sync",
+    "trace_of",
+    "transport_for",
+    "unwrap",
+]
 
 #: rounds per call unless the caller says otherwise; a call is always bounded
 DEFAULT_MAX_ROUNDS = 10
@@ -137,7 +148,7 @@ def make_settings(
     )
 
 
-class _Transport:
+class Transport:
     """Sends one round: through a copy of the client without SDK retries (ours replace them), routed per round."""
 
     def __init__(self, client: Any, settings: Settings) -> None:
@@ -195,7 +206,7 @@ class RawRounds:
     ``request_id`` and ``http_response`` are those of the latest round. ``on_response`` is told of each new one.
     """
 
-    def __init__(self, transport: _Transport) -> None:
+    def __init__(self, transport: Transport) -> None:
         self._transport = transport
         self.base_url = transport.base_url
         self.response: Any = None
@@ -214,10 +225,10 @@ class RawRounds:
         return self._keep(await self._transport.asend(_asking_raw(action)))
 
 
-_transports: weakref.WeakKeyDictionary[Any, dict[bool, _Transport]] = weakref.WeakKeyDictionary()
+_transports: weakref.WeakKeyDictionary[Any, dict[bool, Transport]] = weakref.WeakKeyDictionary()
 
 
-def _transport(client: Any, settings: Settings, last: _Transport | None = None) -> _Transport:
+def transport_for(client: Any, settings: Settings, last: Transport | None = None) -> Transport:
     """The transport for ``client`` (``last``, the one used before, when it is still right)."""
     url = _base_url_of(client)
     if last is not None and last.url is url and last.retries == (settings.retry is not None):
@@ -226,7 +237,7 @@ def _transport(client: Any, settings: Settings, last: _Transport | None = None) 
     key = settings.retry is not None
     transport = per_client.get(key)
     if transport is None or transport.url is not url:  # new, or the client's base_url was changed
-        transport = per_client[key] = _Transport(client, settings)
+        transport = per_client[key] = Transport(client, settings)
     return transport
 
 
@@ -253,16 +264,16 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _begin(
-    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | RawRounds | None
-) -> tuple[Continuation, _Transport | RawRounds]:
+    client: Any, settings: Settings, kwargs: dict[str, Any], transport: Transport | RawRounds | None
+) -> tuple[Continuation, Transport | RawRounds]:
     """The checked call's core and the transport its rounds go through (the sync and async drivers' shared start)."""
     if transport is None:
-        transport = _transport(_unwrap(client), settings)
+        transport = transport_for(unwrap(client), settings)
     return Continuation(kwargs, settings, base_url=transport.base_url), transport
 
 
 def run_sync(
-    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | RawRounds | None = None
+    client: Any, settings: Settings, kwargs: dict[str, Any], transport: Transport | RawRounds | None = None
 ) -> ChatCompletion | ContinuedStream:
     """One continued call on a sync client (streaming when ``stream=True``), through ``transport`` if given."""
     core, transport = _begin(client, settings, kwargs, transport)
@@ -274,7 +285,7 @@ def run_sync(
 
 
 async def run_async(
-    client: Any, settings: Settings, kwargs: dict[str, Any], transport: _Transport | RawRounds | None = None
+    client: Any, settings: Settings, kwargs: dict[str, Any], transport: Transport | RawRounds | None = None
 ) -> ChatCompletion | AsyncContinuedStream:
     """One continued call on an async client (streaming when ``stream=True``), through ``transport`` if given."""
     core, transport = _begin(client, settings, kwargs, transport)
@@ -287,7 +298,7 @@ async def run_async(
 
 def raw_rounds(client: Any, settings: Settings) -> RawRounds:
     """Rounds for a call on ``client`` (wrapped or not) that keep each round's HTTP response."""
-    return RawRounds(_transport(_unwrap(client), settings))
+    return RawRounds(transport_for(unwrap(client), settings))
 
 
 def create(client: openai.OpenAI, **kwargs: Any) -> Any:
@@ -310,85 +321,7 @@ async def acreate(client: openai.AsyncOpenAI, **kwargs: Any) -> Any:
     return await run_async(client, make_settings(**options), request)
 
 
-class _Proxy:
-    """Passes every attribute through to the wrapped object, except those the subclass defines."""
-
-    def __init__(self, target: Any) -> None:
-        object.__setattr__(self, "_target", target)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._target, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._target, name, value)
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(dir(self._target)) | set(super().__dir__()))
-
-
-class _ContinuingCompletions(_Proxy):
-    """``chat.completions`` of a wrapped sync client: ``create``, ``parse`` and their raw-response forms continue."""
-
-    def __init__(self, target: Any, client: Any, settings: Settings) -> None:
-        super().__init__(target)
-        object.__setattr__(self, "_client", client)
-        object.__setattr__(self, "_settings", settings)
-        object.__setattr__(self, "_last_transport", None)
-        object.__setattr__(self, "_raw_resource", None)
-
-    def _transport(self) -> _Transport:
-        # The transport of the last call, while still right for the client: spares the weak cache's lookup.
-        transport = _transport(self._client, self._settings, self._last_transport)
-        object.__setattr__(self, "_last_transport", transport)
-        return transport
-
-    def _resource(self) -> Any:
-        # The SDK's own resource class, bound to a wrapped client: its raw-response wrappers then send through that
-        # client's request layer, which continues /chat/completions (see _wrapper_class).
-        resource = self._raw_resource
-        if resource is None:
-            resource = type(self._target)(_wrapped(self._client, self._settings))
-            object.__setattr__(self, "_raw_resource", resource)
-        return resource
-
-    @property
-    def with_raw_response(self) -> Any:
-        """The SDK's ``with_raw_response``, continued: ``.parse()`` of its result gives the joined reply; headers,
-        ``request_id`` and ``http_response`` are the last round's."""
-        return self._resource().with_raw_response
-
-    @property
-    def with_streaming_response(self) -> Any:
-        """The SDK's ``with_streaming_response``, continued like :attr:`with_raw_response`."""
-        return self._resource().with_streaming_response
-
-    def create(self, **kwargs: Any) -> Any:
-        """``chat.completions.create``, continued until the reply is complete (same arguments as the SDK)."""
-        return run_sync(self._client, self._settings, kwargs, self._transport())
-
-    def parse(self, **kwargs: Any) -> Any:
-        """``chat.completions.parse``, continued: the joined reply is parsed into ``response_format`` (a pydantic
-        model) exactly as the SDK does, so a reply cut by the limit no longer raises ``LengthFinishReasonError``
-        unless a budget ended it. The result's ``continuation`` is the trace."""
-        request, finish = _parse_request(kwargs)
-        return finish(run_sync(self._client, self._settings, request, self._transport()))
-
-
-class _AsyncContinuingCompletions(_ContinuingCompletions):
-    """The async twin: ``create`` and ``parse`` are ``async def``, as frameworks check with
-    ``inspect.iscoroutinefunction`` to tell an async client from a sync one."""
-
-    async def create(self, **kwargs: Any) -> Any:
-        """``chat.completions.create``, continued until the reply is complete (same arguments as the SDK)."""
-        return await run_async(self._client, self._settings, kwargs, self._transport())
-
-    async def parse(self, **kwargs: Any) -> Any:
-        """``chat.completions.parse``, continued (see the sync client's)."""
-        request, finish = _parse_request(kwargs)
-        return finish(await run_async(self._client, self._settings, request, self._transport()))
-
-
-def _parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+def parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """The create() arguments of a parse() call, and the function that turns the joined completion into the SDK's
     ``ParsedChatCompletion``. Uses the SDK's own parsing helpers, so results match ``parse()`` exactly."""
     from openai.lib._parsing._completions import (
@@ -414,146 +347,7 @@ def _parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     return request, finish
 
 
-class _ContinuingChat(_Proxy):
-    def __init__(self, target: Any, completions: _ContinuingCompletions) -> None:
-        super().__init__(target)
-        object.__setattr__(self, "completions", completions)
-
-
-class _ContinuingBeta(_Proxy):
-    """``client.beta`` with its ``chat`` continued (the SDK keeps ``beta.chat.completions`` as a second way in)."""
-
-    def __init__(self, target: Any, chat: _ContinuingChat) -> None:
-        super().__init__(target)
-        object.__setattr__(self, "chat", chat)
-
-
-def _continuing_chat(chat: Any, client: Any, settings: Settings, asynchronous: bool) -> _ContinuingChat:
-    kind = _AsyncContinuingCompletions if asynchronous else _ContinuingCompletions
-    return _ContinuingChat(chat, kind(chat.completions, client, settings))
-
-
-def wrap(client: ClientT, **options: Any) -> ClientT:
-    """Return ``client`` with ``chat.completions.create`` continuing cut-off replies.
-
-    Works for ``OpenAI``, ``AsyncOpenAI``, ``AzureOpenAI`` and ``AsyncAzureOpenAI``; every other attribute passes
-    through. Options as for :func:`create`, checked now rather than at the first call.
-    """
-    if not isinstance(client, openai.OpenAI | openai.AsyncOpenAI):
-        raise ConfigurationError(f"wrap() takes an OpenAI or AsyncOpenAI client, got {type(client).__name__}")
-    unknown = sorted(set(options) - OPTION_NAMES)
-    if unknown:
-        raise ConfigurationError(f"wrap() got unknown option(s) {unknown}; expected some of {sorted(OPTION_NAMES)}")
-    return _wrapped(client, make_settings(**options))
-
-
-def _wrapped(client: ClientT, settings: Settings) -> ClientT:
-    """A client of a subclass of ``client``'s class whose ``chat.completions`` continues.
-
-    It shares the original's state (a shallow copy: same connection pool, same options), its resources are the
-    original's very objects, and it passes ``isinstance`` checks; only ``chat`` differs.
-    """
-    original = _unwrap(client)
-    wrapped: Any = _copy.copy(original)
-    wrapped.__class__ = _wrapper_class(type(original))
-    asynchronous = isinstance(original, openai.AsyncOpenAI)
-    state = vars(wrapped)
-    state["__wrapped__"] = original
-    state["_autocontinue_chat"] = _continuing_chat(original.chat, original, settings, asynchronous)
-    state["_autocontinue_settings"] = settings
-    result: ClientT = wrapped
-    return result
-
-
-_wrapper_classes: dict[type, type] = {}
-
-
-def _delegate(name: str) -> property:
-    def get(self: Any) -> Any:
-        return getattr(vars(self)["__wrapped__"], name)
-
-    return property(get)
-
-
-def _wrapper_class(cls: type) -> type:
-    """``Continuing<Client>``: ``cls`` with ``chat`` continued, ``with_options``/``copy`` still wrapped, and every
-    other resource delegated to the original client (so ``wrapped.models is client.models``)."""
-    known = _wrapper_classes.get(cls)
-    if known is not None:
-        return known
-    namespace: dict[str, Any] = {}
-    for name in dir(cls):
-        if name not in ("chat", "beta") and isinstance(
-            inspect.getattr_static(cls, name, None), functools.cached_property
-        ):
-            namespace[name] = _delegate(name)
-    if hasattr(cls, "beta"):
-        # A property, not a cached_property: the wrapped client is a copy of the original, whose own cached
-        # ``beta`` may be in the copied instance dict, and only a data descriptor takes precedence over it.
-        namespace["beta"] = property(_continuing_beta, doc="beta, with beta.chat.completions continued")
-
-    def with_options(self: Any, **kwargs: Any) -> Any:
-        return _wrapped(vars(self)["__wrapped__"].with_options(**kwargs), vars(self)["_autocontinue_settings"])
-
-    namespace["request"] = _async_request(cls) if issubclass(cls, openai.AsyncOpenAI) else _sync_request(cls)
-    namespace.update(
-        chat=property(lambda self: vars(self)["_autocontinue_chat"], doc="chat, with completions continued"),
-        with_options=with_options,
-        copy=with_options,
-        __repr__=lambda self: f"autocontinue.wrap({vars(self)['__wrapped__']!r})",
-        __module__=__name__,
-    )
-    subclass = type(f"Continuing{cls.__name__}", (cls,), namespace)
-    _wrapper_classes[cls] = subclass
-    return subclass
-
-
-# The request layer of a wrapped client: what reaches /chat/completions on it without going through its
-# chat.completions (client.post, as litellm sends it; the raw-response forms, routed here by _ContinuingCompletions)
-# is continued too. Anything else goes to the client class's own request method, looked up at call time.
-
-
-def _sync_request(cls: type) -> Callable[..., Any]:
-    def request(self: Any, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
-        if raw.is_chat_request(options) and not in_round():
-            state = vars(self)
-            stream, stream_cls = kwargs.get("stream", False), kwargs.get("stream_cls")
-            settings = state["_autocontinue_settings"]
-            return raw.continue_request(state["__wrapped__"], settings, cast_to, options, stream, stream_cls)
-        return cls.request(self, cast_to, options, *args, **kwargs)  # type: ignore[attr-defined]
-
-    return request
-
-
-def _async_request(cls: type) -> Callable[..., Any]:
-    async def request(self: Any, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
-        if raw.is_chat_request(options) and not in_round():
-            state = vars(self)
-            stream, stream_cls = kwargs.get("stream", False), kwargs.get("stream_cls")
-            settings = state["_autocontinue_settings"]
-            return await raw.acontinue_request(state["__wrapped__"], settings, cast_to, options, stream, stream_cls)
-        return await cls.request(self, cast_to, options, *args, **kwargs)  # type: ignore[attr-defined]
-
-    return request
-
-
-def _continuing_beta(self: Any) -> _ContinuingBeta | Any:
-    """The original client's ``beta``, with ``beta.chat.completions`` continuing like ``chat.completions``."""
-    state = vars(self)
-    made = state.get("_autocontinue_beta")
-    if made is not None:
-        return made
-    original, settings = state["__wrapped__"], state["_autocontinue_settings"]
-    beta = original.beta
-    chat = getattr(beta, "chat", None)
-    if chat is None:
-        return beta
-    asynchronous = isinstance(original, openai.AsyncOpenAI)
-    made = state["_autocontinue_beta"] = _ContinuingBeta(beta, _continuing_chat(chat, original, settings, asynchronous))
-    return made
-
-
-def _unwrap(client: Any) -> Any:
+def unwrap(client: Any) -> Any:
     """The caller's own client behind a wrapped one."""
     return vars(client).get("__wrapped__", client) if hasattr(client, "__dict__") else client
 
