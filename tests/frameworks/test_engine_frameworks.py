@@ -60,7 +60,7 @@ def one_shot(engine: LocalEngine) -> OneShot:
 def test_langchain_invoke_wrapped(engine: LocalEngine, one_shot: OneShot) -> None:
     client = autocontinue.wrap(openai.OpenAI(base_url=engine.base_url, api_key="unused"), **OPTIONS)
     clients = {"client": client.chat.completions, "root_client": client}
-    llm = ChatOpenAI(model=engine.model, max_tokens=one_shot.round_tokens, **clients, **GREEDY)
+    llm = ChatOpenAI(model=engine.model, max_tokens=one_shot.round_tokens, api_key="unused", **clients, **GREEDY)
     assert llm.invoke(PROMPT).content == one_shot.text
 
 
