@@ -70,7 +70,10 @@ def is_chat_request(options: Any) -> bool:
     """Whether the SDK request ``options`` is a chat completion that autocontinue continues."""
     if options.url != "/chat/completions" or options.method.lower() != "post":
         return False
-    if not isinstance(options.json_data, Mapping) or options.files is not None or options.content is not None:
+    # getattr: older SDK releases have no ``content`` option
+    if not isinstance(options.json_data, Mapping) or options.files is not None:
+        return False
+    if getattr(options, "content", None) is not None:
         return False
     headers = _headers(options)
     if not headers:
