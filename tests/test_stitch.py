@@ -170,7 +170,7 @@ def test_only_a_bounded_tail_is_read(heal: bool, strip: bool) -> None:
     assert n == (size - 1 if not (heal or strip) else size - 3)
 
 
-text_alphabet = st.sampled_from([*"ab ,.\n\t日😀", REPLACEMENT_CHAR, "  ", "word", " x"])
+text_alphabet = st.sampled_from([*"ab ,.\n\t日😀", REPLACEMENT_CHAR, "  ", "word", " x", "<code>", "</b"])
 texts = st.lists(text_alphabet, max_size=400).map("".join)
 
 
@@ -199,7 +199,20 @@ def test_shortcut_agrees_with_general_rule(text: str, data: st.DataObject, heal:
 @given(
     text=texts,
     piece=st.sampled_from(
-        [*"ab ,.\n\t_日😀", REPLACEMENT_CHAR, " x", " word", "x ", ", and", "4", " a b", " ab.", ".x ", " \ufffd"]
+        [
+            *"ab ,.\n\t_日😀<>",
+            REPLACEMENT_CHAR,
+            " x",
+            " word",
+            "x ",
+            ", and",
+            "4",
+            " a b",
+            " ab.",
+            ".x ",
+            " \ufffd",
+            "</",
+        ]
     ),
 )
 def test_a_word_ending_before_the_last_piece_is_where_a_heal_cuts(text: str, piece: str) -> None:
@@ -207,8 +220,27 @@ def test_a_word_ending_before_the_last_piece_is_where_a_heal_cuts(text: str, pie
     assume(text)
     whole = text + piece
     expected = [hold_back_point(whole, 0, floor=0, heal=True, strip_whitespace=strip) for strip in (False, True)]
-    if word_ends_before(text[-1], piece):
+    if word_ends_before(text, piece):
         assert expected == [len(text), len(text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "sent"),
+    [
+        ("The JSON object is:\n\n<code>{", "The JSON object is"),
+        ("1. <strong>Start with the basics</strong>.", "1. <strong>Start with the basics"),
+        ("see <a href", "see"),
+        ("a < b and c", "a < b and"),  # a comparison is no tag
+    ],
+)
+def test_a_heal_never_cuts_inside_a_markup_tag(text: str, sent: str) -> None:
+    # Gemma's tokenizer has whole tags ("<code>", "</strong>") as single tokens: the end of the word that opens a
+    # tag is no token boundary, so the cut goes before the tag.
+    for strip in (False, True):
+        assert hold_back_point(text, 0, floor=0, heal=True, strip_whitespace=strip) == len(sent)
+    assert not word_ends_before("x <code", ">")
+    assert not word_ends_before("the </strong", ">.")
+    assert word_ends_before("a < b", " and")
 
 
 @SETTINGS
@@ -385,6 +417,84 @@ def test_continuation_is_not_a_restart() -> None:
     out, seam = join(SeamPlan(sent="The answer is 4", restart_probe="The answer is"), ["2, because."])
     assert not seam.restarted
     assert out == "2, because."
+
+
+FIRST = "Hello! How are you?\n\nI am fine."
+
+
+def _splits(text: str) -> list[list[str]]:
+    """The reply whole, in characters, and in pieces of 5."""
+    return [[text], list(text), [text[i : i + 5] for i in range(0, len(text), 5)]]
+
+
+@pytest.mark.parametrize("pieces", _splits(FIRST))
+def test_round_one_reply_again_is_a_restart_under_greedy_decoding(pieces: list[str]) -> None:
+    # A host that ignored the prefix writes round 1's reply again, whole (no echo: nothing was received).
+    plan = SeamPlan(sent=FIRST + " And", held=" you", echo="maybe", restart_probe="Hello! How", restart_reply=FIRST)
+    out, seam = join(plan, pieces)
+    assert seam.restarted
+    assert out == ""
+
+
+@pytest.mark.parametrize("pieces", _splits("Hello! How are you?\n\nHello! How are you?\n\nI am"))
+def test_the_opening_written_again_is_kept_when_the_reply_leaves_round_one(pieces: list[str]) -> None:
+    # Greedy decoding, no echo: the reply begins with the opening but is not round 1's reply, so the host received
+    # the prefix and the model, continuing, loops back to its opening. The text is the model's: kept.
+    plan = SeamPlan(sent=FIRST + " And", held=" you", echo="maybe", restart_probe="Hello! How", restart_reply=FIRST)
+    out, seam = join(plan, [" you.\n\n", *pieces])
+    assert not seam.restarted
+    assert out == " you.\n\n" + "".join(pieces)
+    plan = SeamPlan(sent=FIRST + " And", echo="maybe", restart_probe="Hello! How", restart_reply=FIRST)
+    out, seam = join(plan, pieces)
+    assert not seam.restarted
+    assert "opening_repeated" in seam.actions
+    assert out == "".join(pieces)
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_an_echo_beyond_round_one_proves_the_prefix_was_received(greedy: bool) -> None:
+    # llama.cpp echoes the prefix: the host received it, and the opening that follows is the model looping.
+    sent = FIRST + " And you?"
+    again = "\n\nHello! How are you?\n\nI am fine."
+    plan = SeamPlan(sent=sent, echo="maybe", restart_probe="Hello! How", restart_reply=FIRST if greedy else "")
+    for pieces in _splits(sent + again):
+        out, seam = join(plan, pieces)
+        assert not seam.restarted
+        assert out == again
+        assert seam.actions == ["echo_stripped", "opening_repeated"]
+
+
+def test_an_echo_of_round_one_then_its_opening_again_is_kept_under_greedy_decoding() -> None:
+    # Round 2 on llama.cpp: the prefix sent is round 1's reply without its held tail, so its echo alone could be
+    # round 1's reply written again; the reply goes on past round 1's end, so the host received the prefix.
+    sent, held = "Hello! How are you?", "\n\n"
+    reply = sent + "\n\nHello! How are you?\n\nHello!"
+    plan = SeamPlan(sent=sent, held=held, echo="maybe", restart_probe="Hello! How", restart_reply=sent + held)
+    for pieces in _splits(reply):
+        out, seam = join(plan, pieces)
+        assert not seam.restarted
+        assert out == "\n\nHello! How are you?\n\nHello!"
+    # Without greedy decoding the echo alone is the evidence.
+    out, seam = join(SeamPlan(sent=sent, held=held, echo="maybe", restart_probe="Hello! How"), [reply])
+    assert not seam.restarted
+    assert out == "\n\nHello! How are you?\n\nHello!"
+
+
+def test_the_opening_in_place_of_a_held_word_is_a_restart() -> None:
+    # A host that took the prefix for a finished turn and answered anew (greedy, but not round 1's reply): the
+    # reply begins with the opening where a model continuing would have written the held word first.
+    plan = SeamPlan(sent=FIRST + " And", held=" you", echo="maybe", restart_probe="Hello! How", restart_reply=FIRST)
+    for pieces in _splits("Hello! How nice to see you."):
+        out, seam = join(plan, pieces)
+        assert seam.restarted
+        assert out == ""
+
+
+def test_without_evidence_the_opening_is_a_restart() -> None:
+    # Not greedy, no echo: as before, a reply beginning with the answer's opening is taken for a restart.
+    out, seam = join(SeamPlan(sent=FIRST + " And", echo="maybe", restart_probe="Hello! How"), ["Hello! How do"])
+    assert seam.restarted
+    assert out == ""
 
 
 # -- the whole seam, any split of any reply
