@@ -381,7 +381,7 @@ def test_model_chooses_the_local_model() -> None:
     args = ["--model", "gemma3", "--max-tokens", "8", "--max-rounds", "3", "--temperature", "0", "--json"]
     result = run_cli(*args, "Name three rivers of Europe.")
     _no_traceback(result)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode in (0, 3), result.stderr  # 3: an answer cut by --max-rounds
     assert "gemma-3-270m" in result.stderr  # the start-up line names the model
     document: dict[str, Any] = json.loads(result.stdout)
     assert document["model"] == "gemma-3-270m"
