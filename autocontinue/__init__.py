@@ -15,6 +15,7 @@ from .errors import (
     ConfigurationError,
     ContinuationFailed,
     InvalidJSONError,
+    MalformedResponse,
     TruncatedToolCallError,
     UnknownPriceError,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Dialect",
     "Instruction",
     "InvalidJSONError",
+    "MalformedResponse",
     "Partial",
     "Prefill",
     "Prefix",

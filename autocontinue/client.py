@@ -280,7 +280,7 @@ def run_sync(
     if kwargs.get("stream") is True:
         from .drivers.stream import ContinuedStream
 
-        return ContinuedStream(core, transport.send)
+        return ContinuedStream.open(core, transport.send)
     return sync.run(core, transport.send)
 
 
@@ -292,7 +292,7 @@ async def run_async(
     if kwargs.get("stream") is True:
         from .drivers.stream import AsyncContinuedStream
 
-        return AsyncContinuedStream(core, transport.asend)
+        return await AsyncContinuedStream.open(core, transport.asend)
     return await aio.run(core, transport.asend)
 
 

@@ -28,6 +28,10 @@ from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceL
 from openai.types.completion_usage import CompletionUsage
 
 from . import _limits, _log
+from ._estimate import added_prompt_tokens
+from ._progress import Progress
+from ._shape import completion_problem, finish_problem, usage_problem
+from ._shares import Share
 from .budget import BudgetState, Price, PriceTable, StopCondition
 from .dialects import Dialect, DialectChoice, Instruction, Partial, resolve_dialect
 from .errors import (
@@ -35,6 +39,7 @@ from .errors import (
     ContinuationFailed,
     IncompleteStream,
     InvalidJSONError,
+    MalformedResponse,
     TruncatedToolCallError,
 )
 from .jsoncheck import check_json
@@ -156,6 +161,7 @@ class _Round:
     logprob_queue: deque[Any] = field(default_factory=deque)
     logprob_credit: int = 0  # released characters not yet matched to queued entries
     fresh_logprobs: list[Any] = field(default_factory=list)  # entries released by the last chunk
+    overhead: int = 0  # prompt tokens the dialect added around the prefix (counted only with a price)
 
 
 class Continuation:
@@ -180,7 +186,10 @@ class Continuation:
     _flush = ""  # text released when a round ended, not yet handed to the stream
     _limit_override: int | None = None  # a larger limit for a retried round
     _enlarged = False  # a round is retried with a larger limit at most once per call
-    _loops: _LoopWatch | None = None  # made when a round is cut, as only then is looping possible
+    _progress: Progress | None = None  # made when a round is cut, as only then can a call stall or loop
+    _share: Share | None = None  # n > 1: how this choice shares the call's budgets
+    _malformed: MalformedResponse | None = None  # a streamed chunk of the wrong shape ended the round
+    _overhead: tuple[int, int] = (-1, 0)  # (text length, tokens) the dialect adds to the next prompt
     _first_reply = ""  # round 1's reply, kept while a fallback dialect waits: evidence against a restart
     #: set by :meth:`on_chunk` when a streamed round must end before its reply does (a budget is reached)
     stop_reading = False
@@ -193,11 +202,13 @@ class Continuation:
         base_url: str,
         clock: Callable[[], float] = time.monotonic,
         seed: ChatCompletion | None = None,
+        share: Share | None = None,
     ) -> None:
         self._call = call = CallRequest.parse(kwargs)
         # n > 1: the first request asks for every choice; this object continues choice 0, and one seeded object
         # per other choice (see take_siblings) continues that choice from the same first reply.
         self._seed = seed
+        self._share = share
         self._siblings: list[ChatCompletion] = []
         self._settings = settings
         self._base_url = base_url
@@ -227,7 +238,7 @@ class Continuation:
             self._dialect = Instruction()
             self.trace.dialect = self._dialect.name
         if needs_price:
-            left = settings.stop.tokens_left(self._budget_state())
+            left = self._tokens_left(self._budget_state())
             if left is not None and left <= 0:
                 raise ConfigurationError(
                     f"the cost budget does not cover the prompt of this call (about {self._last_prompt_tokens} "
@@ -251,7 +262,9 @@ class Continuation:
         seeds, self._siblings = self._siblings, []
         kwargs = {**self._call.kwargs, "n": None}
         return [
-            Continuation(kwargs, self._settings, base_url=self._base_url, clock=self._clock, seed=seed)
+            Continuation(
+                kwargs, self._settings, base_url=self._base_url, clock=self._clock, seed=seed, share=self._share
+            )
             for seed in seeds
         ]
 
@@ -262,10 +275,11 @@ class Continuation:
     def on_response(self, completion: ChatCompletion) -> Action:
         """A whole (non-streamed) reply arrived."""
         current = self._current()
+        problem = completion_problem(completion)
+        if problem is not None:
+            return self.on_error(MalformedResponse(f"the provider's reply is malformed: {problem}"))
         if self._first is None:
             self._first = completion
-        if not completion.choices:
-            return self._fail_round(ValueError("the provider returned a completion without choices"))
         if len(completion.choices) > 1:
             completion = self._split_choices(completion)
         choice = completion.choices[0]
@@ -296,10 +310,8 @@ class Continuation:
         (prompt to choice 0, completion tokens in proportion to each choice's text) so that sums stay exact."""
         choices = sorted(completion.choices, key=lambda c: c.index)
         usage = completion.usage
-        shares = _split_tokens(
-            usage.completion_tokens if usage is not None else 0,
-            [self._settings.counter.count(c.message.content or "") for c in choices],
-        )
+        counts = [self._settings.counter.count(c.message.content or "") for c in choices]
+        shares = _split_tokens(usage.completion_tokens if usage is not None else 0, counts)
         singles = []
         for i, choice in enumerate(choices):
             part = None
@@ -315,6 +327,13 @@ class Continuation:
                 completion.model_copy(update={"choices": [choice.model_copy(update={"index": 0})], "usage": part})
             )
         self._siblings = singles[1:]
+        counter = self._settings.counter
+        if usage is not None:
+            first_tokens, prompt, cached = usage.completion_tokens, usage.prompt_tokens, _cached(usage)
+        else:
+            first_tokens, prompt, cached = sum(counts), counter.count_messages(self._call.messages), 0
+        cost = self._price.cost(prompt, first_tokens, cached) if self._price else 0.0
+        self._share = Share(choices=len(choices), first_tokens=first_tokens, first_cost=cost)
         return singles[0]
 
     def on_chunk(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk | None:
@@ -324,27 +343,57 @@ class Continuation:
         :meth:`on_stream_end`.
         """
         # This runs for every chunk of every stream: fields are read from the models' dicts, and the common case
-        # (a piece of text and nothing else) takes no detour.
+        # (a piece of text and nothing else) takes no detour. A chunk of the wrong shape (the SDK does not validate
+        # them) fails a lookup or a check below: the round then ends as a failed one (see _reject), its text kept.
         current = self._round or self._current()
-        if self._first is None:
-            self._first = chunk
-            self._stream_id = chunk.id or "chatcmpl-autocontinue"
-        # The chunk object is ours alone (fresh from the SDK's parser): it is reused rather than copied, and written
-        # through its dicts, as pydantic's __setattr__ would cost more than the rest of a chunk's handling.
-        head = chunk.__dict__
-        if head["usage"] is not None:
-            current.usage = head["usage"]
-            head["usage"] = None
-        head["id"] = self._stream_id
-        choices = head["choices"]
-        if not choices:
+        try:
+            # The chunk object is ours alone (fresh from the SDK's parser): it is reused rather than copied, and
+            # written through its dicts, as pydantic's __setattr__ would cost more than the rest of its handling.
+            head = chunk.__dict__
+            choices = head["choices"]
+            usage = head["usage"]
+            if self._first is None:
+                if not isinstance(chunk, ChatCompletionChunk):
+                    raise TypeError("not a chunk")
+                self._first = chunk
+                self._stream_id = chunk.id or "chatcmpl-autocontinue"
+            if usage is not None:
+                problem = usage_problem(usage)
+                if problem is not None:
+                    raise TypeError(problem)
+                current.usage = usage
+                head["usage"] = None
+            head["id"] = self._stream_id
+            if not choices:
+                if choices is None or choices == []:
+                    return None
+                raise TypeError("choices is not a list")
+            choice = choices[0]
+            top = choice.__dict__
+            delta = top["delta"]
+            fields = delta.__dict__
+            return self._on_choice(current, chunk, top, delta, fields)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as error:
+            self._reject(current, error)
             return None
-        choice = choices[0]
-        top = choice.__dict__
-        delta = top["delta"]
-        fields = delta.__dict__
+
+    def _reject(self, current: _Round, error: BaseException) -> None:
+        """A streamed chunk of the wrong shape: the round stops here, as if its stream had broken."""
+        detail = str(error) if isinstance(error, TypeError) and str(error).startswith(("a ", "usage", "the ")) else ""
+        self._malformed = MalformedResponse(
+            "the provider sent a malformed stream chunk" + (f": {detail}" if detail else f" ({type(error).__name__})")
+        )
+        current.finish_reason = None
+        self.stop_reading = True
+
+    def _on_choice(
+        self, current: _Round, chunk: ChatCompletionChunk, top: dict[str, Any], delta: Any, fields: dict[str, Any]
+    ) -> ChatCompletionChunk | None:
         if top["finish_reason"] is not None:
-            current.finish_reason = top["finish_reason"]
+            finish = top["finish_reason"]
+            if finish.__class__ is not str:
+                raise TypeError(finish_problem(finish))
+            current.finish_reason = finish
             top["finish_reason"] = None  # interim finish reasons are swallowed; the last chunk carries the final one
         if fields.get("tool_calls"):
             current.tool_calls.extend(fields["tool_calls"])
@@ -356,6 +405,20 @@ class Continuation:
             current.logprob_queue.extend(top["logprobs"].content or ())
             top["logprobs"] = None
         content = fields.get("content")
+        if content.__class__ is not str and content is not None:
+            raise TypeError(f"a delta's content is a {type(content).__name__}, not text")
+        limit = self._round_limit
+        if (
+            content
+            and limit is not None
+            and current.content_chunks - current.seam.echo_pieces >= max(1, limit)
+            and (current.seam.echo_pieces < current.content_chunks or current.raw_chars >= len(current.sent))
+        ):
+            # A server that ignores the request's limit: every content chunk carries at least one token, so this
+            # one would go past the budget. It is not fed (nor delivered): the round ends before it.
+            current.finish_reason = "length"
+            self.stop_reading = True
+            return None
         released = self._feed(current, content) if content else ""
         if current.fresh_logprobs:
             top["logprobs"] = ChoiceLogprobs.model_construct(content=current.fresh_logprobs, refusal=None)
@@ -378,6 +441,9 @@ class Continuation:
     def on_stream_end(self) -> Action:
         """The upstream stream ended (or was closed because a budget was reached)."""
         current = self._current()
+        if self._malformed is not None:
+            error, self._malformed = self._malformed, None
+            return self.on_error(error)
         if current.finish_reason is None:
             return self.on_error(IncompleteStream("the stream ended without a finish_reason"))
         return self._end_round()
@@ -480,6 +546,7 @@ class Continuation:
         reasoning = "".join(self._reasoning) if self._reasoning else ""
         seam: Seam
         pieces: list[str] = []
+        overhead = 0
         if text == "" and not call.has_prefix and not reasoning:
             sent, held = "", ""
             messages: list[Any] = list(call.messages)
@@ -502,6 +569,7 @@ class Continuation:
                 cut = max(cut, self._released)  # never take back what a stream has already delivered
             sent, held = text[:cut], text[cut:]
             messages = self._dialect.messages(call.messages, sent, call.prefix_template, reasoning)
+            overhead = self._dialect_overhead(messages[len(call.messages) :], sent) if self._price else 0
             kwargs = dict(call.kwargs)
             kwargs.pop("n", None)
             extra = self._dialect.extra_body(call.kwargs.get("extra_body"), reasoning)
@@ -541,6 +609,7 @@ class Continuation:
             skip=max(0, self._released - len(sent)),
             released_at_start=self._released,
             logprob_queue=self._carry_logprobs(len(sent)) if self._last_queue else deque(),
+            overhead=overhead,
         )
         return DoRequest(kwargs, base_url)
 
@@ -562,7 +631,10 @@ class Continuation:
 
     def _clamp(self, kwargs: dict[str, Any]) -> None:
         """Keep the caller's per-round limit (or a retried round's larger one), lowered to what budgets allow."""
-        left = self._settings.stop.tokens_left(self._budget_state())
+        left = self._tokens_left(self._budget_state())
+        if left is not None and self._first is None and self._seed is None and self._call.kwargs.get("n", 1) > 1:
+            # The first request of an n > 1 call: every choice may write the limit, so each gets its share.
+            left //= self._call.kwargs["n"]
         self._round_limit = left
         override = self._limit_override
         if left is None and override is None:
@@ -586,14 +658,10 @@ class Continuation:
         # The round just spent counts (it is paid for) before deciding whether another one fits.
         usage, _ = self._usage_of(current)
         cost = self._price.cost(usage.prompt_tokens, usage.completion_tokens, _cached(usage)) if self._price else 0.0
-        after = self._budget_state()._replace(
-            rounds=len(self.trace.rounds) + 1,
-            completion_tokens=self._completion_tokens + usage.completion_tokens,
-            cost_usd=(self.trace.cost_usd or 0.0) + cost,
-        )
+        after = self._budget_state(rounds=1, tokens=usage.completion_tokens, cost=cost)
         if self._settings.stop(after) is not None:
             return None
-        return _limits.doubled(had, left=self._settings.stop.tokens_left(after), cap=self._settings.max_round_tokens)
+        return _limits.doubled(had, left=self._tokens_left(after), cap=self._settings.max_round_tokens)
 
     def _feed(self, current: _Round, delta: str) -> str:
         """Pass reply text through the seam; return the text now safe to hand to a stream."""
@@ -698,34 +766,32 @@ class Continuation:
         self._commit(current, new_text)
         if not cut:
             return self._done(_cause_of(finish), finish_reason=_final_finish(finish), tool_calls=tool_calls)
-        cause = self._settings.stop(self._budget_state())
-        if cause is None and self._settings.stop.tokens_left(self._budget_state()) == 0:
+        state = self._budget_state()
+        cause = self._settings.stop(state)
+        if cause is None and self._tokens_left(state) == 0:
             cause = "token_budget"
         if cause is not None:
             return self._done(cause, finish_reason="length")
-        said = current.seam.model_text
-        loops = self._loops = self._loops or _LoopWatch()
-        repeated = loops.repeated(said, current.sent, (current.raw_chars, current.raw_head))
+        progress = self._progress = self._progress or Progress(self._settings.stop_on_repeat)
         stalled = len(self._text) <= before and not in_reasoning
-        if stalled and not repeated and current.held and self._after_stall(current):
+        verdict = progress.judge(
+            stalled=stalled, raw=(current.raw_chars, current.raw_head), held=bool(current.held), text=self._text
+        )
+        if verdict == "grow" and self._after_stall(current):
             # The whole round went into regenerating the text held back from the prefix (a healed word, whitespace
             # a provider refuses; tiny rounds): the next one can do better (see _after_stall) instead of stopping.
             return self._begin_round()
         if not stalled:
             self._stalls = 0
-        if stalled or repeated:
-            # A restart on a host that ignores the prefix reproduces the reply of round 1 exactly (and looks like an
-            # echo of the text so far): that, or a round that adds nothing, calls for the fallback dialect; a model
-            # repeating itself in new words does not.
-            restart_like = stalled or loops.same_reply
-            if restart_like and self._fallback is not None and current.sent:
-                # On an unknown host a round that adds nothing is most likely a restart that reproduced the text
-                # so far (and looked like an echo of it): the fallback dialect gets the next round.
-                self._switch_dialect("no progress")
-                self._loops = None
-                return self._begin_round()
-            if stalled or self._settings.stop_on_repeat:
-                return self._done("no_progress", finish_reason="length")
+        # A restart on a host that ignores the prefix reproduces the reply of round 1 exactly (and looks like an
+        # echo of the text so far): that, or a round that adds nothing, calls for the fallback dialect; a model
+        # repeating itself in new words does not.
+        if (stalled or progress.same_reply) and self._fallback is not None and current.sent:
+            self._switch_dialect("no progress")
+            self._progress = None
+            return self._begin_round()
+        if verdict != "go":
+            return self._done("no_progress", finish_reason="length")
         return self._begin_round()
 
     def _after_stall(self, current: _Round) -> bool:
@@ -737,7 +803,7 @@ class Continuation:
         if self._stalls >= _limits.MAX_STALLS:
             return False
         if current.held.isspace() and self._dialect.strips_trailing_whitespace:
-            left = self._settings.stop.tokens_left(self._budget_state())
+            left = self._tokens_left(self._budget_state())
             larger = _limits.doubled(
                 self._round_limit_of(current.kwargs), left=left, cap=self._settings.max_round_tokens
             )
@@ -840,7 +906,8 @@ class Continuation:
         usage, estimated = self._usage_of(current)
         cost = self._price.cost(usage.prompt_tokens, usage.completion_tokens, _cached(usage)) if self._price else None
         self._completion_tokens += usage.completion_tokens
-        self._last_prompt_tokens = usage.prompt_tokens + usage.completion_tokens
+        # The next prompt is this one plus the text this round added, the dialect's additions counted apart.
+        self._last_prompt_tokens = max(0, usage.prompt_tokens - current.overhead) + usage.completion_tokens
         latency = self._clock() - current.started
         record = RoundTrace(
             index=current.index,
@@ -886,15 +953,44 @@ class Continuation:
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         ), True
 
-    def _budget_state(self) -> BudgetState:
+    def _budget_state(self, *, rounds: int = 0, tokens: int = 0, cost: float = 0.0) -> BudgetState:
+        """The call so far (plus ``rounds``, ``tokens`` and ``cost`` not recorded yet), as the stop conditions see
+        it: for a choice of an ``n > 1`` call, projected onto the whole call (see ``_shares``)."""
         price = self._price
-        return BudgetState(
-            rounds=len(self.trace.rounds),
-            completion_tokens=self._completion_tokens,
-            cost_usd=self.trace.cost_usd or 0.0,
-            next_prompt_cost_usd=(self._last_prompt_tokens * price.input / 1e6) if price else 0.0,
+        state = BudgetState(
+            rounds=len(self.trace.rounds) + rounds,
+            completion_tokens=self._completion_tokens + tokens,
+            cost_usd=(self.trace.cost_usd or 0.0) + cost,
+            next_prompt_cost_usd=((self._last_prompt_tokens + self._next_overhead()) * price.input / 1e6)
+            if price
+            else 0.0,
             output_price_per_token=(price.output / 1e6) if price else None,
         )
+        share = self._share
+        if share is None or not self.trace.rounds:
+            return state
+        first = self.trace.rounds[0]
+        return share.project(state, first.usage.completion_tokens, first.cost_usd or 0.0)
+
+    def _tokens_left(self, state: BudgetState) -> int | None:
+        """Completion tokens the next round may use (a choice's share of them in an ``n > 1`` call)."""
+        left = self._settings.stop.tokens_left(state)
+        return left if self._share is None else self._share.tokens(left)
+
+    def _next_overhead(self) -> int:
+        """Prompt tokens the dialect will add around the prefix in the next round (the prefix message's own
+        overhead, an instruction turn); 0 before any text, or without a price (only the cost budget needs it)."""
+        if self._price is None or not self._text:
+            return 0
+        known_length, tokens = self._overhead
+        if known_length != len(self._text):
+            added = self._dialect.messages((), self._text, self._call.prefix_template)
+            tokens = self._dialect_overhead(added, self._text)
+            self._overhead = (len(self._text), tokens)
+        return tokens
+
+    def _dialect_overhead(self, added: list[Any], prefix: str) -> int:
+        return added_prompt_tokens(added, prefix, self._settings.counter)
 
     # ----------------------------------------------------------------------------------------------------------
     # Endings
@@ -1104,46 +1200,3 @@ def _merge_tool_deltas(deltas: list[Any]) -> list[dict[str, Any]]:
 ECHO_EVIDENCE = 16
 #: characters of each raw reply kept to recognise the same reply twice
 RAW_HEAD = 64
-#: a round that repeats the end of the text before it, at least this long, is a loop
-MIN_REPEAT = 16
-#: a round identical to the previous one, with at least this much non-whitespace, is a loop
-MIN_IDENTICAL = 6
-#: rounds in a row that each repeat one of the few rounds before them: a model cycling through short pieces
-CYCLE_STREAK = 8
-
-
-class _LoopWatch:
-    """Notices a model stuck in a loop, from what it wrote each round.
-
-    Immediately: a round identical to the previous one (with some visible text), or one that repeats the tail it
-    was given. With tiny rounds, where a word may recur legitimately, only a streak: every one of
-    :data:`CYCLE_STREAK` rounds in a row repeating one of the three rounds before it. Whitespace-only rounds are
-    never judged (a run of blank lines is text); such a call is still bounded by ``max_rounds`` and the budgets.
-    """
-
-    def __init__(self) -> None:
-        self._recent: deque[str] = deque(maxlen=3)
-        self._streak = 0
-        self._raw: tuple[int, str] = (0, "")
-        self.same_reply = False  # the last round's raw reply was the previous one's, character for character
-
-    def repeated(self, said: str, sent: str, raw: tuple[int, str] = (0, "")) -> bool:
-        """Record this round's text and its raw reply's (length, start); True when the model is looping."""
-        same_reply = raw == self._raw
-        self._raw = raw
-        self.same_reply = same_reply and len(raw[1].strip()) >= MIN_IDENTICAL
-        if self.same_reply:
-            return True  # the very same reply again (whatever the seam made of it, e.g. taken for an echo)
-        recent = self._recent
-        visible = len(said.strip())
-        previous = recent[-1] if recent else None
-        cycling = visible > 0 and said in recent
-        self._streak = self._streak + 1 if cycling else 0
-        recent.append(said)
-        if visible == 0:
-            return False
-        if said == previous and visible >= MIN_IDENTICAL:
-            return True
-        if len(said) >= MIN_REPEAT and sent.endswith(said):
-            return True
-        return self._streak >= CYCLE_STREAK

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from openai import OpenAIError
+
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
 
@@ -65,3 +67,14 @@ class TruncatedToolCallError(ContinuationFailed):
 class InvalidJSONError(ContinuationFailed):
     """A JSON-mode reply (``response_format``) was continued, and the joined text is not valid JSON (or does not
     match the schema). ``text`` (and ``partial``) hold it."""
+
+
+class MalformedResponse(AutocontinueError, OpenAIError, ValueError):
+    """The provider answered with something no chat completion looks like: a JSON array or ``null`` for a body, a
+    choice without a message, a stream chunk without a delta, a usage that is not a usage.
+
+    It is retried like any transient failure (a proxy's hiccup); when retries run out it is raised as it is if
+    nothing had been generated yet, else as the cause of :class:`ContinuationFailed`. It is an
+    ``openai.OpenAIError`` (and a ``ValueError``), so ``except openai.OpenAIError`` catches it too. The message
+    names what was wrong, never the text.
+    """

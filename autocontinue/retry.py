@@ -20,9 +20,16 @@ import tenacity
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 from tenacity.wait import wait_base
 
-from .errors import IncompleteStream
+from .errors import IncompleteStream, MalformedResponse
 
-__all__ = ["RetryTracker", "default_retry", "is_transient", "retry_after_seconds", "wait_retry_after"]
+__all__ = [
+    "RetryTracker",
+    "default_retry",
+    "is_transient",
+    "retry_after_cap",
+    "retry_after_seconds",
+    "wait_retry_after",
+]
 
 #: the longest Retry-After we honour; beyond it the error is treated like any other
 MAX_RETRY_AFTER = 60.0
@@ -32,10 +39,14 @@ _RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
 def is_transient(error: BaseException) -> bool:
-    """Connection errors, timeouts, 408/409/429, 5xx, and bodies or streams cut short: worth another try."""
-    if isinstance(error, openai.APIConnectionError | IncompleteStream):  # includes APITimeoutError
+    """Connection errors, timeouts, 408/409/429, 5xx, bodies or streams cut short, replies of the wrong shape:
+    worth another try. A server's ``x-should-retry: true`` / ``false`` decides for any status, as in the SDK."""
+    if isinstance(error, openai.APIConnectionError | IncompleteStream | MalformedResponse):  # incl. APITimeoutError
         return True
     if isinstance(error, openai.APIStatusError):
+        verdict = error.response.headers.get("x-should-retry")
+        if verdict in ("true", "false"):
+            return verdict == "true"
         return error.status_code in _RETRYABLE_STATUS or error.status_code >= 500
     if isinstance(error, openai.APIResponseValidationError | json.JSONDecodeError):
         # A body cut off in transit parses as invalid JSON: the same request can succeed.
@@ -54,20 +65,34 @@ def retry_after_seconds(error: BaseException | None) -> float | None:
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
-            return max(0.0, float(value) / 1000)
+            return _finite(float(value), value) / 1000
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        seconds = float(value)
+        return _finite(float(value), value)
     except ValueError:
         parsed = email.utils.parsedate_tz(value)
         if parsed is None:
             return None
         seconds = email.utils.mktime_tz(parsed) - time.time()
     return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _finite(seconds: float, text: str) -> float:
+    """A parsed delay. "inf"/"nan" written out are unusable (ValueError); a number too large for a float (``1e999``)
+    is an excessive delay, as the SDK reads it, not a malformed one."""
+    if math.isnan(seconds) or (math.isinf(seconds) and text.strip().lower().lstrip("+") in ("inf", "infinity")):
+        raise ValueError(text)
+    return max(0.0, seconds)
+
+
+def retry_after_cap(policy: tenacity.BaseRetrying) -> float:
+    """The longest Retry-After ``policy`` waits for: its ``wait_retry_after``'s maximum, else 60 s."""
+    wait = policy.wait
+    return wait.maximum if isinstance(wait, wait_retry_after) else MAX_RETRY_AFTER
 
 
 class wait_retry_after(wait_base):
@@ -129,6 +154,11 @@ class RetryTracker:
         state.outcome = tenacity.Future.construct(state.attempt_number, error, True)
         state.outcome_timestamp = time.monotonic()
         if not policy.retry(state):
+            return None
+        asked = retry_after_seconds(error)
+        if asked is not None and asked > retry_after_cap(policy):
+            # The server asked for a longer wait than the policy allows: like the SDK, do not retry sooner than
+            # asked (that would only be refused again); the error ends the round.
             return None
         if policy.stop(state) or state.attempt_number >= HARD_ATTEMPT_CAP:
             return None

@@ -1,9 +1,16 @@
 """The streaming drivers: one continuous stream of chunks across rounds.
 
 They only move chunks: each upstream chunk goes to the core, and whatever the core releases goes to the caller.
-Seams, budgets, retries and resumption after a dropped connection are the core's decisions. The upstream response
-is always closed: when a round ends, when the core stops reading mid-round, when the caller breaks out of the
-loop, or when the caller closes the stream.
+Seams, budgets, retries and resumption after a dropped connection are the core's decisions.
+
+The first request is sent when the stream is made (:meth:`ContinuedStream.open`), as the SDK's ``create(stream=True)``
+does, so an error before any text (a 401, a 429 after the retries) is raised by ``create()`` itself. The upstream
+response is closed when a round ends, when the core stops reading mid-round, when the caller closes the stream
+(``close()``, ``with``), and when the stream is freed: a ``for`` loop over a stream nothing else refers to closes it
+as soon as the loop is left (CPython frees it on the spot; an ``async for``'s at the event loop's next step). A
+``break`` alone cannot close a stream the caller still holds: Python tells an iterator nothing when a loop stops
+using it, and the stream may be read on (``next(stream)`` after a ``break`` goes on where it stopped, as with the
+SDK's own ``Stream``).
 """
 
 from __future__ import annotations
@@ -31,7 +38,18 @@ class ContinuedStream:
     def __init__(self, core: Continuation, send: Callable[[DoRequest], Any]) -> None:
         self._core = core
         self._send = send
-        self._iterator = self._run()
+        self._iterator: Generator[ChatCompletionChunk, None, None] = _empty()
+
+    @classmethod
+    def open(cls, core: Continuation, send: Callable[[DoRequest], Any]) -> ContinuedStream:
+        """Send the first request (retrying as the core decides) and return the stream; an error before any text
+        is raised here, as the SDK raises it from ``create(stream=True)``."""
+        stream = cls(core, send)
+        upstream, action = stream._advance(core.start())
+        if upstream is None and not isinstance(action, Done) and not core.trace.rounds:
+            raise action.error  # type: ignore[union-attr]
+        stream._iterator = stream._run(upstream, action)
+        return stream
 
     @property
     def continuation(self) -> ContinuationTrace:
@@ -65,46 +83,51 @@ class ContinuedStream:
             return
         self._iterator = _primed(first, self._iterator)
 
-    def _run(self) -> Generator[ChatCompletionChunk, None, None]:
+    def _advance(self, action: Action) -> tuple[Any, Action]:
+        """Execute requests and sleeps until an upstream response is open, or the call is over (Done / Fail)."""
         core = self._core
-        action: Action = core.start()
         while True:
             if isinstance(action, DoRequest):
                 try:
-                    upstream = self._send(action)
+                    return self._send(action), action
                 except Exception as error:
                     action = core.on_error(error)
-                    continue
-                try:
-                    pull, feed = iter(upstream).__next__, core.on_chunk  # looked up once, not per chunk
-                    while True:
-                        try:
-                            chunk = pull()
-                        except StopIteration:
-                            action = core.on_stream_end()
-                            yield from core.take_released()
-                            break
-                        except Exception as error:
-                            action = core.on_error(error)
-                            break
-                        given = feed(chunk)
-                        if given is not None:
-                            yield given
-                        if core.stop_reading:
-                            action = core.on_stream_end()
-                            yield from core.take_released()
-                            break
-                finally:
-                    upstream.close()
             elif isinstance(action, DoSleep):
                 time.sleep(action.seconds)
                 action = core.resume()
-            elif isinstance(action, Done):
-                yield from core.closing_chunks(action.completion)
-                return
             else:
-                yield from core.failing_chunks()
-                raise action.error
+                return None, action
+
+    def _run(self, upstream: Any, action: Action) -> Generator[ChatCompletionChunk, None, None]:
+        core = self._core
+        while upstream is not None:
+            try:
+                pull, feed = iter(upstream).__next__, core.on_chunk  # looked up once, not per chunk
+                while True:
+                    try:
+                        chunk = pull()
+                    except StopIteration:
+                        action = core.on_stream_end()
+                        yield from core.take_released()
+                        break
+                    except Exception as error:
+                        action = core.on_error(error)
+                        break
+                    given = feed(chunk)
+                    if given is not None:
+                        yield given
+                    if core.stop_reading:
+                        action = core.on_stream_end()
+                        yield from core.take_released()
+                        break
+            finally:
+                upstream.close()
+            upstream, action = self._advance(action)
+        if isinstance(action, Done):
+            yield from core.closing_chunks(action.completion)
+            return
+        yield from core.failing_chunks()
+        raise action.error  # type: ignore[union-attr]
 
 
 class AsyncContinuedStream:
@@ -113,7 +136,18 @@ class AsyncContinuedStream:
     def __init__(self, core: Continuation, send: Callable[[DoRequest], Awaitable[Any]]) -> None:
         self._core = core
         self._send = send
-        self._iterator = self._run()
+        self._iterator: AsyncGenerator[ChatCompletionChunk, None] = _nothing()
+
+    @classmethod
+    async def open(cls, core: Continuation, send: Callable[[DoRequest], Awaitable[Any]]) -> AsyncContinuedStream:
+        """The async twin of :meth:`ContinuedStream.open`."""
+        stream = cls(core, send)
+        upstream, action = await stream._advance(core.start())
+        if upstream is None and not isinstance(action, Done) and not core.trace.rounds:
+            raise action.error  # type: ignore[union-attr]
+        await stream._iterator.aclose()
+        stream._iterator = stream._run(upstream, action)
+        return stream
 
     @property
     def continuation(self) -> ContinuationTrace:
@@ -148,50 +182,64 @@ class AsyncContinuedStream:
             return
         self._iterator = _aprimed(first, self._iterator)
 
-    async def _run(self) -> AsyncGenerator[ChatCompletionChunk, None]:
+    async def _advance(self, action: Action) -> tuple[Any, Action]:
         core = self._core
-        action: Action = core.start()
         while True:
             if isinstance(action, DoRequest):
                 try:
-                    upstream = await self._send(action)
+                    return await self._send(action), action
                 except Exception as error:
                     action = core.on_error(error)
-                    continue
-                try:
-                    pull, feed = upstream.__aiter__().__anext__, core.on_chunk  # looked up once, not per chunk
-                    while True:
-                        try:
-                            chunk = await pull()
-                        except StopAsyncIteration:
-                            action = core.on_stream_end()
-                            for out in core.take_released():
-                                yield out
-                            break
-                        except Exception as error:
-                            action = core.on_error(error)
-                            break
-                        given = feed(chunk)
-                        if given is not None:
-                            yield given
-                        if core.stop_reading:
-                            action = core.on_stream_end()
-                            for out in core.take_released():
-                                yield out
-                            break
-                finally:
-                    await upstream.close()
             elif isinstance(action, DoSleep):
                 await asyncio.sleep(action.seconds)
                 action = core.resume()
-            elif isinstance(action, Done):
-                for out in core.closing_chunks(action.completion):
-                    yield out
-                return
             else:
-                for out in core.failing_chunks():
-                    yield out
-                raise action.error
+                return None, action
+
+    async def _run(self, upstream: Any, action: Action) -> AsyncGenerator[ChatCompletionChunk, None]:
+        core = self._core
+        while upstream is not None:
+            try:
+                pull, feed = upstream.__aiter__().__anext__, core.on_chunk  # looked up once, not per chunk
+                while True:
+                    try:
+                        chunk = await pull()
+                    except StopAsyncIteration:
+                        action = core.on_stream_end()
+                        for out in core.take_released():
+                            yield out
+                        break
+                    except Exception as error:
+                        action = core.on_error(error)
+                        break
+                    given = feed(chunk)
+                    if given is not None:
+                        yield given
+                    if core.stop_reading:
+                        action = core.on_stream_end()
+                        for out in core.take_released():
+                            yield out
+                        break
+            finally:
+                await upstream.close()
+            upstream, action = await self._advance(action)
+        if isinstance(action, Done):
+            for out in core.closing_chunks(action.completion):
+                yield out
+            return
+        for out in core.failing_chunks():
+            yield out
+        raise action.error  # type: ignore[union-attr]
+
+
+def _empty() -> Generator[ChatCompletionChunk, None, None]:
+    return
+    yield  # a generator with nothing in it
+
+
+async def _nothing() -> AsyncGenerator[ChatCompletionChunk, None]:
+    return
+    yield  # an async generator with nothing in it
 
 
 def _primed(first: ChatCompletionChunk, rest: Generator[ChatCompletionChunk, None, None]) -> Generator[Any, None, None]:

@@ -1,0 +1,75 @@
+"""Progress: whether a round that was cut moved the answer on, and when a call must stop for ``no_progress``.
+
+Two rules, each with a bound that does not depend on how the model writes:
+
+- **A round that adds nothing ends the call at once** (an empty reply, a reply that was all echo, or a repeat the
+  seam removed). One exception: a round whose whole reply went into regenerating the text held back from the
+  prefix (whitespace a provider refuses, a healed word, rounds of a token or two) gets a doubled limit instead,
+  at most :data:`MAX_GROWTHS` times in a row, and never when its reply was empty or the same as the stalled
+  round's before it (a server answering that way would answer so forever).
+- **Repetition is text until it is long**: answers repeat legitimately (a table of zeros, a rule of dashes, "one
+  one one ... one two" in rounds of two tokens), so repeated text never ends a call while it is shorter than
+  :data:`LOOP_FLOOR` characters. Once the last :data:`LOOP_FLOOR` characters of the answer are a copy of the
+  characters at most :data:`MAX_PERIOD` before them, the model is looping, and the call stops at the end of that
+  round (``stop_on_repeat=False`` turns this rule off).
+
+Everything else is bounded by ``max_rounds`` and the budgets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = ["LOOP_FLOOR", "MAX_GROWTHS", "MAX_PERIOD", "Progress", "Verdict", "loops"]
+
+#: repeated text shorter than this many characters never ends a call
+LOOP_FLOOR = 1_000
+#: the longest loop looked for (a repeated paragraph or table block up to this many characters)
+MAX_PERIOD = 4_000
+#: consecutive rounds given a larger limit because they could only regenerate held-back text
+MAX_GROWTHS = 4
+#: characters of a raw reply that, seen twice in a row, make it "the same reply" (the fallback dialect's cue)
+MIN_SAME_REPLY = 6
+
+Verdict = Literal["go", "grow", "stalled", "loop"]
+
+
+def loops(text: str) -> bool:
+    """Whether ``text`` ends in a loop: its last :data:`LOOP_FLOOR` characters already occur, verbatim, ending
+    at most :data:`MAX_PERIOD` characters earlier. One search over a bounded window at the end of the text."""
+    if len(text) <= LOOP_FLOOR:
+        return False
+    window = text[-(LOOP_FLOOR + MAX_PERIOD) :]
+    # An occurrence starting before the tail's own start, i.e. the tail repeats text p >= 1 characters back.
+    return window.rfind(window[-LOOP_FLOOR:], 0, len(window) - 1) != -1
+
+
+class Progress:
+    """Judges each cut round of one call (see the module docstring for the rules)."""
+
+    def __init__(self, stop_on_repeat: bool) -> None:
+        self._stop_on_repeat = stop_on_repeat
+        self._growths = 0
+        self._last_raw: tuple[int, str] | None = None
+        self._last_stalled: tuple[int, str] | None = None
+        #: the last round's raw reply was the previous round's, character for character (and not trivially short)
+        self.same_reply = False
+
+    def judge(self, *, stalled: bool, raw: tuple[int, str], held: bool, text: str) -> Verdict:
+        """One cut round: ``stalled`` when the answer did not grow, ``raw`` the reply's (length, start), ``held``
+        whether text was held back from the prefix, ``text`` the answer so far."""
+        self.same_reply = raw == self._last_raw and len(raw[1].strip()) >= MIN_SAME_REPLY
+        self._last_raw = raw
+        if stalled:
+            replied = raw[0] > 0
+            again = raw == self._last_stalled
+            self._last_stalled = raw
+            if replied and held and not again and not self.same_reply and self._growths < MAX_GROWTHS:
+                self._growths += 1
+                return "grow"
+            return "stalled"
+        self._growths = 0
+        self._last_stalled = None
+        if self._stop_on_repeat and loops(text):
+            return "loop"
+        return "go"
