@@ -28,6 +28,8 @@ LOOP_FLOOR = 1_000
 MAX_PERIOD = 4_000
 #: consecutive rounds given a larger limit because they could only regenerate held-back text
 MAX_GROWTHS = 4
+#: the longest unfinished last word looked past
+_WORD = 64
 #: characters of a raw reply that, seen twice in a row, make it "the same reply" (the fallback dialect's cue)
 MIN_SAME_REPLY = 6
 
@@ -35,12 +37,28 @@ Verdict = Literal["go", "grow", "stalled", "loop"]
 
 
 def loops(text: str) -> bool:
-    """Whether ``text`` ends in a loop: its last :data:`LOOP_FLOOR` characters already occur, verbatim, ending
-    at most :data:`MAX_PERIOD` characters earlier. One search over a bounded window at the end of the text."""
+    """Whether ``text`` ends in a loop: the :data:`LOOP_FLOOR` characters at its end already occur, verbatim,
+    ending at most :data:`MAX_PERIOD` characters earlier.
+
+    "At its end" allows for an unfinished last word: with healing, each round regenerates the word it was cut in,
+    so the text of a loop ends in a different partial word every round and only what precedes it repeats. Two
+    searches over a bounded window at the end of the text.
+    """
     if len(text) <= LOOP_FLOOR:
         return False
-    window = text[-(LOOP_FLOOR + MAX_PERIOD) :]
-    # An occurrence starting before the tail's own start, i.e. the tail repeats text p >= 1 characters back.
+    window = text[-(LOOP_FLOOR + MAX_PERIOD + _WORD) :]
+    if _repeats(window):
+        return True
+    end = len(window.rstrip())
+    start = max(end - _WORD, 0)
+    word_start = max(window.rfind(" ", start, end), window.rfind("\n", start, end)) + 1
+    return 0 < word_start < len(window) and _repeats(window[:word_start])
+
+
+def _repeats(window: str) -> bool:
+    """The last LOOP_FLOOR characters of ``window`` also occur starting before them (p >= 1 characters back)."""
+    if len(window) <= LOOP_FLOOR:
+        return False
     return window.rfind(window[-LOOP_FLOOR:], 0, len(window) - 1) != -1
 
 
@@ -55,13 +73,14 @@ class Progress:
         #: the last round's raw reply was the previous round's, character for character (and not trivially short)
         self.same_reply = False
 
-    def judge(self, *, stalled: bool, raw: tuple[int, str], held: bool, text: str) -> Verdict:
-        """One cut round: ``stalled`` when the answer did not grow, ``raw`` the reply's (length, start), ``held``
-        whether text was held back from the prefix, ``text`` the answer so far."""
+    def judge(self, *, stalled: bool, said: int, raw: tuple[int, str], held: bool, text: str) -> Verdict:
+        """One cut round: ``stalled`` when the answer did not grow, ``said`` how many characters the model wrote
+        (echo and removed repeats not counted), ``raw`` the reply's (length, start), ``held`` whether text was held
+        back from the prefix, ``text`` the answer so far."""
         self.same_reply = raw == self._last_raw and len(raw[1].strip()) >= MIN_SAME_REPLY
         self._last_raw = raw
         if stalled:
-            replied = raw[0] > 0
+            replied = said > 0
             again = raw == self._last_stalled
             self._last_stalled = raw
             if replied and held and not again and not self.same_reply and self._growths < MAX_GROWTHS:

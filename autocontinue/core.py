@@ -775,7 +775,11 @@ class Continuation:
         progress = self._progress = self._progress or Progress(self._settings.stop_on_repeat)
         stalled = len(self._text) <= before and not in_reasoning
         verdict = progress.judge(
-            stalled=stalled, raw=(current.raw_chars, current.raw_head), held=bool(current.held), text=self._text
+            stalled=stalled,
+            said=len(current.seam.model_text),
+            raw=(current.raw_chars, current.raw_head),
+            held=bool(current.held),
+            text=self._text,
         )
         if verdict == "grow" and self._after_stall(current):
             # The whole round went into regenerating the text held back from the prefix (a healed word, whitespace

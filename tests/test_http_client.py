@@ -15,6 +15,7 @@ import tenacity
 from tenacity import stop_after_attempt, wait_fixed
 
 import autocontinue
+from autocontinue._progress import LOOP_FLOOR, loops
 from tests.conftest import (
     API_KEY,
     PERSONA_DIALECT,
@@ -495,6 +496,9 @@ async def test_content_filter_is_not_continued(emu: Emulator, mode: str) -> None
 @pytest.mark.parametrize("runaway", ["empty", "identical", "repeat"])
 @pytest.mark.parametrize("persona", ["dashscope", "mistral", "anthropic", "openai", "vllm"])
 def test_runaway_ends_with_no_progress(emu: Emulator, sync_client: Any, runaway: str, persona: str) -> None:
+    """A round that adds nothing ends the call at once; a server that appends the same text every round is stopped
+    at the first round after which the answer's last LOOP_FLOOR characters repeat, not later. (Before the loop
+    floor, every runaway was stopped within 3 rounds, which also cut real answers that repeat themselves.)"""
     model = add(emu, runaway=runaway)
     result = autocontinue.create(
         sync_client(persona),
@@ -502,13 +506,19 @@ def test_runaway_ends_with_no_progress(emu: Emulator, sync_client: Any, runaway:
         messages=[USER],
         max_tokens=5,
         dialect=PERSONA_DIALECT[persona],
-        max_rounds=30,
+        max_rounds=400,
     )
     trace = result.continuation
-    assert trace.stop_cause == "no_progress", (trace.stop_cause, result.choices[0].message.content[:80])
+    text = result.choices[0].message.content or ""
+    assert trace.stop_cause == "no_progress", (trace.stop_cause, text[:80])
     assert result.choices[0].finish_reason == "length"
-    # The repetition starts with round 2 at the latest; it is caught within 2 rounds of it.
-    assert len(trace.rounds) <= 3
+    last = trace.rounds[-1]
+    if last.chars_added == 0:  # nothing added: the first such round ended the call
+        assert all(r.chars_added > 0 for r in trace.rounds[:-1])
+        assert len(trace.rounds) <= 2
+    else:
+        assert loops(text) and not loops(text[: len(text) - last.chars_added])
+        assert len(text) < 2 * LOOP_FLOOR
 
 
 @pytest.mark.parametrize("runaway", ["empty", "identical", "repeat"])
@@ -527,11 +537,16 @@ def test_runaway_without_the_repeat_stop_is_still_bounded(emu: Emulator, sync_cl
 
 @pytest.mark.parametrize("persona", ["vllm", "dashscope", "mistral"])
 def test_repetitive_answer_whole_without_the_repeat_stop(emu: Emulator, sync_client: Any, persona: str) -> None:
-    """An answer that really repeats itself (a table's identical rows) is cut short by the repeat stop, the text so
-    far intact; with stop_on_repeat=False it comes out whole."""
-    target = "Rows:\n" + "| -- | -- |\n" * 24 + "Done."
-    model = add(emu, target=target)
+    """An answer that really repeats itself (a table's identical rows) comes out whole while the repetition is under
+    LOOP_FLOOR characters; a longer one is cut short by the repeat stop, the text so far intact, and with
+    stop_on_repeat=False it comes out whole. (Before the loop floor the 24-row table was cut short.)"""
+    short = "Rows:\n" + "| -- | -- |\n" * 24 + "Done."
+    model = add(emu, target=short)
     request = {"model": model, "messages": [USER], "max_tokens": 4, "dialect": PERSONA_DIALECT[persona]}
+    assert autocontinue.create(sync_client(persona), max_rounds=100, **request).choices[0].message.content == short
+    target = "Rows:\n" + "| -- | -- |\n" * 100 + "Done."
+    model = add(emu, target=target)
+    request = {"model": model, "messages": [USER], "max_tokens": 16, "dialect": PERSONA_DIALECT[persona]}
     guarded = autocontinue.create(sync_client(persona), max_rounds=100, **request)
     assert guarded.continuation.stop_cause == "no_progress"
     assert target.startswith(guarded.choices[0].message.content or "")

@@ -300,12 +300,17 @@ def test_with_block(emu: Emulator, sync_client: Any) -> None:
     assert eventually(lambda: active_streams_zero(emu))
 
 
-def test_close_before_iterating_sends_nothing(emu: Emulator, sync_client: Any) -> None:
-    model = add(emu)
+def test_close_before_iterating_closes_the_first_response(emu: Emulator, sync_client: Any) -> None:
+    """create(stream=True) sends the first request, as the SDK's does, so that its errors are raised by create();
+    closing the stream before reading it closes that response and sends nothing more. (It used to send nothing
+    before the first chunk was asked for, and errors such as a 429 then arrived at the first next().)"""
+    model = add(emu, TARGET * 4, **SLOW)
     client = sync_client("dashscope")
     stream = autocontinue.create(client, stream=True, **_slow_kwargs(model))
+    assert len(emu.requests(model)) == 1
     stream.close()
-    assert emu.requests(model) == []
+    assert eventually(lambda: active_streams_zero(emu))
+    assert len(emu.requests(model)) == 1
 
 
 async def test_async_break(emu: Emulator, async_client: Any) -> None:

@@ -231,12 +231,31 @@ def test_retry_after_http_date() -> None:
     assert 27 <= action.seconds <= 31
 
 
-@pytest.mark.parametrize("value", [str(int(MAX_RETRY_AFTER) + 60), "soon", "", "inf", "nan"])
+@pytest.mark.parametrize("value", ["soon", "", "inf", "nan"])
 def test_unusable_retry_after_falls_back_to_backoff(value: str) -> None:
     core = make_core(None, retry=default_retry())
     action = step(core, core.start(), rate_limited({"retry-after": value}))
     assert isinstance(action, DoSleep)
     assert 0 <= action.seconds <= 1.25  # first backoff: 0.25 s + up to 1 s of jitter
+
+
+@pytest.mark.parametrize(
+    "headers", [{"retry-after": str(int(MAX_RETRY_AFTER) + 60)}, {"retry-after-ms": "600000"}, {"retry-after": "1e999"}]
+)
+def test_retry_after_above_the_cap_is_not_retried_sooner(headers: dict[str, str]) -> None:
+    """A server asking for a longer wait than the policy's cap is not retried sooner than it asked (which it would
+    refuse again): the error ends the round, as the SDK does above its own two-minute cap. (It used to fall back to
+    the exponential backoff and retry within a second.)"""
+    core = make_core(None, retry=default_retry())
+    error = rate_limited(headers)
+    action = step(core, core.start(), error)
+    assert isinstance(action, Fail) and action.error is error
+
+
+@pytest.mark.parametrize(("status", "header", "retried"), [(503, "false", False), (400, "true", True), (429, None, True)])
+def test_x_should_retry_decides_as_in_the_sdk(status: int, header: str | None, retried: bool) -> None:
+    error = status_error(status, headers={"x-should-retry": header} if header else {})
+    assert is_transient(error) is retried
 
 
 def test_retry_after_seconds_without_a_response() -> None:

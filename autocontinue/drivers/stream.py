@@ -39,6 +39,7 @@ class ContinuedStream:
         self._core = core
         self._send = send
         self._iterator: Generator[ChatCompletionChunk, None, None] = _empty()
+        self._pending: Any = None  # the first upstream response, until the generator takes it over
 
     @classmethod
     def open(cls, core: Continuation, send: Callable[[DoRequest], Any]) -> ContinuedStream:
@@ -48,6 +49,7 @@ class ContinuedStream:
         upstream, action = stream._advance(core.start())
         if upstream is None and not isinstance(action, Done) and not core.trace.rounds:
             raise action.error  # type: ignore[union-attr]
+        stream._pending = upstream
         stream._iterator = stream._run(upstream, action)
         return stream
 
@@ -73,6 +75,9 @@ class ContinuedStream:
     def close(self) -> None:
         """Stop the stream and close the upstream response."""
         self._iterator.close()
+        pending, self._pending = self._pending, None
+        if pending is not None:  # closed before the first chunk was read: the generator never took it over
+            pending.close()
 
     def prime(self) -> None:
         """Run the stream up to its first chunk, kept for the caller: the first request is then sent and its
@@ -99,6 +104,7 @@ class ContinuedStream:
                 return None, action
 
     def _run(self, upstream: Any, action: Action) -> Generator[ChatCompletionChunk, None, None]:
+        self._pending = None  # from here on, the finally below closes it
         core = self._core
         while upstream is not None:
             try:
@@ -137,6 +143,7 @@ class AsyncContinuedStream:
         self._core = core
         self._send = send
         self._iterator: AsyncGenerator[ChatCompletionChunk, None] = _nothing()
+        self._pending: Any = None  # the first upstream response, until the generator takes it over
 
     @classmethod
     async def open(cls, core: Continuation, send: Callable[[DoRequest], Awaitable[Any]]) -> AsyncContinuedStream:
@@ -146,6 +153,7 @@ class AsyncContinuedStream:
         if upstream is None and not isinstance(action, Done) and not core.trace.rounds:
             raise action.error  # type: ignore[union-attr]
         await stream._iterator.aclose()
+        stream._pending = upstream
         stream._iterator = stream._run(upstream, action)
         return stream
 
@@ -171,6 +179,9 @@ class AsyncContinuedStream:
     async def close(self) -> None:
         """Stop the stream and close the upstream response."""
         await self._iterator.aclose()
+        pending, self._pending = self._pending, None
+        if pending is not None:  # closed before the first chunk was read: the generator never took it over
+            await pending.close()
 
     aclose = close
 
@@ -197,6 +208,7 @@ class AsyncContinuedStream:
                 return None, action
 
     async def _run(self, upstream: Any, action: Action) -> AsyncGenerator[ChatCompletionChunk, None]:
+        self._pending = None  # from here on, the finally below closes it
         core = self._core
         while upstream is not None:
             try:
