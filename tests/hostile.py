@@ -63,10 +63,13 @@ def usage_of(prompt: int, completion: int) -> dict[str, int]:
 
 
 def prefix_of(request: dict[str, Any]) -> str:
-    """The text so far a request asks to continue: its trailing assistant message ("" on a first request)."""
-    messages = request.get("messages") or []
+    """The text so far a request asks to continue: its trailing assistant message, or the assistant message before
+    a trailing user turn (the instruction dialect); "" on a first request."""
+    messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
+    if len(messages) >= 2 and messages[-1].get("role") == "user" and messages[-2].get("role") == "assistant":
+        messages = messages[:-1]  # the instruction dialect: the text so far, then a user turn asking to go on
     last = messages[-1] if messages else {}
-    if isinstance(last, dict) and last.get("role") == "assistant" and isinstance(last.get("content"), str):
+    if last.get("role") == "assistant" and isinstance(last.get("content"), str):
         return str(last["content"])
     return ""
 
@@ -207,6 +210,7 @@ class Hostile:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small SSE writes go out at once
             with self._lock:
                 self._open.add(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
