@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Hostile", "Reply", "Served", "good", "sse", "body"]
+__all__ = ["Hostile", "Reply", "Served", "body", "good", "sse"]
 
 Step = bytes | tuple[str, float]  # bytes to write, ("sleep", s), ("reset", 0), ("close", 0)
 

@@ -25,11 +25,11 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import autocontinue
 from autocontinue import ConfigurationError, TruncatedToolCallError, max_rounds
+from autocontinue._progress import LOOP_FLOOR, loops
 from autocontinue._reading import MIN_UNCONFIRMED as MIN_OVERLAP
 from autocontinue._reading import WINDOW as OVERLAP_WINDOW
 from autocontinue.budget import PriceTable, StopCondition
 from autocontinue.client import make_settings
-from autocontinue._progress import LOOP_FLOOR, loops
 from autocontinue.core import Continuation, Done, DoRequest, DoSleep, Fail, Settings
 from autocontinue.retry import RetryTracker, is_transient
 from autocontinue.stitch import RESTART_PROBE

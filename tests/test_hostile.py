@@ -34,6 +34,7 @@ from tenacity import retry_if_exception, stop_after_attempt, wait_fixed
 import autocontinue
 from autocontinue._progress import LOOP_FLOOR, loops
 from tests import hostile as H
+from tests.conftest import Recorder
 from tests.hostile import Hostile, Reply, Served
 
 ATTEMPTS = 3  # per round
@@ -42,7 +43,7 @@ STALL = 1.0
 SIZE = 40  # characters per good round
 TARGET = (
     "The quick brown fox jumps over the lazy dog. It was a sunny day, and the fox -- being quick -- ran off into "
-    "the forest!\n\nThe end.\n\nEpilogue:  two  spaces,\ttabs,   and 12345 numbers; \"quotes\" (parens) [brackets]. "
+    'the forest!\n\nThe end.\n\nEpilogue:  two  spaces,\ttabs,   and 12345 numbers; "quotes" (parens) [brackets]. '
     "Then the story went on, word after word, until it had said all it had to say about the fox and the dog."
 )
 USER = {"role": "user", "content": "Tell me the story."}
@@ -111,9 +112,14 @@ def call(server: Hostile, driver: str, model: str, **options: Any) -> Outcome:
     if clients is None:
         clients = _clients[id(server)] = Clients(server)
     kwargs: dict[str, Any] = {
-        "model": model, "messages": [USER], "max_tokens": 16, "dialect": "partial", "retry": retry_policy(),
-        "max_rounds": 50, **options,
-    }  # fmt: skip
+        "model": model,
+        "messages": [USER],
+        "max_tokens": 16,
+        "dialect": "partial",
+        "retry": retry_policy(),
+        "max_rounds": 50,
+        **options,
+    }
     stream = driver in ("stream", "astream")
     if stream:
         kwargs["stream"] = True
@@ -228,10 +234,14 @@ JSON_SHAPES: dict[str, tuple[Shape, type[BaseException]]] = {
     "null": (_body(None, raw=b"null"), autocontinue.MalformedResponse),
     "number": (_body(42), autocontinue.MalformedResponse),
     "empty-body": (_body(raw=b""), json.JSONDecodeError),
-    "html-200": (_body(raw=b"<html>Bad gateway</html>", headers={"content-type": "text/html"}),
-                 autocontinue.MalformedResponse),  # fmt: skip
-    "no-choices": (_body({"id": "x", "object": "chat.completion", "created": 1, "model": "m"}),
-                   autocontinue.MalformedResponse),  # fmt: skip
+    "html-200": (
+        _body(raw=b"<html>Bad gateway</html>", headers={"content-type": "text/html"}),
+        autocontinue.MalformedResponse,
+    ),
+    "no-choices": (
+        _body({"id": "x", "object": "chat.completion", "created": 1, "model": "m"}),
+        autocontinue.MalformedResponse,
+    ),
     "choices-empty": (_top(choices=[]), autocontinue.MalformedResponse),
     "choices-dict": (_top(choices={"0": {"message": {"content": "x"}}}), autocontinue.MalformedResponse),
     "choice-string": (_top(choices=["hello"]), autocontinue.MalformedResponse),
@@ -243,13 +253,16 @@ JSON_SHAPES: dict[str, tuple[Shape, type[BaseException]]] = {
     "usage-negative": (_top(usage=H.usage_of(10, -5)), autocontinue.MalformedResponse),
     "error-in-200": (_body({"error": {"message": "overloaded", "code": 502}}), autocontinue.MalformedResponse),
     "truncated-json": (_truncated, json.JSONDecodeError),
-    "trailing-garbage": (lambda r, s, g: H.body(None, raw=json.dumps(H.completion(g, "length", None)).encode() + b"}x"),
-                         json.JSONDecodeError),  # fmt: skip
+    "trailing-garbage": (
+        lambda r, s, g: H.body(None, raw=json.dumps(H.completion(g, "length", None)).encode() + b"}x"),
+        json.JSONDecodeError,
+    ),
 }
 
 
-def _stream_then(*tail: bytes | str | tuple[str, float], lead: bool = True, done: bool = True,
-                 end: bool = True) -> Shape:  # fmt: skip
+def _stream_then(
+    *tail: bytes | str | tuple[str, float], lead: bool = True, done: bool = True, end: bool = True
+) -> Shape:
     """A stream that opens well (a role chunk and, at round k, one good content chunk), then ``tail``."""
 
     def shape(request: dict[str, Any], served: Served, good: str) -> Reply:
@@ -287,13 +300,19 @@ SSE_SHAPES: dict[str, tuple[Callable[[bool], Shape], type[BaseException]]] = {
     "data-not-json": (_stream(b"data: {not json\n\n"), json.JSONDecodeError),
     "chunk-without-delta": (_stream(_chunk_with(delta=_DROP)), autocontinue.MalformedResponse),
     "delta-null": (_stream(_chunk_with(delta=None)), autocontinue.MalformedResponse),
-    "choices-dict": (_stream(H.event({**H.chunk({"content": "x"}), "choices": {"a": 1}})),
-                     autocontinue.MalformedResponse),  # fmt: skip
+    "choices-dict": (
+        _stream(H.event({**H.chunk({"content": "x"}), "choices": {"a": 1}})),
+        autocontinue.MalformedResponse,
+    ),
     "content-number": (_stream(_chunk_with(delta={"content": 42})), autocontinue.MalformedResponse),
     "finish-number": (_stream(_chunk_with(finish_reason=7)), autocontinue.MalformedResponse),
     "usage-garbage": (_stream(H.event(H.chunk(None, usage="lots", choices=[]))), autocontinue.MalformedResponse),
-    "no-finish-reason": (_stream(), autocontinue.IncompleteStream if hasattr(autocontinue, "IncompleteStream")
-                         else autocontinue.errors.IncompleteStream),  # fmt: skip
+    "no-finish-reason": (
+        _stream(),
+        autocontinue.IncompleteStream
+        if hasattr(autocontinue, "IncompleteStream")
+        else autocontinue.errors.IncompleteStream,
+    ),
     "error-event": (_stream(H.event({"error": {"message": "overloaded", "type": "server_error"}})), openai.APIError),
     "dropped-mid-body": (_stream(done=False, end=False), openai.APIConnectionError),
     "reset-mid-body": (_stream(("reset", 0), done=False, end=False), openai.APIConnectionError),
@@ -310,10 +329,17 @@ STREAM_READ_ERRORS: dict[str, Any] = {
 }
 #: shapes whose error the SDK raises from create() itself (before a body), so a continued stream must too
 RAISED_BY_CREATE = {
-    "status-401", "status-429-retry-after-300", "status-503-should-retry-false", "status-400-should-retry-true",
-    "status-500-html", "status-429-retry-after-ms", "reset-before-response", "closed-before-response",
-    "stalled-before-headers", "garbage-status-line",
-}  # fmt: skip
+    "status-401",
+    "status-429-retry-after-300",
+    "status-503-should-retry-false",
+    "status-400-should-retry-true",
+    "status-500-html",
+    "status-429-retry-after-ms",
+    "reset-before-response",
+    "closed-before-response",
+    "stalled-before-headers",
+    "garbage-status-line",
+}
 #: shapes the SDK itself raises for (no retry by us either: not transient)
 NOT_RETRIED = {"error-event", "status-401", "status-429-retry-after-300", "status-503-should-retry-false"}
 
@@ -346,8 +372,9 @@ ANY_SHAPES: dict[str, tuple[Shape, type[BaseException]]] = {
     "stalled-before-headers": (_steps(("sleep", STALL), ("close", 0)), openai.APITimeoutError),
     "garbage-status-line": (_steps(b"HTTP/1.1 abc\r\n\r\n", ("close", 0)), openai.APIConnectionError),
     "body-shorter-than-length": (
-        _steps(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":",
-               ("close", 0)), openai.APIConnectionError),  # fmt: skip
+        _steps(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"id":', ("close", 0)),
+        openai.APIConnectionError,
+    ),
 }
 
 CASES: list[tuple[str, str, int]] = [
@@ -440,7 +467,9 @@ def test_fault_once_at_round_k_is_recovered_exactly(server: Hostile, family: str
     assert out.text == TARGET
     assert out.trace.stop_cause == "natural"
     served = server.served(model)
-    assert len(served) == len(out.trace.rounds) + (0 if any(r.finish_reason == "error" for r in out.trace.rounds) else 1)
+    assert len(served) == len(out.trace.rounds) + (
+        0 if any(r.finish_reason == "error" for r in out.trace.rounds) else 1
+    )
     assert_usage_is_the_servers(out.trace, out.usage, served)
 
 
@@ -451,7 +480,7 @@ def test_fault_once_at_round_k_is_recovered_exactly(server: Hostile, family: str
 def _framed(transform: Callable[[bytes], list[bytes | tuple[str, float]]]) -> H.Script:
     def script(n: int, request: dict[str, Any], served: Served) -> Reply:
         reply = H.good(TARGET, SIZE, request, served)
-        head, *chunks = reply.steps
+        _head, *chunks = reply.steps
         events: list[bytes | tuple[str, float]] = []
         for step in chunks:
             if isinstance(step, bytes) and step != b"0\r\n\r\n":
@@ -532,8 +561,11 @@ RUNAWAYS: dict[str, tuple[Callable[[int, Served], str], str, int]] = {
     "same-short-reply": (lambda n, s: "ok ok ", "partial", _repeating(6)),
     "same-long-reply": (lambda n, s: "All work and no play makes Jack a dull boy. ", "partial", _repeating(44)),
     # A reply repeating the tail of its prefix under `instruction` is removed by the seam: it adds nothing.
-    "repeated-tail-instruction": (lambda n, s: s.prefix[-30:] if s.prefix else "A story about a fox and a dog",
-                                  "instruction", 2),  # fmt: skip
+    "repeated-tail-instruction": (
+        lambda n, s: s.prefix[-30:] if s.prefix else "A story about a fox and a dog",
+        "instruction",
+        2,
+    ),
 }
 
 
@@ -578,3 +610,190 @@ def test_a_real_loop_above_the_floor_costs_at_most_one_extra_round(server: Hosti
     assert answer.startswith(text)
     assert loops(text) and not loops(text[: len(text) - out.trace.rounds[-1].chars_added])
     assert len(text) <= LOOP_FLOOR + len("Intro.\n") + 2 * 31 + 2 * 120
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Budgets against servers that do not keep to them
+
+
+def _ignores_max_tokens(words: list[str]) -> H.Script:
+    """A stream of one word (one token) per chunk that ignores the request's max_tokens."""
+
+    def script(n: int, request: dict[str, Any], served: Served) -> Reply:
+        events: list[bytes | str | tuple[str, float]] = [H.event(H.chunk({"role": "assistant", "content": ""}))]
+        events += [H.event(H.chunk({"content": word})) for word in words]
+        events.append(H.event(H.chunk({}, "length")))
+        reply = H.sse(events)
+        reply.text = "".join(words)
+        return reply
+
+    return script
+
+
+@pytest.mark.parametrize("driver", ["stream", "astream"])
+@pytest.mark.parametrize("budget", [1, 5, 17])
+def test_token_budget_is_never_passed_by_a_server_that_ignores_max_tokens(
+    server: Hostile, budget: int, driver: str
+) -> None:
+    """Every content chunk carries at least one token, so the chunk that would pass the budget is not delivered.
+    (It used to be: max_total_tokens=N delivered N + 1 tokens.)"""
+    words = [f" w{i}" for i in range(40)]
+    model = server.add("", _ignores_max_tokens(words))
+    out = call(server, driver, model, max_tokens=100, max_total_tokens=budget)
+    assert out.error is None
+    assert out.text == "".join(words[:budget])
+    assert out.trace.stop_cause == "token_budget"
+    assert len(server.served(model)) == 1
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Any]:
+    from tests.emulator import Emulator
+
+    with Emulator() as emu:
+        yield emu
+
+
+STORY = "The quick brown fox jumps over the lazy dog. It was a sunny day, and the fox ran off into the forest. " * 30
+PRICE = autocontinue.Price(input=50.0, output=100.0)
+
+
+@pytest.mark.parametrize("budget", [0.01, 0.02, 0.05])
+def test_cost_budget_under_instruction_counts_the_instruction_turn(emulator: Any, budget: float) -> None:
+    """The next round's prompt is estimated as sent, the dialect's instruction turn included, so the budget holds.
+    (It used to leave the instruction out: up to 2.02x the budget on these calls.)"""
+    from tests.emulator import Script
+
+    model = emulator.add_script(Script(target=STORY))
+    recorder = Recorder()
+    http = httpx2.Client(event_hooks={"response": [recorder.hook]})
+    with openai.OpenAI(base_url=emulator.base_url("openai"), api_key="x", http_client=http) as client:
+        result = autocontinue.create(
+            client,
+            model=model,
+            messages=[USER],
+            max_tokens=24,
+            dialect="instruction",
+            retry=retry_policy(),
+            max_rounds=200,
+            max_cost_usd=budget,
+            prices={model: PRICE},
+        )
+    trace = result.continuation
+    assert trace.stop_cause == "cost_budget"
+    assert len(trace.rounds) > 1
+    assert trace.cost_usd <= budget
+    billed = sum(PRICE.cost(u["prompt_tokens"], u["completion_tokens"]) for u in recorder.usages)
+    assert billed == pytest.approx(trace.cost_usd)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize(
+    ("options", "check"),
+    [
+        ({"max_total_tokens": 20}, lambda reply, requests: reply.usage.completion_tokens <= 20),
+        ({"max_total_tokens": 200}, lambda reply, requests: reply.usage.completion_tokens <= 200),
+        ({"max_rounds": 3}, lambda reply, requests: requests <= 3),
+        ({"max_rounds": 10}, lambda reply, requests: requests <= 10),
+        ({"max_cost_usd": 0.01, "prices": None}, lambda reply, requests: reply.continuation.cost_usd <= 0.01),
+    ],
+    ids=["tokens-20", "tokens-200", "rounds-3", "rounds-10", "cost-0.01"],
+)
+def test_n_choices_share_the_calls_budgets(
+    emulator: Any, options: dict[str, Any], check: Any, asynchronous: bool
+) -> None:
+    """Budgets are per call: the first request gives each of the n choices 1/n of the token budget, and what it
+    leaves is split evenly. (It used to multiply every budget by n: 60 tokens billed for max_total_tokens=20, 7
+    requests for max_rounds=3, 2.7x max_cost_usd.)"""
+    from tests.emulator import Script
+
+    model = emulator.add_script(Script(target=STORY, targets=[STORY, STORY[::-1], STORY.upper()]))
+    if "prices" in options:
+        options = {**options, "prices": {model: PRICE}}
+    request = {
+        "model": model,
+        "messages": [USER],
+        "max_tokens": 8,
+        "n": 3,
+        "dialect": "partial",
+        "retry": retry_policy(),
+        **options,
+    }
+    recorder = Recorder()
+    if asynchronous:
+
+        async def go() -> Any:
+            http = httpx2.AsyncClient(event_hooks={"response": [recorder.ahook]})
+            async with openai.AsyncOpenAI(base_url=emulator.base_url("dashscope"), api_key="x", http_client=http) as c:
+                return await autocontinue.acreate(c, **request)
+
+        reply = asyncio.run(go())
+    else:
+        http = httpx2.Client(event_hooks={"response": [recorder.hook]})
+        with openai.OpenAI(base_url=emulator.base_url("dashscope"), api_key="x", http_client=http) as client:
+            reply = autocontinue.create(client, **request)
+    requests = len(emulator.requests(model))
+    assert check(reply, requests), (reply.usage, requests, reply.continuation.cost_usd)
+    assert len(reply.choices) == 3
+    assert reply.usage.completion_tokens == recorder.total()["completion_tokens"]
+    for i, target in enumerate([STORY, STORY[::-1], STORY.upper()]):
+        assert target.startswith(reply.choices[i].message.content or "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What closes a stream's upstream response
+
+
+def _slow_stream(words: int) -> H.Script:
+    def script(n: int, request: dict[str, Any], served: Served) -> Reply:
+        events: list[bytes | str | tuple[str, float]] = [H.event(H.chunk({"role": "assistant", "content": ""}))]
+        for i in range(words):
+            events += [H.event(H.chunk({"content": f" w{i}"})), ("sleep", 0.02)]
+        events.append(H.event(H.chunk({}, "stop")))
+        return H.sse(events)
+
+    return script
+
+
+def test_what_closes_a_sync_streams_upstream(server: Hostile) -> None:
+    """close() and leaving a with block close the upstream response; so does a loop over a stream nothing else
+    holds, as CPython frees it when the loop is left. A break out of a stream the caller still holds cannot (Python
+    tells an iterator nothing when a loop stops using it) and the stream reads on from where it stopped."""
+    client = openai.OpenAI(base_url=server.base_url, api_key="x", timeout=5)
+    try:
+        request = {"messages": [USER], "max_tokens": 100, "dialect": "partial", "stream": True}
+        baseline = server.open_connections()
+        for ending in ("close", "with", "unreferenced-break"):
+            model = server.add("", _slow_stream(200))
+            fresh = openai.OpenAI(base_url=server.base_url, api_key="x", timeout=5)
+            if ending == "close":
+                stream = autocontinue.create(fresh, model=model, **request)
+                next(stream)
+                stream.close()
+            elif ending == "with":
+                with autocontinue.create(fresh, model=model, **request) as stream:
+                    next(stream)
+            else:
+                for _chunk in autocontinue.create(fresh, model=model, **request):
+                    break
+            fresh.close()
+            assert _eventually(lambda: server.open_connections() <= baseline), ending
+        held_model = server.add("", _slow_stream(5))
+        held = autocontinue.create(client, model=held_model, **request)
+        for _chunk in held:
+            break
+        rest = "".join(c.choices[0].delta.content or "" for c in held if c.choices)
+        assert rest.endswith(" w4"), "a stream left with break reads on where it stopped"
+    finally:
+        client.close()
+
+
+def _eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -252,7 +252,9 @@ def test_retry_after_above_the_cap_is_not_retried_sooner(headers: dict[str, str]
     assert isinstance(action, Fail) and action.error is error
 
 
-@pytest.mark.parametrize(("status", "header", "retried"), [(503, "false", False), (400, "true", True), (429, None, True)])
+@pytest.mark.parametrize(
+    ("status", "header", "retried"), [(503, "false", False), (400, "true", True), (429, None, True)]
+)
 def test_x_should_retry_decides_as_in_the_sdk(status: int, header: str | None, retried: bool) -> None:
     error = status_error(status, headers={"x-should-retry": header} if header else {})
     assert is_transient(error) is retried
