@@ -93,6 +93,8 @@ class CallRequest(NamedTuple):
         if not isinstance(stream, bool):
             raise ConfigurationError(f"stream must be True or False, got {stream!r}")
         stream_options = given.pop("stream_options", None)
+        if stream_options is not None and not isinstance(stream_options, Mapping):
+            raise ConfigurationError("stream_options must be a mapping, such as {'include_usage': True}")
         n = given.get("n", 1)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigurationError(f"n must be a positive integer, got {n!r}")
@@ -119,6 +121,8 @@ class CallRequest(NamedTuple):
         else:
             base, prefix = tuple(messages), ""
         response_format = given.get("response_format")
+        if response_format is not None and not isinstance(response_format, Mapping | type):
+            raise ConfigurationError("response_format must be a dict, such as {'type': 'json_object'}")
         json_mode, json_schema = _json_format(response_format) if response_format is not None else (False, None)
         return cls(
             kwargs=given,
@@ -171,5 +175,7 @@ def _check_message(index: int, message: Any) -> None:
     content = message.get("content")
     if content is not None and not isinstance(content, str | list | tuple):
         raise ConfigurationError(f"messages[{index}].content must be a string or a list of parts")
+    if content.__class__ is list and not all(isinstance(part, Mapping) for part in content):
+        raise ConfigurationError(f"messages[{index}].content is a list, so each part must be a dict")
     if content is None and role in ("user", "system", "developer"):
         raise ConfigurationError(f"messages[{index}] ({role}) has no content")
