@@ -17,7 +17,7 @@ STOP_CAUSES = (
     "max_rounds",
     "token_budget",
     "cost_budget",
-    "no_progress",  # a round added nothing or repeated the previous one
+    "no_progress",  # a round added nothing, or the answer loops (1,000 characters repeated)
     "reasoning_truncated",  # cut inside the reasoning phase where the dialect cannot resume it
     "tool_call_truncated",  # cut inside a tool call (only on TruncatedToolCallError.partial)
     "content_filter",
