@@ -469,7 +469,7 @@ def diagnose(
     if index is None:
         # Every reply agreed with the one-shot, so the model did its part: the call stopped early or joined wrongly.
         if result.stop_cause == "no_progress":
-            diagnosis["cause"] = "no_progress: a round repeated the previous one's text and the call stopped early"
+            diagnosis["cause"] = "no_progress: the answer looped (1,000 characters repeated) and the call stopped early"
         else:
             diagnosis["cause"] = (
                 f"join: every reply agreed with the one-shot, the joined text did not ({result.stop_cause})"

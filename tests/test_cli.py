@@ -145,15 +145,19 @@ def test_no_heal_and_explicit_dialect_run() -> None:
 
 
 def test_no_repeat_stop_lets_a_looping_answer_go_on() -> None:
-    """The model loops on this prompt at temperature 0: by default the call stops at the repetition; with
-    --no-repeat-stop it goes on to --max-rounds."""
-    prompt = "日本語で春についての短い詩を書いてください。"
-    args = [*LOCAL_ARGS[:2], "--max-rounds", "8", *LOCAL_ARGS[4:]]
-    stopped = ROUNDS_LINE.search(run_cli(*args, prompt).stderr)
+    """The model loops on this prompt at temperature 0 ("# [Configuration File]" again and again): by default the
+    call stops once the repetition passes the loop floor (1,000 characters); with --no-repeat-stop it goes on to
+    --max-rounds. (It used to stop a loop after a few rounds of 12 tokens, well under the floor: repetition that
+    short is now text, so the rounds are larger and more.)"""
+    prompt = "Write a YAML configuration file for a web server with logging and TLS settings."
+    args = ["--max-tokens", "64", "--max-rounds", "14", *LOCAL_ARGS[4:]]
+    stopped_run = run_cli(*args, prompt)
+    stopped = ROUNDS_LINE.search(stopped_run.stderr)
     going = ROUNDS_LINE.search(run_cli(*args, "--no-repeat-stop", prompt).stderr)
     assert stopped is not None and going is not None
-    assert stopped.group(3) == "no_progress" and int(stopped.group(1)) < 8
-    assert going.group(3) == "max_rounds" and int(going.group(1)) == 8
+    assert stopped.group(3) == "no_progress" and int(stopped.group(1)) < 14
+    assert len(stopped_run.stdout) > 1_000  # the floor was passed before the stop
+    assert going.group(3) == "max_rounds" and int(going.group(1)) == 14
 
 
 # ---------------------------------------------------------------------------------------------- usage errors
