@@ -144,20 +144,21 @@ def test_no_heal_and_explicit_dialect_run() -> None:
     assert ROUNDS_LINE.search(result.stderr) is not None
 
 
-def test_no_repeat_stop_lets_a_looping_answer_go_on() -> None:
-    """The model loops on this prompt at temperature 0 ("# [Configuration File]" again and again): by default the
-    call stops once the repetition passes the loop floor (1,000 characters); with --no-repeat-stop it goes on to
-    --max-rounds. (It used to stop a loop after a few rounds of 12 tokens, well under the floor: repetition that
-    short is now text, so the rounds are larger and more.)"""
-    prompt = "Write a YAML configuration file for a web server with logging and TLS settings."
-    args = ["--max-tokens", "64", "--max-rounds", "14", *LOCAL_ARGS[4:]]
-    stopped_run = run_cli(*args, prompt)
+def test_no_repeat_stop_lets_a_looping_answer_go_on(emu: Emulator) -> None:
+    """A server that appends the same text every round ("and so on and so on ..."): by default the call stops once
+    the repetition passes the loop floor (1,000 characters); with --no-repeat-stop it goes on to --max-rounds. (This
+    ran on the local model with a Japanese prompt it loops on, stopped after a few rounds of 12 tokens: repetition
+    that short is now text, under the floor, and a loop long enough to pass it takes minutes of the local model.)"""
+    model = emu.add_script(Script(target="", runaway="identical"))
+    args = ["--base-url", emu.base_url("dashscope"), "--api-key", "k", "--model", model, "--dialect", "partial"]
+    args += ["--max-tokens", "8", "--max-rounds", "150", "Tell me a story."]
+    stopped_run = run_cli(*args)
     stopped = ROUNDS_LINE.search(stopped_run.stderr)
-    going = ROUNDS_LINE.search(run_cli(*args, "--no-repeat-stop", prompt).stderr)
-    assert stopped is not None and going is not None
-    assert stopped.group(3) == "no_progress" and int(stopped.group(1)) < 14
+    going = ROUNDS_LINE.search(run_cli(*args, "--no-repeat-stop").stderr)
+    assert stopped is not None and going is not None, stopped_run.stderr
+    assert stopped.group(3) == "no_progress" and int(stopped.group(1)) < 150
     assert len(stopped_run.stdout) > 1_000  # the floor was passed before the stop
-    assert going.group(3) == "max_rounds" and int(going.group(1)) == 14
+    assert going.group(3) == "max_rounds" and int(going.group(1)) == 150
 
 
 # ---------------------------------------------------------------------------------------------- usage errors
