@@ -82,7 +82,7 @@ class Progress:
 
     def judge(self, *, stalled: bool, said: int, raw: tuple[int, str], held: bool, text: str) -> Verdict:
         """One cut round: ``stalled`` when the answer did not grow, ``said`` how many characters the model wrote
-        (echo and removed repeats not counted), ``raw`` the reply's (length, start), ``held`` whether text was held
+        beyond an echo of the prefix, ``raw`` the reply's (length, start), ``held`` whether text was held
         back from the prefix, ``text`` the answer so far."""
         self.same_reply = raw == self._last_raw and len(raw[1].strip()) >= MIN_SAME_REPLY
         self._last_raw = raw

@@ -776,7 +776,8 @@ class Continuation:
         stalled = len(self._text) <= before and not in_reasoning
         verdict = progress.judge(
             stalled=stalled,
-            said=len(current.seam.model_text),
+            # what the model wrote beyond an echo of the prefix (a restart or a repeat the seam removed counts)
+            said=current.raw_chars - (len(current.sent) if "echo_stripped" in current.seam.actions else 0),
             raw=(current.raw_chars, current.raw_head),
             held=bool(current.held),
             text=self._text,

@@ -129,7 +129,7 @@ def run(quick: bool) -> dict[str, Any]:
             ("text, then empty replies", first_then("Once upon a time there was a fox", ""), "partial", {}, 2),
             ("text ending in whitespace (held back), then empty", first_then("Once upon a time \n\n", ""),
              "prefill", {}, 2),
-            ("the same tail repeated, instruction", tail, "instruction", {}, 2),
+            ("the same tail repeated, instruction", tail, "instruction", {}, 3),
             ("the same 'ok ok ' every round, defaults (max_rounds 10)", lambda n, s: "ok ok ", "partial", {}, 10),
             ("the same 'ok ok ' every round, max_rounds unbounded", lambda n, s: "ok ok ", "partial",
              {"max_rounds": 10**6}, -(-(LOOP_FLOOR + 6) // 6) + 1),

@@ -560,11 +560,12 @@ RUNAWAYS: dict[str, tuple[Callable[[int, Served], str], str, int]] = {
     # The same text every round is legitimate repetition until it covers LOOP_FLOOR characters ("ok ok" x 200).
     "same-short-reply": (lambda n, s: "ok ok ", "partial", _repeating(6)),
     "same-long-reply": (lambda n, s: "All work and no play makes Jack a dull boy. ", "partial", _repeating(44)),
-    # A reply repeating the tail of its prefix under `instruction` is removed by the seam: it adds nothing.
+    # A reply repeating the tail of its prefix under `instruction` is removed by the seam: it adds nothing. The first
+    # such round may be a model rewriting the held word (it gets one more round); the same reply again ends the call.
     "repeated-tail-instruction": (
         lambda n, s: s.prefix[-30:] if s.prefix else "A story about a fox and a dog",
         "instruction",
-        2,
+        3,
     ),
 }
 
@@ -577,7 +578,7 @@ def test_runaway_shape_ends_at_its_exact_bound(server: Hostile, runaway: str, dr
     out = call(server, driver, model, dialect=dialect, max_rounds=10**6, max_tokens=8)
     assert out.error is None, f"{type(out.error).__name__}: {out.error}"
     assert out.trace.stop_cause == "no_progress"
-    if requests <= 2:
+    if requests <= 3:
         assert len(server.served(model)) == requests
     else:
         assert requests - 2 <= len(server.served(model)) <= requests

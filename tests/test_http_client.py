@@ -513,9 +513,9 @@ def test_runaway_ends_with_no_progress(emu: Emulator, sync_client: Any, runaway:
     assert trace.stop_cause == "no_progress", (trace.stop_cause, text[:80])
     assert result.choices[0].finish_reason == "length"
     last = trace.rounds[-1]
-    if last.chars_added == 0:  # nothing added: the first such round ended the call
-        assert all(r.chars_added > 0 for r in trace.rounds[:-1])
-        assert len(trace.rounds) <= 2
+    if last.chars_added == 0:  # nothing added: ended at once (a reply that was not empty gets one more round)
+        assert sum(r.chars_added == 0 for r in trace.rounds[:-1]) <= 1
+        assert len(trace.rounds) <= 3
     else:
         assert loops(text) and not loops(text[: len(text) - last.chars_added])
         assert len(text) < 2 * LOOP_FLOOR

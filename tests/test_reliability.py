@@ -293,9 +293,8 @@ def _stopped_at_once(run: Run) -> None:
     text = run.text or ""
     last = rounds[-1]
     if last.chars_added == 0:
-        assert all(r.chars_added > 0 or "healed" in r.seam for r in rounds[:-1]) or len(rounds) <= 2, [
-            (r.chars_added, r.seam) for r in rounds
-        ]
+        # at most one round before it added nothing (a model rewriting the held word gets one more round)
+        assert sum(r.chars_added == 0 for r in rounds[:-1]) <= 1, [(r.chars_added, r.seam) for r in rounds]
     else:
         assert loops(text), f"stopped after {len(rounds)} rounds without a loop: {text[-80:]!r}"
         assert not loops(text[: len(text) - last.chars_added]), "the loop was there a round earlier"
