@@ -343,6 +343,12 @@ def test_a_connection_error_names_the_url() -> None:
     assert "APIConnectionError" in lines[0] and f"127.0.0.1:{port}" in lines[0], lines[0]
 
 
+def _sigint_as_at_a_terminal() -> None:
+    # A test run started in the background (`cmd &` in a script) inherits SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: the child gets Ctrl-C's default disposition, as in an interactive shell.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_ctrl_c_prints_the_trace_of_the_rounds_done(emu: Emulator, stream: bool) -> None:
     # Slow tokens: the call is interrupted after a few rounds, long before its end.
@@ -353,7 +359,13 @@ def test_ctrl_c_prints_the_trace_of_the_rounds_done(emu: Emulator, stream: bool)
     model = args[3]
     command = [*_command(), *args, "Tell me."]
     with subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=_sigint_as_at_a_terminal,
     ) as proc:
         try:
             deadline = time.monotonic() + CLI_TIMEOUT
