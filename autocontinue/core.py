@@ -5,13 +5,15 @@ tenacity's ``BaseRetrying.iter`` and h11's ``Connection``:
 
 - :meth:`Continuation.start` → the first :class:`DoRequest`;
 - a whole reply → :meth:`Continuation.on_response`; a streamed reply → :meth:`Continuation.on_chunk` per chunk
-  (it returns the chunk for the caller, if any, and sets :attr:`Continuation.stop_reading` when a budget ends the
-  round early), then :meth:`Continuation.on_stream_end`;
+  (it returns the chunk for the reader, if any, or the next action when the round must end early), then
+  :meth:`Continuation.on_stream_end`;
 - a failed request → :meth:`Continuation.on_error`; after a :class:`DoSleep`, :meth:`Continuation.resume`.
 
 Each returns the next action: :class:`DoRequest` (send this), :class:`DoSleep` (wait, then resume), :class:`Done`
-(here is the result) or :class:`Fail` (raise this). The drivers in ``autocontinue.drivers`` only execute actions,
-so the sync, async and streaming calls share every rule written here.
+(here is the result) or :class:`Fail` (raise this); while streaming, an action also carries the chunks to hand to
+the reader first (:attr:`Action.emit`), in the manner of openai-python's ``ChatCompletionStreamState``. The drivers
+in ``autocontinue.drivers`` only execute actions, so the sync, async and streaming calls share every rule written
+here.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import tenacity
@@ -67,7 +69,6 @@ __all__ = [
     "DoSleep",
     "Done",
     "Fail",
-    "IncompleteStream",
     "Settings",
 ]
 
@@ -101,7 +102,16 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class DoRequest:
+class Action:
+    """What to do next. ``emit``: while streaming, the chunks to hand to the reader before doing it (text released
+    when a round ended; after :class:`Done`, the rest of the answer, its finish_reason and usage; before
+    :class:`Fail`, the text kept in the error's partial that the reader has not seen yet)."""
+
+    emit: tuple[ChatCompletionChunk, ...] = field(default=(), kw_only=True)
+
+
+@dataclass(frozen=True)
+class DoRequest(Action):
     """Send ``kwargs`` to ``chat.completions.create`` (to ``base_url`` when set)."""
 
     kwargs: dict[str, Any]
@@ -109,27 +119,24 @@ class DoRequest:
 
 
 @dataclass(frozen=True)
-class DoSleep:
+class DoSleep(Action):
     """Wait ``seconds``, then call :meth:`Continuation.resume`."""
 
     seconds: float
 
 
 @dataclass(frozen=True)
-class Done:
+class Done(Action):
     """The call is complete."""
 
     completion: ChatCompletion
 
 
 @dataclass(frozen=True)
-class Fail:
+class Fail(Action):
     """The call failed; raise ``error``."""
 
     error: BaseException
-
-
-Action = DoRequest | DoSleep | Done | Fail
 
 
 @dataclass(slots=True)
@@ -191,8 +198,7 @@ class Continuation:
     _malformed: MalformedResponse | None = None  # a streamed chunk of the wrong shape ended the round
     _overhead: tuple[int, int] = (-1, 0)  # (text length, tokens) the dialect adds to the next prompt
     _first_reply = ""  # round 1's reply, kept while a fallback dialect waits: evidence against a restart
-    #: set by :meth:`on_chunk` when a streamed round must end before its reply does (a budget is reached)
-    stop_reading = False
+    _stop_reading = False  # a streamed round must end before its reply does (a budget is reached)
 
     def __init__(
         self,
@@ -277,7 +283,7 @@ class Continuation:
         current = self._current()
         problem = completion_problem(completion)
         if problem is not None:
-            return self.on_error(MalformedResponse(f"the provider's reply is malformed: {problem}"))
+            return self._on_error(MalformedResponse(f"the provider's reply is malformed: {problem}"))
         if self._first is None:
             self._first = completion
         if len(completion.choices) > 1:
@@ -336,11 +342,10 @@ class Continuation:
         self._share = Share(choices=len(choices), first_tokens=first_tokens, first_cost=cost)
         return singles[0]
 
-    def on_chunk(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk | None:
-        """One streamed chunk arrived; returns the chunk the caller should see now, or None.
-
-        When :attr:`stop_reading` is then True, the round must end here: close the upstream response and call
-        :meth:`on_stream_end`.
+    def on_chunk(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk | Action | None:
+        """One streamed chunk arrived. Returns the chunk the reader should see now (or None), and reading goes on;
+        or, when the round must end before its reply does (a budget is reached, a chunk of the wrong shape), the
+        next :class:`Action`: close the upstream response, hand on the action's ``emit`` and do it.
         """
         # This runs for every chunk of every stream: fields are read from the models' dicts, and the common case
         # (a piece of text and nothing else) takes no detour. A chunk of the wrong shape (the SDK does not validate
@@ -372,10 +377,14 @@ class Continuation:
             top = choice.__dict__
             delta = top["delta"]
             fields = delta.__dict__
-            return self._on_choice(current, chunk, top, delta, fields)
+            given = self._on_choice(current, chunk, top, delta, fields)
         except (AttributeError, TypeError, KeyError, IndexError, ValueError) as error:
             self._reject(current, error)
-            return None
+            given = None
+        if not self._stop_reading:
+            return given
+        action = self.on_stream_end()
+        return replace(action, emit=(given, *action.emit)) if given is not None else action
 
     def _reject(self, current: _Round, error: BaseException) -> None:
         """A streamed chunk of the wrong shape: the round stops here, as if its stream had broken."""
@@ -384,7 +393,7 @@ class Continuation:
             "the provider sent a malformed stream chunk" + (f": {detail}" if detail else f" ({type(error).__name__})")
         )
         current.finish_reason = None
-        self.stop_reading = True
+        self._stop_reading = True
 
     def _on_choice(
         self, current: _Round, chunk: ChatCompletionChunk, top: dict[str, Any], delta: Any, fields: dict[str, Any]
@@ -417,7 +426,7 @@ class Continuation:
             # A server that ignores the request's limit: every content chunk carries at least one token, so this
             # one would go past the budget. It is not fed (nor delivered): the round ends before it.
             current.finish_reason = "length"
-            self.stop_reading = True
+            self._stop_reading = True
             return None
         released = self._feed(current, content) if content else ""
         if current.fresh_logprobs:
@@ -435,20 +444,31 @@ class Continuation:
         # (a tokenizer-based estimate would not: ours and the server's differ).
         if self._round_limit is not None and current.content_chunks - current.seam.echo_pieces > self._round_limit:
             current.finish_reason = "length"
-            self.stop_reading = True
+            self._stop_reading = True
         return chunk if keep else None
 
     def on_stream_end(self) -> Action:
-        """The upstream stream ended (or was closed because a budget was reached)."""
+        """The upstream stream ended."""
         current = self._current()
         if self._malformed is not None:
             error, self._malformed = self._malformed, None
             return self.on_error(error)
         if current.finish_reason is None:
             return self.on_error(IncompleteStream("the stream ended without a finish_reason"))
-        return self._end_round()
+        return self._emitting(self._end_round())
 
-    def take_released(self) -> list[ChatCompletionChunk]:
+    def _emitting(self, action: Action) -> Action:
+        """``action`` with the chunks a stream's reader is to see before it is done (see :attr:`Action.emit`)."""
+        if not self._stream:
+            return action
+        chunks = self._take_released()
+        if isinstance(action, Done):
+            chunks += self._closing_chunks(action.completion)
+        elif isinstance(action, Fail):
+            chunks += self._failing_chunks()
+        return replace(action, emit=tuple(chunks)) if chunks else action
+
+    def _take_released(self) -> list[ChatCompletionChunk]:
         """Text decided when a round ended (the seam's last held characters), as a chunk for the stream."""
         if not self._flush:
             return []
@@ -459,7 +479,7 @@ class Continuation:
             self._flush_logprobs = []
         return [chunk]
 
-    def failing_chunks(self) -> list[ChatCompletionChunk]:
+    def _failing_chunks(self) -> list[ChatCompletionChunk]:
         """Before a :class:`Fail` is raised to a stream's reader: the text kept in the error's partial that the
         stream had not delivered yet (held back at the seam), so the reader has seen exactly the partial."""
         self._flush = ""
@@ -467,7 +487,7 @@ class Continuation:
         self._released = len(self._text)
         return [self._make_chunk({"content": rest}, None)] if rest else []
 
-    def closing_chunks(self, completion: ChatCompletion) -> list[ChatCompletionChunk]:
+    def _closing_chunks(self, completion: ChatCompletion) -> list[ChatCompletionChunk]:
         """After :class:`Done` while streaming: the rest of the text, the final finish_reason, and the usage."""
         self._flush = ""
         rest = self._text[self._released :]
@@ -505,6 +525,9 @@ class Continuation:
 
     def on_error(self, error: BaseException) -> Action:
         """The request (or the stream of its reply) failed with ``error``."""
+        return self._emitting(self._on_error(error))
+
+    def _on_error(self, error: BaseException) -> Action:
         current = self._round
         continuing = current is not None and (current.sent != "" or self._call.has_prefix)
         if continuing and self._fallback is not None and self._dialect.refuses(error):
@@ -595,7 +618,7 @@ class Continuation:
             elif self._call.stream_options:
                 kwargs["stream_options"] = dict(self._call.stream_options)
         self._clamp(kwargs)
-        self.stop_reading = False
+        self._stop_reading = False
         self._round = _Round(
             index=self._round_index,
             sent=sent,
@@ -1072,9 +1095,6 @@ class Continuation:
         )
         failure.__cause__ = error
         return Fail(failure)
-
-    def _fail_round(self, error: BaseException) -> Action:
-        return self.on_error(error)
 
     def _current(self) -> _Round:
         if self._round is None:

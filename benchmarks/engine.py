@@ -108,13 +108,8 @@ def _seeded(text: str, size: int, settings: Settings, stream: bool) -> tuple[Con
 
 
 def _end_stream(core: Continuation) -> Any:
-    """``on_stream_end``, then what the stream driver also takes: text released at the round's end (if the core
-    has that step)."""
-    action = core.on_stream_end()
-    take = getattr(core, "take_released", None)
-    if take is not None:
-        take()
-    return action
+    """``on_stream_end``: the next action, with the text released at the round's end (``action.emit``)."""
+    return core.on_stream_end()
 
 
 def _round(core: Continuation, text: str, action: DoRequest, stream: bool, serial: int) -> Any:

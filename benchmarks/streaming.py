@@ -145,12 +145,8 @@ def _feed_core(request: dict[str, Any], settings: Any, chunks: list[Any]) -> flo
     c0 = time.thread_time()
     for chunk in chunks:
         core.on_chunk(chunk)
-    action = core.on_stream_end()
-    take = getattr(core, "take_released", None)  # what the stream driver takes at a round's end, if there is such
-    if take is not None:
-        take()
+    action = core.on_stream_end()  # with the closing chunks the stream driver hands on (``action.emit``)
     assert isinstance(action, Done), action
-    core.closing_chunks(action.completion)
     return time.thread_time() - c0
 
 

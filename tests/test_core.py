@@ -1,8 +1,8 @@
 """Sans-IO tests of the continuation state machine (autocontinue.core.Continuation).
 
 No server and no network: a pure-Python fake provider answers each ``DoRequest`` the way a provider of each
-dialect would (facts: ``/work/shared/reference/providers.md``), and small loops drive the core exactly as
-``autocontinue.drivers.sync`` and ``autocontinue.drivers.stream`` do.
+dialect would (facts: ``/work/shared/reference/providers.md``), and the drivers ``autocontinue.drivers.sync`` and
+``autocontinue.drivers.stream`` run the core against it, with a ``sleep`` that does not wait.
 
 The fake provider and the drivers are shared with test_budget.py and test_retry_policy.py (imported from here).
 """
@@ -30,7 +30,9 @@ from autocontinue._reading import MIN_UNCONFIRMED as MIN_OVERLAP
 from autocontinue._reading import WINDOW as OVERLAP_WINDOW
 from autocontinue.budget import PriceTable, StopCondition
 from autocontinue.client import make_settings
-from autocontinue.core import Continuation, Done, DoRequest, DoSleep, Fail, Settings
+from autocontinue.core import Continuation, DoRequest, Settings
+from autocontinue.drivers import stream as stream_driver
+from autocontinue.drivers import sync as sync_driver
 from autocontinue.retry import RetryTracker, is_transient
 from autocontinue.stitch import RESTART_PROBE
 from autocontinue.tokens import TokenCounter
@@ -337,7 +339,7 @@ def stream_of(cid: str, text_pieces: Iterable[str], finish: str, *, usage: tuple
 
 
 # ================================================================================================================
-# Drivers (as autocontinue.drivers.sync / drivers.stream, without I/O or sleeping)
+# Driving the core: the real drivers, the fake provider for I/O, no sleeping
 
 COUNTER = TokenCounter()
 
@@ -383,27 +385,66 @@ def make_core(
     return Continuation(call, settings, base_url=base_url or flavour.base_url, clock=lambda: 0.0)
 
 
+class _ProviderAssertion(BaseException):
+    """An AssertionError of the fake provider, carried past the driver's ``except Exception`` (which would hand it
+    to the core as a failed request) so that it fails the test."""
+
+
+class _Steps:
+    """What a driver is given to send and sleep with: the fake provider's answers, no waiting, and at most
+    ``max_steps`` requests and sleeps (a core that never finishes fails the test instead of hanging it)."""
+
+    def __init__(self, send: Callable[[DoRequest], Any], max_steps: int) -> None:
+        self._send = send
+        self._left = max_steps
+
+    def _step(self) -> None:
+        self._left -= 1
+        if self._left < 0:
+            raise _ProviderAssertion(AssertionError("the core never finished"))
+
+    def send(self, action: DoRequest) -> Any:
+        self._step()
+        try:
+            return self._send(action)
+        except AssertionError as error:
+            raise _ProviderAssertion(error) from error
+
+    def open(self, action: DoRequest) -> _Upstream:
+        return _Upstream(self.send(action))
+
+    def sleep(self, seconds: float) -> None:
+        self._step()
+
+
+class _Upstream:
+    """A scripted stream of chunks as the driver reads an upstream response: iterated, then closed."""
+
+    def __init__(self, chunks: Iterable[ChatCompletionChunk]) -> None:
+        self._chunks = iter(chunks)
+
+    def __iter__(self) -> _Upstream:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        try:
+            return next(self._chunks)
+        except AssertionError as error:
+            raise _ProviderAssertion(error) from error
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
 def run(core: Continuation, send: Callable[[DoRequest], ChatCompletion], *, max_steps: int = 5000) -> ChatCompletion:
     """drivers.sync.run without sleeping; an AssertionError of the fake provider fails the test."""
-    action = core.start()
-    for _ in range(max_steps):
-        if isinstance(action, DoRequest):
-            try:
-                response = send(action)
-            except AssertionError:
-                raise
-            except Exception as error:
-                action = core.on_error(error)
-            else:
-                action = core.on_response(response)
-        elif isinstance(action, DoSleep):
-            action = core.resume()
-        elif isinstance(action, Done):
-            return action.completion
-        else:
-            assert isinstance(action, Fail)
-            raise action.error
-    raise AssertionError("the core never finished")
+    steps = _Steps(send, max_steps)
+    try:
+        return sync_driver.run(core, steps.send, sleep=steps.sleep)
+    except _ProviderAssertion as escaped:
+        raise escaped.args[0] from None
 
 
 @dataclass
@@ -419,47 +460,19 @@ class StreamResult:
 def run_stream(
     core: Continuation, send: Callable[[DoRequest], Iterable[ChatCompletionChunk]], *, max_steps: int = 5000
 ) -> StreamResult:
-    """drivers.stream.ContinuedStream._run without I/O (take_released() after each round included); returns every
-    chunk handed to the caller."""
+    """drivers.stream.chunks without sleeping; returns every chunk handed to the reader, and the completion."""
+    steps = _Steps(send, max_steps)
     out: list[ChatCompletionChunk] = []
-    action = core.start()
-    for _ in range(max_steps):
-        if isinstance(action, DoRequest):
-            try:
-                upstream = iter(send(action))
-            except AssertionError:
-                raise
-            except Exception as error:
-                action = core.on_error(error)
-                continue
-            while True:
-                try:
-                    chunk = next(upstream)
-                except StopIteration:
-                    action = core.on_stream_end()
-                    out.extend(core.take_released())
-                    break
-                except AssertionError:
-                    raise
-                except Exception as error:
-                    action = core.on_error(error)
-                    break
-                given = core.on_chunk(chunk)
-                if given is not None:
-                    out.append(given)
-                if core.stop_reading:
-                    action = core.on_stream_end()
-                    out.extend(core.take_released())
-                    break
-        elif isinstance(action, DoSleep):
-            action = core.resume()
-        elif isinstance(action, Done):
-            out.extend(core.closing_chunks(action.completion))
-            return StreamResult(out, action.completion)
-        else:
-            assert isinstance(action, Fail)
-            raise action.error
-    raise AssertionError("the core never finished")
+    stream = stream_driver.chunks(core, steps.open, sleep=steps.sleep)
+    try:
+        while True:
+            chunk = next(stream)
+            if chunk is not None:
+                out.append(chunk)
+    except StopIteration as end:
+        return StreamResult(out, end.value)
+    except _ProviderAssertion as escaped:
+        raise escaped.args[0] from None
 
 
 def drive(core: Continuation, provider: Provider, *, stream: bool) -> ChatCompletion:
@@ -1175,24 +1188,9 @@ def test_mid_stream_error_resumes_from_the_released_text(name: str, after: int) 
                 raise connection_error()
             yield chunk
 
-    action = core.start()
-    while not isinstance(action, Done):
-        if isinstance(action, DoSleep):
-            action = core.resume()
-            continue
-        assert isinstance(action, DoRequest), action
-        upstream = send(action)
-        try:
-            for chunk in upstream:
-                given = core.on_chunk(chunk)
-                if given is not None:
-                    out.append(given)
-        except openai.APIConnectionError as error:
-            action = core.on_error(error)
-        else:
-            action = core.on_stream_end()
-            out.extend(core.take_released())
-    out.extend(core.closing_chunks(action.completion))
+    for chunk in stream_driver.chunks(core, lambda action: _Upstream(send(action)), sleep=lambda seconds: None):
+        if chunk is not None:
+            out.append(chunk)
     text = "".join(c.choices[0].delta.content or "" for c in out if c.choices)
     assert text == target
     resumed = provider.prefixes[2]

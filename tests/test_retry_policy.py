@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autocontinue import ContinuationFailed, default_retry, is_transient
-from autocontinue.core import Continuation, Done, DoRequest, DoSleep, Fail, IncompleteStream
+from autocontinue.core import Action, Continuation, Done, DoRequest, DoSleep, Fail
+from autocontinue.errors import IncompleteStream
 from autocontinue.retry import HARD_ATTEMPT_CAP, MAX_RETRY_AFTER, RetryTracker, retry_after_seconds
 from tests.test_core import (
     SETTINGS,
@@ -401,7 +402,7 @@ def test_incomplete_stream_is_retried_by_the_default_policy() -> None:
     action = core.start()
     assert isinstance(action, DoRequest)
     for chunk in stream_of("a", ["Hello", " world"], "length")[:-1]:  # no finish chunk
-        core.on_chunk(chunk)
+        assert not isinstance(core.on_chunk(chunk), Action)
     action = core.on_stream_end()
     assert isinstance(action, DoSleep), action  # got Fail(ContinuationFailed(IncompleteStream))
     action = core.resume()

@@ -7,12 +7,18 @@ from collections.abc import Awaitable, Callable
 
 from openai.types.chat import ChatCompletion
 
-from ..core import Continuation, Done, DoRequest, DoSleep
+from ..core import Continuation, Done, DoRequest, DoSleep, Fail
 from ..result import merge_choices
 
 
-async def run(core: Continuation, send: Callable[[DoRequest], Awaitable[ChatCompletion]]) -> ChatCompletion:
-    """Run ``core`` to the end, awaiting ``send`` for each request; return the joined completion.
+async def run(
+    core: Continuation,
+    send: Callable[[DoRequest], Awaitable[ChatCompletion]],
+    *,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> ChatCompletion:
+    """Run ``core`` to the end, awaiting ``send`` for each request and ``sleep`` for each wait; return the joined
+    completion.
 
     For ``n > 1`` the other choices are continued concurrently, each in its own task.
     """
@@ -27,15 +33,16 @@ async def run(core: Continuation, send: Callable[[DoRequest], Awaitable[ChatComp
                     action = core.on_error(error)
                 else:
                     action = core.on_response(response)
-                    siblings += [asyncio.ensure_future(run(s, send)) for s in core.take_siblings()]
+                    siblings += [asyncio.ensure_future(run(s, send, sleep=sleep)) for s in core.take_siblings()]
             elif isinstance(action, DoSleep):
-                await asyncio.sleep(action.seconds)
+                await sleep(action.seconds)
                 action = core.resume()
             elif isinstance(action, Done):
                 if not siblings:
                     return action.completion
                 return merge_choices([action.completion, *await asyncio.gather(*siblings)])
             else:
+                assert isinstance(action, Fail)
                 raise action.error
     finally:
         for task in siblings:

@@ -1,7 +1,9 @@
 """The streaming drivers: one continuous stream of chunks across rounds.
 
-They only move chunks: each upstream chunk goes to the core, and whatever the core releases goes to the caller.
-Seams, budgets, retries and resumption after a dropped connection are the core's decisions.
+They only move chunks: each upstream chunk goes to the core, and whatever the core hands back goes to the reader
+(:meth:`~autocontinue.core.Continuation.on_chunk` returns a chunk, or the action that ends the round; every
+action's ``emit`` is handed on before it is done). Seams, budgets, retries and resumption after a dropped
+connection are the core's decisions.
 
 The first request is sent when the stream is made (:meth:`ContinuedStream.open`), as the SDK's ``create(stream=True)``
 does, so an error before any text (a 401, a 429 after the retries) is raised by ``create()`` itself. The upstream
@@ -19,14 +21,111 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from ..core import Action, Continuation, Done, DoRequest, DoSleep
+from ..core import Action, Continuation, Done, DoRequest, DoSleep, Fail
 from ..trace import ContinuationTrace
 
-__all__ = ["AsyncContinuedStream", "ContinuedStream"]
+__all__ = ["AsyncContinuedStream", "ContinuedStream", "achunks", "chunks"]
+
+
+def chunks(
+    core: Continuation, send: Callable[[DoRequest], Any], *, sleep: Callable[[float], object] = time.sleep
+) -> Generator[ChatCompletionChunk | None, None, ChatCompletion]:
+    """Run ``core`` to the end, streaming: yield the reader's chunks, and ``None`` once, when the first upstream
+    response is open; return the joined completion (or raise the call's error)."""
+    action = core.start()
+    opened = False
+    while True:
+        yield from action.emit
+        if isinstance(action, DoRequest):
+            try:
+                upstream = send(action)
+            except Exception as error:  # the core decides: retry, fall back, or fail with the partial
+                action = core.on_error(error)
+                continue
+            try:
+                if not opened:
+                    opened = True
+                    yield None
+                action = yield from _read(core, upstream)
+            finally:
+                upstream.close()
+        elif isinstance(action, DoSleep):
+            sleep(action.seconds)
+            action = core.resume()
+        elif isinstance(action, Done):
+            return action.completion
+        else:
+            raise cast(Fail, action).error
+
+
+def _read(core: Continuation, upstream: Any) -> Generator[ChatCompletionChunk, None, Action]:
+    """One round's upstream response: its chunks through the core, until the round ends."""
+    pull, feed = iter(upstream).__next__, core.on_chunk  # looked up once, not per chunk
+    while True:
+        try:
+            chunk = pull()
+        except StopIteration:
+            return core.on_stream_end()
+        except Exception as error:
+            return core.on_error(error)
+        given = feed(chunk)
+        if isinstance(given, Action):
+            return given
+        if given is not None:
+            yield given
+
+
+async def achunks(
+    core: Continuation,
+    send: Callable[[DoRequest], Awaitable[Any]],
+    *,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> AsyncGenerator[ChatCompletionChunk | None, None]:
+    """The async twin of :func:`chunks` (an async generator returns nothing: the completion is not given)."""
+    action = core.start()
+    opened = False
+    while True:
+        for out in action.emit:
+            yield out
+        if isinstance(action, DoRequest):
+            try:
+                upstream = await send(action)
+            except Exception as error:
+                action = core.on_error(error)
+                continue
+            try:
+                if not opened:
+                    opened = True
+                    yield None
+                pull, feed = upstream.__aiter__().__anext__, core.on_chunk
+                while True:
+                    try:
+                        chunk = await pull()
+                    except StopAsyncIteration:
+                        action = core.on_stream_end()
+                        break
+                    except Exception as error:
+                        action = core.on_error(error)
+                        break
+                    given = feed(chunk)
+                    if isinstance(given, Action):
+                        action = given
+                        break
+                    if given is not None:
+                        yield given
+            finally:
+                await upstream.close()
+        elif isinstance(action, DoSleep):
+            await sleep(action.seconds)
+            action = core.resume()
+        elif isinstance(action, Done):
+            return
+        else:
+            raise cast(Fail, action).error
 
 
 class ContinuedStream:
@@ -35,23 +134,20 @@ class ContinuedStream:
     ``continuation`` holds the trace once the stream is exhausted.
     """
 
-    def __init__(self, core: Continuation, send: Callable[[DoRequest], Any]) -> None:
+    def __init__(self, core: Continuation, iterator: Generator[ChatCompletionChunk, None, Any]) -> None:
         self._core = core
-        self._send = send
-        self._iterator: Generator[ChatCompletionChunk, None, None] = _empty()
-        self._pending: Any = None  # the first upstream response, until the generator takes it over
+        self._iterator = iterator
 
     @classmethod
-    def open(cls, core: Continuation, send: Callable[[DoRequest], Any]) -> ContinuedStream:
+    def open(
+        cls, core: Continuation, send: Callable[[DoRequest], Any], *, sleep: Callable[[float], object] = time.sleep
+    ) -> ContinuedStream:
         """Send the first request (retrying as the core decides) and return the stream; an error before any text
         is raised here, as the SDK raises it from ``create(stream=True)``."""
-        stream = cls(core, send)
-        upstream, action = stream._advance(core.start())
-        if upstream is None and not isinstance(action, Done) and not core.trace.rounds:
-            raise action.error  # type: ignore[union-attr]
-        stream._pending = upstream
-        stream._iterator = stream._run(upstream, action)
-        return stream
+        steps = chunks(core, send, sleep=sleep)
+        first = next(steps, None)  # the first response is open (or the call ended before one was)
+        rest = cast(Generator[ChatCompletionChunk, None, Any], steps)
+        return cls(core, rest if first is None else _primed(first, rest))
 
     @property
     def continuation(self) -> ContinuationTrace:
@@ -75,9 +171,6 @@ class ContinuedStream:
     def close(self) -> None:
         """Stop the stream and close the upstream response."""
         self._iterator.close()
-        pending, self._pending = self._pending, None
-        if pending is not None:  # closed before the first chunk was read: the generator never took it over
-            pending.close()
 
     def prime(self) -> None:
         """Run the stream up to its first chunk, kept for the caller: the first request is then sent and its
@@ -88,74 +181,27 @@ class ContinuedStream:
             return
         self._iterator = _primed(first, self._iterator)
 
-    def _advance(self, action: Action) -> tuple[Any, Action]:
-        """Execute requests and sleeps until an upstream response is open, or the call is over (Done / Fail)."""
-        core = self._core
-        while True:
-            if isinstance(action, DoRequest):
-                try:
-                    return self._send(action), action
-                except Exception as error:
-                    action = core.on_error(error)
-            elif isinstance(action, DoSleep):
-                time.sleep(action.seconds)
-                action = core.resume()
-            else:
-                return None, action
-
-    def _run(self, upstream: Any, action: Action) -> Generator[ChatCompletionChunk, None, None]:
-        self._pending = None  # from here on, the finally below closes it
-        core = self._core
-        while upstream is not None:
-            try:
-                pull, feed = iter(upstream).__next__, core.on_chunk  # looked up once, not per chunk
-                while True:
-                    try:
-                        chunk = pull()
-                    except StopIteration:
-                        action = core.on_stream_end()
-                        yield from core.take_released()
-                        break
-                    except Exception as error:
-                        action = core.on_error(error)
-                        break
-                    given = feed(chunk)
-                    if given is not None:
-                        yield given
-                    if core.stop_reading:
-                        action = core.on_stream_end()
-                        yield from core.take_released()
-                        break
-            finally:
-                upstream.close()
-            upstream, action = self._advance(action)
-        if isinstance(action, Done):
-            yield from core.closing_chunks(action.completion)
-            return
-        yield from core.failing_chunks()
-        raise action.error  # type: ignore[union-attr]
-
 
 class AsyncContinuedStream:
     """The async twin of :class:`ContinuedStream`, used like the SDK's ``AsyncStream``."""
 
-    def __init__(self, core: Continuation, send: Callable[[DoRequest], Awaitable[Any]]) -> None:
+    def __init__(self, core: Continuation, iterator: AsyncGenerator[ChatCompletionChunk, None]) -> None:
         self._core = core
-        self._send = send
-        self._iterator: AsyncGenerator[ChatCompletionChunk, None] = _nothing()
-        self._pending: Any = None  # the first upstream response, until the generator takes it over
+        self._iterator = iterator
 
     @classmethod
-    async def open(cls, core: Continuation, send: Callable[[DoRequest], Awaitable[Any]]) -> AsyncContinuedStream:
+    async def open(
+        cls,
+        core: Continuation,
+        send: Callable[[DoRequest], Awaitable[Any]],
+        *,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> AsyncContinuedStream:
         """The async twin of :meth:`ContinuedStream.open`."""
-        stream = cls(core, send)
-        upstream, action = await stream._advance(core.start())
-        if upstream is None and not isinstance(action, Done) and not core.trace.rounds:
-            raise action.error  # type: ignore[union-attr]
-        await stream._iterator.aclose()
-        stream._pending = upstream
-        stream._iterator = stream._run(upstream, action)
-        return stream
+        steps = achunks(core, send, sleep=sleep)
+        first = await anext(steps, None)
+        rest = cast(AsyncGenerator[ChatCompletionChunk, None], steps)
+        return cls(core, rest if first is None else _aprimed(first, rest))
 
     @property
     def continuation(self) -> ContinuationTrace:
@@ -179,9 +225,6 @@ class AsyncContinuedStream:
     async def close(self) -> None:
         """Stop the stream and close the upstream response."""
         await self._iterator.aclose()
-        pending, self._pending = self._pending, None
-        if pending is not None:  # closed before the first chunk was read: the generator never took it over
-            await pending.close()
 
     aclose = close
 
@@ -193,70 +236,10 @@ class AsyncContinuedStream:
             return
         self._iterator = _aprimed(first, self._iterator)
 
-    async def _advance(self, action: Action) -> tuple[Any, Action]:
-        core = self._core
-        while True:
-            if isinstance(action, DoRequest):
-                try:
-                    return await self._send(action), action
-                except Exception as error:
-                    action = core.on_error(error)
-            elif isinstance(action, DoSleep):
-                await asyncio.sleep(action.seconds)
-                action = core.resume()
-            else:
-                return None, action
 
-    async def _run(self, upstream: Any, action: Action) -> AsyncGenerator[ChatCompletionChunk, None]:
-        self._pending = None  # from here on, the finally below closes it
-        core = self._core
-        while upstream is not None:
-            try:
-                pull, feed = upstream.__aiter__().__anext__, core.on_chunk  # looked up once, not per chunk
-                while True:
-                    try:
-                        chunk = await pull()
-                    except StopAsyncIteration:
-                        action = core.on_stream_end()
-                        for out in core.take_released():
-                            yield out
-                        break
-                    except Exception as error:
-                        action = core.on_error(error)
-                        break
-                    given = feed(chunk)
-                    if given is not None:
-                        yield given
-                    if core.stop_reading:
-                        action = core.on_stream_end()
-                        for out in core.take_released():
-                            yield out
-                        break
-            finally:
-                await upstream.close()
-            upstream, action = await self._advance(action)
-        if isinstance(action, Done):
-            for out in core.closing_chunks(action.completion):
-                yield out
-            return
-        for out in core.failing_chunks():
-            yield out
-        raise action.error  # type: ignore[union-attr]
-
-
-def _empty() -> Generator[ChatCompletionChunk, None, None]:
-    return
-    yield  # a generator with nothing in it
-
-
-async def _nothing() -> AsyncGenerator[ChatCompletionChunk, None]:
-    return
-    yield  # an async generator with nothing in it
-
-
-def _primed(first: ChatCompletionChunk, rest: Generator[ChatCompletionChunk, None, None]) -> Generator[Any, None, None]:
+def _primed(first: ChatCompletionChunk, rest: Generator[ChatCompletionChunk, None, Any]) -> Generator[Any, None, Any]:
     yield first
-    yield from rest  # close() reaches the rest, and with it the upstream response
+    return (yield from rest)  # close() reaches the rest, and with it the upstream response
 
 
 async def _aprimed(

@@ -7,12 +7,18 @@ from collections.abc import Callable
 
 from openai.types.chat import ChatCompletion
 
-from ..core import Continuation, Done, DoRequest, DoSleep
+from ..core import Continuation, Done, DoRequest, DoSleep, Fail
 from ..result import merge_choices
 
 
-def run(core: Continuation, send: Callable[[DoRequest], ChatCompletion]) -> ChatCompletion:
-    """Run ``core`` to the end, sending each request with ``send``; return the joined completion.
+def run(
+    core: Continuation,
+    send: Callable[[DoRequest], ChatCompletion],
+    *,
+    sleep: Callable[[float], object] = time.sleep,
+) -> ChatCompletion:
+    """Run ``core`` to the end, sending each request with ``send`` and waiting with ``sleep``; return the joined
+    completion.
 
     For ``n > 1`` the other choices are continued one after another once this one is done.
     """
@@ -28,11 +34,12 @@ def run(core: Continuation, send: Callable[[DoRequest], ChatCompletion]) -> Chat
                 action = core.on_response(response)
                 siblings += core.take_siblings()
         elif isinstance(action, DoSleep):
-            time.sleep(action.seconds)
+            sleep(action.seconds)
             action = core.resume()
         elif isinstance(action, Done):
             if not siblings:
                 return action.completion
-            return merge_choices([action.completion, *(run(sibling, send) for sibling in siblings)])
+            return merge_choices([action.completion, *(run(sibling, send, sleep=sleep) for sibling in siblings)])
         else:
+            assert isinstance(action, Fail)
             raise action.error
