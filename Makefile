@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,frameworks]'
+	$(PY) -m pip install --quiet -e '.[dev,frameworks,serve]'
 	$(PY) -m pip install --quiet --no-deps 'instructor>=1.17'
 	touch $(STAMP)
 

@@ -301,7 +301,17 @@ def run(args: argparse.Namespace, prompt: str, out: Output, call: _Call) -> Cont
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status (the console script passes it to ``sys.exit``)."""
+    """Run the command; returns the exit status (the console script passes it to ``sys.exit``).
+
+    ``autocontinue serve ...`` runs the proxy (:mod:`autocontinue.serve`): only when ``serve`` is the whole first
+    argument, so a prompt given as one quoted argument ("serve me a recipe") is a prompt; a prompt of several words
+    whose first is ``serve`` goes after ``--`` (``autocontinue -- serve me a recipe``).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        from .serve.main import main as serve
+
+        return serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM (`kill`, `timeout`, a supervisor) unwinds like Ctrl-C, so the local engine's `with` stops the
