@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install build-tools engine test lint unit demo bench bench-quick clean
+.PHONY: install build-tools engine node-client test lint unit demo bench bench-quick clean
 
 # The frameworks extra is for tests/frameworks; instructor goes in without its pins (pyproject.toml says why).
 $(STAMP): pyproject.toml Makefile
@@ -32,7 +32,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check autocontinue
 	$(VENV)/bin/mypy autocontinue
 
-test: build-tools lint engine
+# The official openai npm package, for the proxy's Node client test (tests/test_serve_clients.py), from its lock file.
+NODE_CLIENT := tests/node/node_modules/.package-lock.json
+$(NODE_CLIENT): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_CLIENT)
+
+node-client: $(NODE_CLIENT)
+
+test: build-tools lint engine node-client
 	$(PY) -m pytest -q
 
 # Exit status 3 (an answer cut short by a budget, or a loop of the small model stopped) is still a working demo:

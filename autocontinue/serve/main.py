@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -100,6 +101,14 @@ def _serve(uvicorn: Any, config: ServeConfig, args: argparse.Namespace) -> None:
         uvicorn.Server(uv_config).run(sockets=[sock])
 
 
+class _Terminated(Exception):
+    """SIGTERM, raised again by uvicorn once its graceful shutdown is over."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str]) -> int:
     """Run the server until SIGTERM or Ctrl-C; returns the exit status."""
     parser = build_parser()
@@ -127,6 +136,10 @@ def main(argv: Sequence[str]) -> int:
     _logging(args.log_level)
     from ..local import LocalEngineError
 
+    # uvicorn handles SIGTERM and SIGINT while it serves (draining), then raises the signal again with the handlers
+    # that were there before: ours turns SIGTERM into an exception, so the local engine's `with` block stops it.
+    signal.signal(signal.SIGTERM, _terminated)
+
     try:
         with _upstream(args.upstream, args.local_model) as upstream:
             config = config_from_args(args, upstream)
@@ -136,4 +149,6 @@ def main(argv: Sequence[str]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except _Terminated:
+        return 0  # a drained shutdown: what a supervisor asked for
     return 0
