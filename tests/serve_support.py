@@ -86,12 +86,13 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 class ServeProcess:
-    """``python -m autocontinue serve ...`` as a subprocess; its stderr is collected in ``log``."""
+    """``python -m autocontinue serve ARGS --port 0`` as a subprocess; its stderr is collected in ``log``."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0) -> None:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "autocontinue", "serve", "--port", "0", *args],
+            # --port 0 last: it wins over a --port among args (the Dockerfile's command has one)
+            [sys.executable, "-m", "autocontinue", "serve", *args, "--port", "0"],
             cwd=REPO_ROOT,
             env=environment,
             stdin=subprocess.DEVNULL,

@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--upstream",
         metavar="URL",
+        default=os.environ.get("AUTOCONTINUE_UPSTREAM") or None,
         help="an OpenAI-compatible base URL, as the OpenAI SDK takes it (e.g. https://api.openai.com/v1); "
-        "default: the embedded local engine",
+        "default: $AUTOCONTINUE_UPSTREAM, else the embedded local engine",
     )
     where.add_argument("--local-model", default=None, help="the local engine's model when there is no --upstream")
     where.add_argument(
