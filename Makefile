@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install build-tools engine node-client test lint unit demo bench bench-quick clean
+.PHONY: install build-tools engine node-client test lint unit demo demo-proxy bench bench-quick clean
 
 # The frameworks extra is for tests/frameworks; instructor goes in without its pins (pyproject.toml says why).
 $(STAMP): pyproject.toml Makefile
@@ -48,6 +48,11 @@ test: build-tools lint engine node-client
 demo: engine
 	$(VENV)/bin/autocontinue --max-tokens 24 --max-rounds 30 \
 		"Explain in three short paragraphs why the sea is salty." || test $$? -eq 3
+	@$(MAKE) --no-print-directory demo-proxy
+
+# The proxy in one line: `autocontinue serve` on the local engine, one curl through it (deploy/demo-proxy.sh).
+demo-proxy: engine
+	@sh deploy/demo-proxy.sh $(VENV)
 
 bench: engine
 	$(PY) -m benchmarks

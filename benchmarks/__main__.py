@@ -38,6 +38,7 @@ BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("memory", "7. Memory for a 1 M-character answer"),
     ("instruction_seam", "8. The instruction dialect's seam under 15 chat-model behaviours"),
     ("reliability", "9. Reliability against servers that misbehave"),
+    ("proxy", "10. autocontinue serve vs the upstream called directly (and LiteLLM's proxy)"),
 )
 NAMES = tuple(name for name, _ in BENCHMARKS)
 #: fidelity with --quick: one prompt, one round size, a short one-shot

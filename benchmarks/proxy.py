@@ -1,0 +1,334 @@
+"""10. ``autocontinue serve`` against the upstream called directly, and LiteLLM's proxy beside it.
+
+Every route is measured in the same run, on the same emulator (in its own process), each server in its own process:
+``direct`` (the client talks to the emulator), ``autocontinue`` (the client talks to ``autocontinue serve`` in
+front of it), and ``litellm`` (LiteLLM's proxy in front of it, when ``litellm[proxy]`` is installed in the
+virtualenv named by ``$LITELLM_VENV``, default ``/tmp/litellm-venv``; it is not a dependency of this project).
+Every reply is untruncated (one round), so what is measured is the proxy's own cost, not continuation.
+
+Two upstreams, because a proxy's cost is a fixed amount per request and per chunk, and what it means depends on
+what it is added to:
+
+- ``bare``: the emulator answers at once (about a millisecond): the ratio is the proxy's whole cost against a
+  local server's, the worst case;
+- ``paced``: the emulator answers like a fast hosted model: 100 ms before the first token, then a token every
+  5 ms (200 tokens a second).
+
+Measured per route and upstream: non-streamed latency p50 and p99 (calls alternate between routes); streamed time
+per chunk (a 400-token reply drained, median of the runs); and 500 concurrent streamed calls' throughput (calls per
+second for the whole batch, ``AsyncOpenAI`` with a pool of 600 connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+
+from ._common import Row, cli, median, percentile, synthetic_text
+from ._emulator import start_emulator
+
+GOAL_LATENCY = 1.10
+GOAL_CHUNK = 1.10
+GOAL_THROUGHPUT = 0.90
+PERSONA = "vllm"
+MESSAGES = [{"role": "user", "content": "Tell me a story."}]
+#: the paced upstream: seconds before the first token, and between tokens
+PACED = {"first_token_delay": 0.100, "token_delay": 0.005}
+LITELLM_VENV = Path(os.environ.get("LITELLM_VENV", "/tmp/litellm-venv"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            if httpx2.get(url, timeout=2).status_code < 500:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+@contextlib.contextmanager
+def _process(command: list[str], ready_url: str, timeout: float, env: dict[str, str] | None = None) -> Iterator[None]:
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in the finally below, after the process)
+    proc = subprocess.Popen(
+        command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
+    try:
+        _wait_ready(ready_url, proc, timeout)
+        yield
+    except RuntimeError:
+        log.seek(0)
+        sys.stderr.write(log.read()[-3000:].decode(errors="replace"))
+        raise
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def _autocontinue(upstream: str) -> Iterator[str]:
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "autocontinue",
+        "serve",
+        "--upstream",
+        upstream,
+        "--port",
+        str(port),
+        "--dialect",
+        "continue_final_message",
+        "--log-level",
+        "warning",
+        "--max-concurrency",
+        "2048",
+    ]
+    with _process(command, f"http://127.0.0.1:{port}/health", 60):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+def litellm_available() -> bool:
+    return (LITELLM_VENV / "bin" / "litellm").exists()
+
+
+@contextlib.contextmanager
+def _litellm(upstream: str, models: list[str]) -> Iterator[str]:
+    port = _free_port()
+    config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)  # noqa: SIM115  (removed below)
+    entries = "".join(
+        f"  - model_name: {m}\n    litellm_params:\n      model: openai/{m}\n      api_base: {upstream}\n"
+        f"      api_key: x\n"
+        for m in models
+    )
+    config.write(f"model_list:\n{entries}litellm_settings:\n  drop_params: true\n")
+    config.close()
+    command = [
+        str(LITELLM_VENV / "bin" / "litellm"),
+        "--config",
+        config.name,
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    try:
+        with _process(command, f"http://127.0.0.1:{port}/health/liveliness", 180, env={"LITELLM_LOG": "ERROR"}):
+            yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        os.unlink(config.name)
+
+
+# ------------------------------------------------------------------------------------------------- measures
+
+
+def _latency(routes: dict[str, str], model: str, calls: int) -> dict[str, dict[str, float]]:
+    clients = {
+        name: openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=60) for name, url in routes.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in routes}
+    order = list(routes)
+    for name in order:  # warm-up: connections, imports, caches
+        for _ in range(3):
+            clients[name].chat.completions.create(model=model, messages=MESSAGES, max_tokens=1000)
+    for i in range(calls):
+        for name in order if i % 2 == 0 else reversed(order):  # alternate, so drift hits every route alike
+            started = time.perf_counter()
+            clients[name].chat.completions.create(model=model, messages=MESSAGES, max_tokens=1000)
+            times[name].append(time.perf_counter() - started)
+    for client in clients.values():
+        client.close()
+    return {name: {"p50": median(t), "p99": percentile(t, 0.99), "n": len(t)} for name, t in times.items()}
+
+
+def _per_chunk(routes: dict[str, str], model: str, runs: int) -> dict[str, dict[str, float]]:
+    """Time to drain a streamed reply, per chunk the upstream sent (the direct route's count: a continued stream
+    may join a whitespace chunk to the next, so its own count is smaller for the same text)."""
+    clients = {
+        name: openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120) for name, url in routes.items()
+    }
+    per_chunk: dict[str, list[float]] = {name: [] for name in routes}
+    chunks: dict[str, int] = {}
+    for i in range(runs + 1):
+        for name in list(routes) if i % 2 == 0 else list(reversed(routes)):
+            started = time.perf_counter()
+            count = 0
+            for _chunk in clients[name].chat.completions.create(
+                model=model, messages=MESSAGES, max_tokens=1000, stream=True
+            ):
+                count += 1
+            if i > 0:  # the first run warms up
+                per_chunk[name].append((time.perf_counter() - started) / count)
+            chunks[name] = count
+    for client in clients.values():
+        client.close()
+    upstream_chunks = chunks["direct"]
+    return {
+        name: {"per_chunk_s": median(t) * chunks[name] / upstream_chunks, "chunks": chunks[name]}
+        for name, t in per_chunk.items()
+    }
+
+
+async def _throughput_once(url: str, model: str, calls: int) -> float:
+    limits = httpx2.Limits(max_connections=calls + 100, max_keepalive_connections=calls + 100)
+    http = httpx2.AsyncClient(limits=limits, timeout=300)
+    client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, http_client=http)
+
+    async def one() -> int:
+        stream = await client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1000, stream=True)
+        return len([c async for c in stream])
+
+    try:
+        await asyncio.gather(*(one() for _ in range(20)))  # warm-up: the SDK's lazy imports, first connections
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one() for _ in range(calls)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await client.close()
+    assert min(counts) > 3, "a stream came back empty"
+    return calls / elapsed
+
+
+def _throughput(routes: dict[str, str], model: str, calls: int, runs: int) -> dict[str, dict[str, float]]:
+    results: dict[str, list[float]] = {name: [] for name in routes}
+    for i in range(runs):
+        for name in list(routes) if i % 2 == 0 else list(reversed(routes)):
+            results[name].append(asyncio.run(_throughput_once(routes[name], model, calls)))
+    return {name: {"calls_per_s": median(r), "runs": r} for name, r in results.items()}
+
+
+# ------------------------------------------------------------------------------------------------- the run
+
+
+def _rows(upstream: str, latency: Any, chunk: Any, throughput: Any, calls: int) -> list[Row]:
+    rows: list[Row] = []
+    for proxy in [name for name in latency if name != "direct"]:
+        for q in ("p50", "p99"):
+            ours, base = latency[proxy][q], latency["direct"][q]
+            rows.append(
+                Row(
+                    "proxy",
+                    f"{upstream}: {proxy} vs direct, non-streamed latency {q} (one round)",
+                    f"{ours * 1e3:.1f} ms",
+                    f"{base * 1e3:.1f} ms",
+                    ours / base,
+                    f"<= {GOAL_LATENCY}" if proxy == "autocontinue" else "info",
+                    ours / base <= GOAL_LATENCY if proxy == "autocontinue" else None,
+                )
+            )
+        ours, base = chunk[proxy]["per_chunk_s"], chunk["direct"]["per_chunk_s"]
+        rows.append(
+            Row(
+                "proxy",
+                f"{upstream}: {proxy} vs direct, streamed time per upstream chunk ({chunk['direct']['chunks']} chunks)",
+                f"{ours * 1e6:.0f} µs",
+                f"{base * 1e6:.0f} µs",
+                ours / base,
+                f"<= {GOAL_CHUNK}" if proxy == "autocontinue" else "info",
+                ours / base <= GOAL_CHUNK if proxy == "autocontinue" else None,
+            )
+        )
+        ours, base = throughput[proxy]["calls_per_s"], throughput["direct"]["calls_per_s"]
+        rows.append(
+            Row(
+                "proxy",
+                f"{upstream}: {proxy} vs direct, {calls} concurrent streams, calls per second",
+                f"{ours:.0f}/s",
+                f"{base:.0f}/s",
+                ours / base,
+                f">= {GOAL_THROUGHPUT}" if proxy == "autocontinue" else "info",
+                ours / base >= GOAL_THROUGHPUT if proxy == "autocontinue" else None,
+            )
+        )
+    return rows
+
+
+def run(quick: bool) -> dict[str, Any]:
+    from tests.emulator import Script
+
+    calls = 40 if quick else 300
+    paced_calls = 10 if quick else 60
+    chunk_runs = 2 if quick else 9
+    streams = 100 if quick else 500
+    stream_runs = 1 if quick else 3
+    short = synthetic_text(120, seed=3)  # about 30 tokens
+    long = synthetic_text(1600, seed=4)  # about 400 tokens
+    results: dict[str, Any] = {"litellm": litellm_available()}
+    rows: list[Row] = []
+    with start_emulator() as emu:
+        upstream = emu.base_url(PERSONA)
+        for pace, delays in (("bare", {}), ("paced", PACED)):
+            short_model = emu.add_script(Script(target=short, **delays))
+            long_model = emu.add_script(Script(target=long, **delays))
+            with contextlib.ExitStack() as stack:
+                routes = {"direct": upstream, "autocontinue": stack.enter_context(_autocontinue(upstream))}
+                if litellm_available():
+                    routes["litellm"] = stack.enter_context(_litellm(upstream, [short_model, long_model]))
+                print(f"[proxy] {pace}: routes {', '.join(routes)}", flush=True)
+                latency = _latency(routes, short_model, calls if pace == "bare" else paced_calls)
+                print(f"[proxy] {pace}: latency {latency}", flush=True)
+                chunk = _per_chunk(routes, long_model, chunk_runs)
+                print(f"[proxy] {pace}: per chunk {chunk}", flush=True)
+                throughput = _throughput(routes, short_model, streams, stream_runs)
+                print(f"[proxy] {pace}: throughput {throughput}", flush=True)
+            results[pace] = {"latency": latency, "per_chunk": chunk, "throughput": throughput}
+            rows += _rows(pace, latency, chunk, throughput, streams)
+    if not litellm_available():
+        print(f"[proxy] LiteLLM: not measured ({LITELLM_VENV}/bin/litellm is not there)", flush=True)
+    results["settings"] = {
+        "calls": calls,
+        "paced_calls": paced_calls,
+        "chunk_runs": chunk_runs,
+        "streams": streams,
+        "stream_runs": stream_runs,
+        "paced": PACED,
+        "persona": PERSONA,
+        "litellm_version": _litellm_version(),
+    }
+    results["rows"] = [row.as_dict() for row in rows]
+    return results
+
+
+def _litellm_version() -> str | None:
+    pip = LITELLM_VENV / "bin" / "pip"
+    if not pip.exists() or shutil.which(str(pip)) is None:
+        return None
+    shown = subprocess.run([str(pip), "show", "litellm"], capture_output=True, text=True, check=False).stdout
+    return next((line.split(":", 1)[1].strip() for line in shown.splitlines() if line.startswith("Version:")), None)
+
+
+def main() -> int:
+    return cli("proxy", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
