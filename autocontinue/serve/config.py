@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._cli_options import positive_int, positive_number, price
+from ..cli import build_options
 from ..client import DEFAULT_MAX_ROUNDS
 from ..dialects import DIALECTS
 from .auth import load_client_keys
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL=IN,OUT",
         help="a model's price in USD per 1M input and output tokens (repeatable), for --max-cost and the trace",
     )
+    # The prompt command's option builder reads these; a model's price is --price here.
+    parser.set_defaults(price_in=None, price_out=None)
     return parser
 
 
@@ -156,20 +159,10 @@ def _prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The library options the flags set (unset ones keep the library's defaults)."""
-    options: dict[str, Any] = {
-        "max_rounds": args.max_rounds,
-        "dialect": args.dialect,
-        "heal": args.heal,
-        "stop_on_repeat": args.stop_on_repeat,
-        "reasoning_retry": args.reasoning_retry,
-    }
-    optional = {
-        "max_total_tokens": args.max_total_tokens,
-        "max_cost_usd": args.max_cost,
-        "max_round_tokens": args.max_round_tokens,
-    }
-    options.update({name: value for name, value in optional.items() if value is not None})
+    """The library options the flags set (unset ones keep the library's defaults), as the prompt command reads
+    its own, plus ``reasoning_retry`` and the ``--price`` table."""
+    options = build_options(args, model="")
+    options["reasoning_retry"] = args.reasoning_retry
     prices = _prices(args.price)
     if prices:
         options["prices"] = prices
