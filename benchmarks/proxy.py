@@ -250,41 +250,18 @@ def _row(label: str, ours: float, base: float, unit: str, goal: str, proxy: str)
 
 
 def _rows(upstream: str, latency: Any, chunk: Any, throughput: Any, calls: int) -> list[Row]:
-    rows: list[Row] = []
-    for proxy in [name for name in latency if name != "direct"]:
-        head = f"{upstream}: {proxy} vs direct"
-        for q in ("p50", "p99"):
-            rows.append(
-                _row(
-                    f"{head}, non-streamed latency {q} (one round)",
-                    latency[proxy][q],
-                    latency["direct"][q],
-                    "ms",
-                    f"<= {GOAL_LATENCY}",
-                    proxy,
-                )
-            )
-        rows.append(
-            _row(
-                f"{head}, streamed time per upstream chunk ({chunk['direct']['chunks']} chunks)",
-                chunk[proxy]["per_chunk_s"],
-                chunk["direct"]["per_chunk_s"],
-                "µs",
-                f"<= {GOAL_CHUNK}",
-                proxy,
-            )
-        )
-        rows.append(
-            _row(
-                f"{head}, {calls} concurrent streams, calls per second",
-                throughput[proxy]["calls_per_s"],
-                throughput["direct"]["calls_per_s"],
-                "/s",
-                f">= {GOAL_THROUGHPUT}",
-                proxy,
-            )
-        )
-    return rows
+    measures = [  # (what, results, key, unit, goal)
+        ("non-streamed latency p50 (one round)", latency, "p50", "ms", f"<= {GOAL_LATENCY}"),
+        ("non-streamed latency p99 (one round)", latency, "p99", "ms", f"<= {GOAL_LATENCY}"),
+        (f"streamed time per upstream chunk ({chunk['direct']['chunks']} chunks)", chunk, "per_chunk_s", "µs",
+         f"<= {GOAL_CHUNK}"),
+        (f"{calls} concurrent streams, calls per second", throughput, "calls_per_s", "/s", f">= {GOAL_THROUGHPUT}"),
+    ]  # fmt: skip
+    return [
+        _row(f"{upstream}: {proxy} vs direct, {what}", results[proxy][key], results["direct"][key], unit, goal, proxy)
+        for proxy in [name for name in latency if name != "direct"]
+        for what, results, key, unit, goal in measures
+    ]
 
 
 def run(quick: bool) -> dict[str, Any]:
