@@ -27,15 +27,29 @@ from typing import Any
 import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
-from openai.types.completion_usage import CompletionUsage
 
 from . import _limits, _log
-from ._estimate import added_prompt_tokens
+from ._accounting import Accounting
+from ._choices import split_choices
 from ._progress import Progress
+from ._replies import (
+    DELTA_HAS_REASONING,
+    LENGTH_STOPS,
+    NOT_AN_ENDING,
+    cause_of,
+    final_finish,
+    has_payload,
+    is_context_overflow,
+    mentions,
+    merge_tool_deltas,
+    plain,
+    reasoning_of,
+)
+from ._round import Round
 from ._shape import completion_problem, finish_problem, usage_problem
 from ._shares import Share
-from .budget import BudgetState, Price, PriceTable, StopCondition
-from .dialects import Dialect, DialectChoice, Instruction, Partial, resolve_dialect
+from .budget import BudgetState, PriceTable, StopCondition
+from .dialects import Dialect, DialectChoice, for_json_mode, resolve_dialect
 from .errors import (
     ConfigurationError,
     ContinuationFailed,
@@ -60,7 +74,7 @@ from .stitch import (
     word_ends_before,
 )
 from .tokens import TokenCounter, default_counter
-from .trace import ContinuationTrace, RoundTrace
+from .trace import ContinuationTrace
 
 __all__ = [
     "Action",
@@ -72,12 +86,6 @@ __all__ = [
     "Settings",
 ]
 
-#: finish reasons that mean "the output limit was hit" (OpenAI-compatible, Anthropic-compatible, Gemini)
-LENGTH_STOPS = frozenset({"length", "max_tokens", "MAX_TOKENS"})
-#: finish reasons that mean "the context window is full": continuing cannot help
-CONTEXT_STOPS = frozenset({"model_length", "model_context_window_exceeded"})
-#: finish reasons after which a round's text is not simply the end of the answer
-_NOT_AN_ENDING = LENGTH_STOPS | CONTEXT_STOPS
 #: the shortest answer whose opening is used to recognise a restart
 MIN_RESTART_PROBE = 12
 
@@ -139,38 +147,6 @@ class Fail(Action):
     error: BaseException
 
 
-@dataclass(slots=True)
-class _Round:
-    """The round in flight."""
-
-    index: int
-    sent: str  # the prefix sent ("" for an ordinary first request)
-    held: str  # text after ``sent`` that was held back for the model to regenerate
-    seam: Seam
-    kwargs: dict[str, Any]
-    started: float
-    pieces: list[str] = field(default_factory=list)
-    length: int = 0  # characters in pieces
-    unreleased: str = ""  # the end of pieces not yet handed to a stream
-    skip: int = 0  # leading characters of this round's text that were already released
-    raw_chars: int = 0  # characters of reply text received
-    finish_reason: str | None = None
-    usage: CompletionUsage | None = None
-    message: Any = None
-    tail: str = ""  # the end of sent + pieces, for hold-back decisions without joining
-    content_chunks: int = 0  # pieces of reply text received (streamed: chunks that carried text)
-    raw_head: str = ""  # the first characters of the raw reply, to recognise the same reply twice
-    tool_calls: list[Any] = field(default_factory=list)  # streamed tool-call deltas
-    released_at_start: int = 0
-    reasoning: list[str] = field(default_factory=list)  # reasoning text of this round
-    # Token logprobs wait here until the text they cover is released, so that those of held-back text (which
-    # the model writes again) are dropped with it and a stream carries each entry with its own text.
-    logprob_queue: deque[Any] = field(default_factory=deque)
-    logprob_credit: int = 0  # released characters not yet matched to queued entries
-    fresh_logprobs: list[Any] = field(default_factory=list)  # entries released by the last chunk
-    overhead: int = 0  # prompt tokens the dialect added around the prefix (counted only with a price)
-
-
 class Continuation:
     """One continued chat completion: feed it responses, it tells you what to do next.
 
@@ -182,8 +158,7 @@ class Continuation:
     # are one round, and a call should cost next to nothing beyond its request.
     _floor = 0  # length of the prefix sent last round: a heal never reaches back past it
     _first: ChatCompletion | ChatCompletionChunk | None = None
-    _round: _Round | None = None
-    _completion_tokens = 0
+    _round: Round | None = None
     _echo_learned: EchoMode | None = None
     _stalls = 0  # rounds in a row that could only regenerate held-back text
     _round_index = 0
@@ -194,9 +169,7 @@ class Continuation:
     _limit_override: int | None = None  # a larger limit for a retried round
     _enlarged = False  # a round is retried with a larger limit at most once per call
     _progress: Progress | None = None  # made when a round is cut, as only then can a call stall or loop
-    _share: Share | None = None  # n > 1: how this choice shares the call's budgets
     _malformed: MalformedResponse | None = None  # a streamed chunk of the wrong shape ended the round
-    _overhead: tuple[int, int] = (-1, 0)  # (text length, tokens) the dialect adds to the next prompt
     _first_reply = ""  # round 1's reply, kept while a fallback dialect waits: evidence against a restart
     _stop_reading = False  # a streamed round must end before its reply does (a budget is reached)
 
@@ -214,7 +187,6 @@ class Continuation:
         # n > 1: the first request asks for every choice; this object continues choice 0, and one seeded object
         # per other choice (see take_siblings) continues that choice from the same first reply.
         self._seed = seed
-        self._share = share
         self._siblings: list[ChatCompletion] = []
         self._settings = settings
         self._base_url = base_url
@@ -223,15 +195,21 @@ class Continuation:
         self._dialect = choice.dialect
         self._fallback = choice.fallback
         needs_price = settings.stop.needs_price
-        self._price: Price | None = (
-            settings.prices.require(call.model) if needs_price else settings.prices.lookup(call.model)
-        )
+        price = settings.prices.require(call.model) if needs_price else settings.prices.lookup(call.model)
         self._retry = RetryTracker(settings.retry)
         self.trace = ContinuationTrace(dialect=self._dialect.name)
+        self._spent = Accounting(
+            self.trace,
+            price=price,
+            counter=settings.counter,
+            stop=settings.stop,
+            messages=call.messages,
+            share=share,
+            log_text=settings.log_text,
+        )
         # The text so far (the caller's own prefix, if any, included) and what of it was handed to a stream.
         self._text = call.prefix
         self._released = len(call.prefix)
-        self._last_prompt_tokens = settings.counter.count_messages(call.messages) if self._price else 0
         # Streaming: ask upstream for usage (budgets need it) unless the server refuses the option.
         self._stream = self._upstream_usage = call.stream
         self._flush_logprobs: list[Any] = []
@@ -239,15 +217,14 @@ class Continuation:
         # Reasoning text over all rounds, kept apart from the answer; logprobs in order.
         self._reasoning: list[str] = []
         self._logprobs: list[Any] = []
-        if call.json_mode and isinstance(self._dialect, Partial) and _is_kimi(base_url):
-            # Kimi: "Do not mix Partial Mode with response_format=json_object".
-            self._dialect = Instruction()
+        if call.json_mode:
+            self._dialect = for_json_mode(self._dialect, base_url)
             self.trace.dialect = self._dialect.name
         if needs_price:
-            left = self._tokens_left(self._budget_state())
+            left = self._spent.tokens_left(self._budget_state())
             if left is not None and left <= 0:
                 raise ConfigurationError(
-                    f"the cost budget does not cover the prompt of this call (about {self._last_prompt_tokens} "
+                    f"the cost budget does not cover the prompt of this call (about {self._spent.prompt_tokens} "
                     f"tokens of {call.model!r})"
                 )
 
@@ -269,7 +246,7 @@ class Continuation:
         kwargs = {**self._call.kwargs, "n": None}
         return [
             Continuation(
-                kwargs, self._settings, base_url=self._base_url, clock=self._clock, seed=seed, share=self._share
+                kwargs, self._settings, base_url=self._base_url, clock=self._clock, seed=seed, share=self._spent.share
             )
             for seed in seeds
         ]
@@ -293,13 +270,13 @@ class Continuation:
         current.message = choice.message
         current.usage = completion.usage
         current.finish_reason = choice.finish_reason
-        reasoning = _reasoning_of(choice.message)
+        reasoning = reasoning_of(choice.message)
         if reasoning:
             current.reasoning.append(reasoning)
         if choice.logprobs is not None and choice.logprobs.content:
             current.logprob_queue.extend(choice.logprobs.content)
         finish = choice.finish_reason
-        if current.seam.__class__ is PlainSeam and finish is not None and finish not in _NOT_AN_ENDING:
+        if current.seam.__class__ is PlainSeam and finish is not None and finish not in NOT_AN_ENDING:
             # An ordinary first request that ended by itself (most calls): nothing to join and nothing to hold
             # back, so the reply is committed as it is - what _end_round would conclude, without its seam work.
             if content:
@@ -307,39 +284,15 @@ class Continuation:
                 current.length = len(content)
             self._commit(current, content)
             tool_calls = list(getattr(choice.message, "tool_calls", None) or ())
-            return self._done(_cause_of(finish), finish_reason=finish, tool_calls=tool_calls)
+            return self._done(cause_of(finish), finish_reason=finish, tool_calls=tool_calls)
         self._feed(current, content)
         return self._end_round()
 
     def _split_choices(self, completion: ChatCompletion) -> ChatCompletion:
-        """Keep choice 0 here and the others for sibling objects; the reported usage is shared between them
-        (prompt to choice 0, completion tokens in proportion to each choice's text) so that sums stay exact."""
-        choices = sorted(completion.choices, key=lambda c: c.index)
-        usage = completion.usage
-        counts = [self._settings.counter.count(c.message.content or "") for c in choices]
-        shares = _split_tokens(usage.completion_tokens if usage is not None else 0, counts)
-        singles = []
-        for i, choice in enumerate(choices):
-            part = None
-            if usage is not None:
-                prompt = usage.prompt_tokens if i == 0 else 0
-                part = CompletionUsage(
-                    prompt_tokens=prompt,
-                    completion_tokens=shares[i],
-                    total_tokens=prompt + shares[i],
-                    prompt_tokens_details=usage.prompt_tokens_details if i == 0 else None,
-                )
-            singles.append(
-                completion.model_copy(update={"choices": [choice.model_copy(update={"index": 0})], "usage": part})
-            )
+        """Keep choice 0 here and the others for sibling objects (see ``_choices``)."""
+        spent = self._spent
+        singles, spent.share = split_choices(completion, self._settings.counter, spent.price, self._call.messages)
         self._siblings = singles[1:]
-        counter = self._settings.counter
-        if usage is not None:
-            first_tokens, prompt, cached = usage.completion_tokens, usage.prompt_tokens, _cached(usage)
-        else:
-            first_tokens, prompt, cached = sum(counts), counter.count_messages(self._call.messages), 0
-        cost = self._price.cost(prompt, first_tokens, cached) if self._price else 0.0
-        self._share = Share(choices=len(choices), first_tokens=first_tokens, first_cost=cost)
         return singles[0]
 
     def on_chunk(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk | Action | None:
@@ -386,7 +339,7 @@ class Continuation:
         action = self.on_stream_end()
         return replace(action, emit=(given, *action.emit)) if given is not None else action
 
-    def _reject(self, current: _Round, error: BaseException) -> None:
+    def _reject(self, current: Round, error: BaseException) -> None:
         """A streamed chunk of the wrong shape: the round stops here, as if its stream had broken."""
         detail = str(error) if isinstance(error, TypeError) and str(error).startswith(("a ", "usage", "the ")) else ""
         self._malformed = MalformedResponse(
@@ -396,7 +349,7 @@ class Continuation:
         self._stop_reading = True
 
     def _on_choice(
-        self, current: _Round, chunk: ChatCompletionChunk, top: dict[str, Any], delta: Any, fields: dict[str, Any]
+        self, current: Round, chunk: ChatCompletionChunk, top: dict[str, Any], delta: Any, fields: dict[str, Any]
     ) -> ChatCompletionChunk | None:
         if top["finish_reason"] is not None:
             finish = top["finish_reason"]
@@ -406,8 +359,8 @@ class Continuation:
             top["finish_reason"] = None  # interim finish reasons are swallowed; the last chunk carries the final one
         if fields.get("tool_calls"):
             current.tool_calls.extend(fields["tool_calls"])
-        if delta.__pydantic_extra__ or _DELTA_HAS_REASONING:  # else there is nowhere for reasoning to be
-            reasoning = _reasoning_of(delta)
+        if delta.__pydantic_extra__ or DELTA_HAS_REASONING:  # else there is nowhere for reasoning to be
+            reasoning = reasoning_of(delta)
             if reasoning:
                 current.reasoning.append(reasoning)
         if top["logprobs"] is not None:
@@ -438,7 +391,7 @@ class Continuation:
         elif fields.get("role") is not None or released:
             fields["role"] = "assistant"
             self._role_sent = True
-        keep = released or fields["role"] or top["logprobs"] is not None or _has_payload(delta)
+        keep = released or fields["role"] or top["logprobs"] is not None or has_payload(delta)
         # The request's own limit already stops the server at the budget. Closing early is for servers that ignore
         # it: every content chunk carries at least one token, so more chunks than the limit prove an overrun
         # (a tokenizer-based estimate would not: ours and the server's differ).
@@ -534,14 +487,14 @@ class Continuation:
             self._round = None
             self._switch_dialect(f"refused: {type(error).__name__}")
             return self._begin_round()
-        if current is not None and self._upstream_usage and _mentions(error, "stream_options"):
+        if current is not None and self._upstream_usage and mentions(error, "stream_options"):
             # A server that does not know stream_options: ask again without it and count tokens ourselves.
             self._round = None
             self._upstream_usage = False
             return self._begin_round()
         if current is not None:
             self._keep_partial(current)
-        if self.trace.rounds and _is_context_overflow(error):
+        if self.trace.rounds and is_context_overflow(error):
             # The prompt plus the text so far no longer fits: continuing cannot help, and the text is kept.
             self._round = None
             return self._done("context_window", finish_reason="length")
@@ -592,7 +545,7 @@ class Continuation:
                 cut = max(cut, self._released)  # never take back what a stream has already delivered
             sent, held = text[:cut], text[cut:]
             messages = self._dialect.messages(call.messages, sent, call.prefix_template, reasoning)
-            overhead = self._dialect_overhead(messages[len(call.messages) :], sent) if self._price else 0
+            overhead = self._spent.added(messages[len(call.messages) :], sent) if self._spent.price else 0
             kwargs = dict(call.kwargs)
             kwargs.pop("n", None)
             extra = self._dialect.extra_body(call.kwargs.get("extra_body"), reasoning)
@@ -619,7 +572,7 @@ class Continuation:
                 kwargs["stream_options"] = dict(self._call.stream_options)
         self._clamp(kwargs)
         self._stop_reading = False
-        self._round = _Round(
+        self._round = Round(
             index=self._round_index,
             sent=sent,
             held=held,
@@ -640,7 +593,7 @@ class Continuation:
         """The dialect's echo behaviour; where it is only "maybe", what this provider was seen to do."""
         return self._dialect.echo if self._dialect.echo != "maybe" else (self._echo_learned or "maybe")
 
-    def _learn_echo(self, current: _Round) -> None:
+    def _learn_echo(self, current: Round) -> None:
         # A prefix this long that the reply begins with is an echo, and one the reply does not begin with proves
         # there is none; either way later rounds (whose short prefixes could be ambiguous) know.
         if self._echo_learned is None and self._dialect.echo == "maybe" and len(current.sent) >= ECHO_EVIDENCE:
@@ -654,7 +607,7 @@ class Continuation:
 
     def _clamp(self, kwargs: dict[str, Any]) -> None:
         """Keep the caller's per-round limit (or a retried round's larger one), lowered to what budgets allow."""
-        left = self._tokens_left(self._budget_state())
+        left = self._spent.tokens_left(self._budget_state())
         if left is not None and self._first is None and self._seed is None and self._call.kwargs.get("n", 1) > 1:
             # The first request of an n > 1 call: every choice may write the limit, so each gets its share.
             left //= self._call.kwargs["n"]
@@ -671,7 +624,7 @@ class Continuation:
         limits = [kwargs[n] for n in ("max_tokens", "max_completion_tokens") if kwargs.get(n) is not None]
         return min(limits) if limits else None
 
-    def _larger_limit(self, current: _Round) -> int | None:
+    def _larger_limit(self, current: Round) -> int | None:
         """A doubled limit for retrying ``current`` once, if the budgets leave room for more than it had."""
         if self._enlarged:
             return None
@@ -679,14 +632,14 @@ class Continuation:
         if had is None:
             return None
         # The round just spent counts (it is paid for) before deciding whether another one fits.
-        usage, _ = self._usage_of(current)
-        cost = self._price.cost(usage.prompt_tokens, usage.completion_tokens, _cached(usage)) if self._price else 0.0
+        usage, _ = self._spent.usage_of(current)
+        cost = self._spent.cost_of(usage) or 0.0
         after = self._budget_state(rounds=1, tokens=usage.completion_tokens, cost=cost)
         if self._settings.stop(after) is not None:
             return None
-        return _limits.doubled(had, left=self._tokens_left(after), cap=self._settings.max_round_tokens)
+        return _limits.doubled(had, left=self._spent.tokens_left(after), cap=self._settings.max_round_tokens)
 
-    def _feed(self, current: _Round, delta: str) -> str:
+    def _feed(self, current: Round, delta: str) -> str:
         """Pass reply text through the seam; return the text now safe to hand to a stream."""
         current.content_chunks += 1
         if len(current.raw_head) < RAW_HEAD:
@@ -695,7 +648,7 @@ class Continuation:
         seam = current.seam
         return self._append(current, delta if seam.plain else seam.feed(delta))
 
-    def _append(self, current: _Round, text: str) -> str:
+    def _append(self, current: Round, text: str) -> str:
         """Add decided text to the round; return the part of it (and of earlier text) that can no longer change:
         all but what a cut here would hold back for the model to regenerate."""
         if not text:
@@ -760,7 +713,7 @@ class Continuation:
             carried.append(entry)
         return carried
 
-    def _take_logprobs(self, current: _Round, chars: int) -> None:
+    def _take_logprobs(self, current: Round, chars: int) -> None:
         current.logprob_credit += chars
         queue = current.logprob_queue
         while queue and len(queue[0].token) <= current.logprob_credit:
@@ -778,7 +731,7 @@ class Continuation:
             return self._restarted(current)
         finish = current.finish_reason
         cut = finish in LENGTH_STOPS
-        tool_calls = list(getattr(current.message, "tool_calls", None) or []) or _merge_tool_deltas(current.tool_calls)
+        tool_calls = list(getattr(current.message, "tool_calls", None) or []) or merge_tool_deltas(current.tool_calls)
         if cut and tool_calls:
             return self._cut_tool_call(current, tool_calls)
         in_reasoning = cut and current.raw_chars == 0 and bool(current.reasoning)
@@ -788,10 +741,10 @@ class Continuation:
         before = len(self._text)
         self._commit(current, new_text)
         if not cut:
-            return self._done(_cause_of(finish), finish_reason=_final_finish(finish), tool_calls=tool_calls)
+            return self._done(cause_of(finish), finish_reason=final_finish(finish), tool_calls=tool_calls)
         state = self._budget_state()
         cause = self._settings.stop(state)
-        if cause is None and self._tokens_left(state) == 0:
+        if cause is None and self._spent.tokens_left(state) == 0:
             cause = "token_budget"
         if cause is not None:
             return self._done(cause, finish_reason="length")
@@ -822,7 +775,7 @@ class Continuation:
             return self._done("no_progress", finish_reason="length")
         return self._begin_round()
 
-    def _after_stall(self, current: _Round) -> bool:
+    def _after_stall(self, current: Round) -> bool:
         """Whether a round that only regenerated held-back text is followed by one that can add to the answer.
 
         A held word: the next round holds back less at the same limit, as a heal never reaches back past the
@@ -831,7 +784,7 @@ class Continuation:
         if self._stalls >= _limits.MAX_STALLS:
             return False
         if current.held.isspace() and self._dialect.strips_trailing_whitespace:
-            left = self._tokens_left(self._budget_state())
+            left = self._spent.tokens_left(self._budget_state())
             larger = _limits.doubled(
                 self._round_limit_of(current.kwargs), left=left, cap=self._settings.max_round_tokens
             )
@@ -841,7 +794,7 @@ class Continuation:
         self._stalls += 1
         return True
 
-    def _commit(self, current: _Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
+    def _commit(self, current: Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
         """Make the round's text (and reasoning and logprobs) part of the answer, and record the round."""
         if current.sent:
             self._learn_echo(current)
@@ -857,14 +810,14 @@ class Continuation:
         self._round = None
         self._retry.reset()
 
-    def _discard(self, current: _Round, action: str) -> None:
+    def _discard(self, current: Round, action: str) -> None:
         """Record a round whose output is not kept (it is paid for, so its usage counts)."""
         self._released = current.released_at_start
         self._record(current, chars_added=0, extra_seam=(action,))
         self._round = None
         self._retry.reset()
 
-    def _cut_tool_call(self, current: _Round, tool_calls: list[Any]) -> Action:
+    def _cut_tool_call(self, current: Round, tool_calls: list[Any]) -> Action:
         """A tool call cut by the limit is never continued as text: retry once with room, else fail closed."""
         # While streaming, the call's deltas have already reached the caller: a second attempt would garble them.
         larger = None if self._stream else self._larger_limit(current)
@@ -884,7 +837,7 @@ class Continuation:
             )
         )
 
-    def _cut_reasoning(self, current: _Round) -> Action:
+    def _cut_reasoning(self, current: Round) -> Action:
         """Cut inside the reasoning phase where the dialect cannot resume it: stop, or retry once if asked to."""
         larger = self._larger_limit(current) if self._settings.reasoning_retry and not self._stream else None
         if larger is not None:
@@ -894,7 +847,7 @@ class Continuation:
         self._commit(current, "".join(current.pieces))
         return self._done("reasoning_truncated", finish_reason="length")
 
-    def _restarted(self, current: _Round) -> Action:
+    def _restarted(self, current: Round) -> Action:
         """The model began the answer again: the round is discarded and the fallback dialect takes over."""
         self._record(current, chars_added=0, extra_seam=("restart_discarded",))
         self._round = None
@@ -913,7 +866,7 @@ class Continuation:
         self._echo_learned = None
         self.trace.dialect = self._dialect.name
 
-    def _keep_partial(self, current: _Round) -> None:
+    def _keep_partial(self, current: Round) -> None:
         """A reply broke off: keep every decided character, as if the round had been cut there."""
         decided = "".join(current.pieces)
         text = current.sent + decided + current.seam.abort()
@@ -930,95 +883,20 @@ class Continuation:
         self._text = text
         self._floor = len(current.sent)
 
-    def _record(self, current: _Round, *, chars_added: int, extra_seam: tuple[str, ...] = ()) -> None:
-        usage, estimated = self._usage_of(current)
-        cost = self._price.cost(usage.prompt_tokens, usage.completion_tokens, _cached(usage)) if self._price else None
-        self._completion_tokens += usage.completion_tokens
-        # The next prompt is this one plus the text this round added, the dialect's additions counted apart.
-        self._last_prompt_tokens = max(0, usage.prompt_tokens - current.overhead) + usage.completion_tokens
-        latency = self._clock() - current.started
-        record = RoundTrace(
-            index=current.index,
-            finish_reason=current.finish_reason,
-            usage=usage,
-            usage_estimated=estimated,
+    def _record(self, current: Round, *, chars_added: int, extra_seam: tuple[str, ...] = ()) -> None:
+        self._spent.record(
+            current,
             chars_added=chars_added,
-            seam=tuple(current.seam.actions) + extra_seam,
             dialect=self._dialect.name if current.sent or current.index > 1 else "first",
-            latency_s=latency,
+            latency=self._clock() - current.started,
             retries=self._retry.attempts,
-            cost_usd=cost,
+            extra_seam=extra_seam,
         )
-        self.trace.rounds.append(record)
-        if cost is not None:
-            self.trace.cost_usd = (self.trace.cost_usd or 0.0) + cost
-        if not _log.enabled("debug"):
-            return
-        fields: dict[str, Any] = {
-            "round": record.index,
-            "finish_reason": record.finish_reason,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "cached_tokens": _cached(usage),
-            "usage_estimated": estimated,
-            "cost_usd": cost,
-            "seam": list(record.seam),
-            "dialect": record.dialect,
-            "chars_added": chars_added,
-            "latency_ms": round(latency * 1000, 1),
-        }
-        if self._settings.log_text:
-            fields["seam_text"] = (current.sent[-40:], "".join(current.pieces)[:40])
-        _log.emit("debug", "autocontinue.round", **fields)
-
-    def _usage_of(self, current: _Round) -> tuple[CompletionUsage, bool]:
-        if current.usage is not None:
-            return current.usage, False
-        counter = self._settings.counter
-        completion = counter.count("".join(current.pieces))
-        prompt = counter.count_messages(current.kwargs.get("messages", []))
-        return CompletionUsage(
-            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-        ), True
 
     def _budget_state(self, *, rounds: int = 0, tokens: int = 0, cost: float = 0.0) -> BudgetState:
-        """The call so far (plus ``rounds``, ``tokens`` and ``cost`` not recorded yet), as the stop conditions see
-        it: for a choice of an ``n > 1`` call, projected onto the whole call (see ``_shares``)."""
-        price = self._price
-        state = BudgetState(
-            rounds=len(self.trace.rounds) + rounds,
-            completion_tokens=self._completion_tokens + tokens,
-            cost_usd=(self.trace.cost_usd or 0.0) + cost,
-            next_prompt_cost_usd=((self._last_prompt_tokens + self._next_overhead()) * price.input / 1e6)
-            if price
-            else 0.0,
-            output_price_per_token=(price.output / 1e6) if price else None,
-        )
-        share = self._share
-        if share is None or not self.trace.rounds:
-            return state
-        first = self.trace.rounds[0]
-        return share.project(state, first.usage.completion_tokens, first.cost_usd or 0.0)
-
-    def _tokens_left(self, state: BudgetState) -> int | None:
-        """Completion tokens the next round may use (a choice's share of them in an ``n > 1`` call)."""
-        left = self._settings.stop.tokens_left(state)
-        return left if self._share is None else self._share.tokens(left)
-
-    def _next_overhead(self) -> int:
-        """Prompt tokens the dialect will add around the prefix in the next round (the prefix message's own
-        overhead, an instruction turn); 0 before any text, or without a price (only the cost budget needs it)."""
-        if self._price is None or not self._text:
-            return 0
-        known_length, tokens = self._overhead
-        if known_length != len(self._text):
-            added = self._dialect.messages((), self._text, self._call.prefix_template)
-            tokens = self._dialect_overhead(added, self._text)
-            self._overhead = (len(self._text), tokens)
-        return tokens
-
-    def _dialect_overhead(self, added: list[Any], prefix: str) -> int:
-        return added_prompt_tokens(added, prefix, self._settings.counter)
+        """The call so far as the stop conditions see it (see :meth:`Accounting.state`)."""
+        overhead = self._spent.overhead(self._dialect, self._text, self._call.prefix_template)
+        return self._spent.state(overhead, rounds=rounds, tokens=tokens, cost=cost)
 
     # ----------------------------------------------------------------------------------------------------------
     # Endings
@@ -1042,7 +920,7 @@ class Continuation:
             rounds=len(self.trace.rounds),
             stop_cause=cause,
             finish_reason=finish_reason,
-            completion_tokens=self._completion_tokens,
+            completion_tokens=self._spent.completion_tokens,
             cost_usd=self.trace.cost_usd,
             dialect=self.trace.dialect,
             chars=len(self._text) - len(self._call.prefix),
@@ -1067,7 +945,7 @@ class Continuation:
         if self._reasoning:
             extra["reasoning_content"] = "".join(self._reasoning)
         if tool_calls:
-            extra["tool_calls"] = [_plain(call) for call in tool_calls]
+            extra["tool_calls"] = [plain(call) for call in tool_calls]
         return build_completion(
             first=self._first,
             model=self._call.model,
@@ -1076,7 +954,7 @@ class Continuation:
             rounds=self.trace.rounds,
             trace=self.trace,
             message_extra=extra,
-            logprobs=[_plain(item) for item in logprobs] if logprobs else None,
+            logprobs=[plain(item) for item in logprobs] if logprobs else None,
         )
 
     def _give_up(self, error: BaseException) -> Action:
@@ -1096,129 +974,10 @@ class Continuation:
         failure.__cause__ = error
         return Fail(failure)
 
-    def _current(self) -> _Round:
+    def _current(self) -> Round:
         if self._round is None:
             raise RuntimeError("no request is in flight: call start() or resume() first")
         return self._round
-
-
-def _cached(usage: CompletionUsage) -> int:
-    details = usage.prompt_tokens_details
-    return (details.cached_tokens or 0) if details is not None else 0
-
-
-def _cause_of(finish_reason: str | None) -> str:
-    if finish_reason in (None, "stop", "end_turn", "stop_sequence", "STOP"):
-        return "natural"
-    if finish_reason in CONTEXT_STOPS:
-        return "context_window"
-    if finish_reason in ("content_filter", "tool_calls"):
-        return finish_reason
-    return "other"
-
-
-def _final_finish(finish_reason: str | None) -> str:
-    if finish_reason is None:
-        return "stop"
-    if finish_reason in CONTEXT_STOPS:
-        return "length"
-    return finish_reason
-
-
-def _mentions(error: BaseException, word: str) -> bool:
-    return getattr(error, "status_code", None) in (400, 422) and word in str(error)
-
-
-def _has_payload(delta: Any) -> bool:
-    """Whether a delta carries anything besides text and role (tool calls, a refusal, audio, a provider's extras)."""
-    fields = delta.__dict__
-    if fields.get("tool_calls") or fields.get("function_call") or fields.get("refusal") or fields.get("audio"):
-        return True
-    extra = delta.__pydantic_extra__
-    return bool(extra) and any(value for value in extra.values())
-
-
-#: where providers put reasoning text: ``reasoning_content`` (DeepSeek, DashScope, vLLM) or ``reasoning``
-_REASONING_FIELDS = ("reasoning_content", "reasoning")
-#: whether the installed SDK's delta type has a reasoning field (none has yet: such text arrives as an extra)
-_DELTA_HAS_REASONING = not set(ChoiceDelta.model_fields).isdisjoint(_REASONING_FIELDS)
-
-
-def _reasoning_of(message: Any) -> str:
-    """Reasoning text of a message or delta: ``reasoning_content`` (DeepSeek, DashScope, vLLM) or ``reasoning``."""
-    # Not fields of the SDK's types: they arrive as pydantic extras. Read the dicts directly (this runs per chunk,
-    # and attribute access on a missing field is slow).
-    fields = getattr(message, "__dict__", {})
-    extra = getattr(message, "__pydantic_extra__", None) or {}
-    if not extra and fields.keys().isdisjoint(_REASONING_FIELDS):
-        return ""  # the common case, settled with one look
-    for name in _REASONING_FIELDS:
-        value = extra.get(name) or fields.get(name)
-        if isinstance(value, str) and value:
-            return value
-    return ""
-
-
-# Phrases of the errors servers give when the prompt no longer fits (OpenAI, vLLM, llama.cpp, Anthropic, Mistral).
-_CONTEXT_MARKERS = (
-    "context length",
-    "context_length",
-    "context window",
-    "context size",
-    "exceed_context_size",
-    "prompt is too long",
-    "too many tokens",
-)
-
-
-def _is_context_overflow(error: BaseException) -> bool:
-    if getattr(error, "status_code", None) not in (400, 413, 422):
-        return False
-    text = f"{error} {getattr(error, 'body', '')} {getattr(error, 'code', '')}".lower()
-    return any(marker in text for marker in _CONTEXT_MARKERS)
-
-
-def _is_kimi(base_url: str) -> bool:
-    lowered = base_url.lower()
-    return "moonshot" in lowered or "kimi" in lowered
-
-
-def _plain(item: Any) -> Any:
-    dump = getattr(item, "model_dump", None)
-    return dump(exclude_none=True) if dump is not None else item
-
-
-def _split_tokens(total: int, weights: list[int]) -> list[int]:
-    """``total`` split in proportion to ``weights`` (largest remainder), summing exactly to ``total``."""
-    weight = sum(weights)
-    if weight <= 0:
-        return [total] + [0] * (len(weights) - 1)
-    exact = [total * w / weight for w in weights]
-    shares = [int(x) for x in exact]
-    order = sorted(range(len(weights)), key=lambda i: exact[i] - shares[i], reverse=True)
-    for i in order[: total - sum(shares)]:
-        shares[i] += 1
-    return shares
-
-
-def _merge_tool_deltas(deltas: list[Any]) -> list[dict[str, Any]]:
-    """Streamed tool-call fragments, joined by index into whole calls (arguments concatenated in order)."""
-    calls: dict[int, dict[str, Any]] = {}
-    for delta in deltas:
-        call = calls.setdefault(
-            delta.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
-        )
-        if delta.id:
-            call["id"] = delta.id
-        if delta.type:
-            call["type"] = delta.type
-        function = delta.function
-        if function is not None:
-            if function.name:
-                call["function"]["name"] += function.name
-            if function.arguments:
-                call["function"]["arguments"] += function.arguments
-    return [calls[index] for index in sorted(calls)]
 
 
 #: a prefix at least this long tells, from one reply, whether the provider echoes

@@ -261,6 +261,15 @@ def resolve_dialect(spec: str | Dialect, base_url: str) -> DialectChoice:
     raise ConfigurationError(f"dialect must be a name or a Dialect, got {type(spec).__name__}")
 
 
+def for_json_mode(dialect: Dialect, base_url: str) -> Dialect:
+    """The dialect a call with ``response_format`` of JSON uses: Kimi's partial mode is not mixed with it ("Do not
+    mix Partial Mode with response_format=json_object"), so the instruction takes its place there."""
+    lowered = base_url.lower()
+    if isinstance(dialect, Partial) and ("moonshot" in lowered or "kimi" in lowered):
+        return Instruction()
+    return dialect
+
+
 @functools.lru_cache(maxsize=256)
 def _resolve_name(spec: str, base_url: str) -> DialectChoice:
     if spec == "auto":

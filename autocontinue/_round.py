@@ -1,0 +1,49 @@
+"""The round in flight: what was sent, and what its reply has brought so far.
+
+Plain state, written by the core as a reply arrives and read by the modules around it (accounting, the seam's
+release, logprobs); one object per request, dropped when the round ends.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai.types.completion_usage import CompletionUsage
+
+from .stitch import Seam
+
+__all__ = ["Round"]
+
+
+@dataclass(slots=True)
+class Round:
+    """The round in flight."""
+
+    index: int
+    sent: str  # the prefix sent ("" for an ordinary first request)
+    held: str  # text after ``sent`` that was held back for the model to regenerate
+    seam: Seam
+    kwargs: dict[str, Any]
+    started: float
+    pieces: list[str] = field(default_factory=list)
+    length: int = 0  # characters in pieces
+    unreleased: str = ""  # the end of pieces not yet handed to a stream
+    skip: int = 0  # leading characters of this round's text that were already released
+    raw_chars: int = 0  # characters of reply text received
+    finish_reason: str | None = None
+    usage: CompletionUsage | None = None
+    message: Any = None
+    tail: str = ""  # the end of sent + pieces, for hold-back decisions without joining
+    content_chunks: int = 0  # pieces of reply text received (streamed: chunks that carried text)
+    raw_head: str = ""  # the first characters of the raw reply, to recognise the same reply twice
+    tool_calls: list[Any] = field(default_factory=list)  # streamed tool-call deltas
+    released_at_start: int = 0
+    reasoning: list[str] = field(default_factory=list)  # reasoning text of this round
+    # Token logprobs wait here until the text they cover is released, so that those of held-back text (which
+    # the model writes again) are dropped with it and a stream carries each entry with its own text.
+    logprob_queue: deque[Any] = field(default_factory=deque)
+    logprob_credit: int = 0  # released characters not yet matched to queued entries
+    fresh_logprobs: list[Any] = field(default_factory=list)  # entries released by the last chunk
+    overhead: int = 0  # prompt tokens the dialect added around the prefix (counted only with a price)
