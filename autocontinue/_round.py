@@ -12,7 +12,7 @@ from typing import Any
 
 from openai.types.completion_usage import CompletionUsage
 
-from .stitch import Seam
+from .stitch import PlainSeam, Release, Seam
 
 __all__ = ["Round"]
 
@@ -24,18 +24,15 @@ class Round:
     index: int
     sent: str  # the prefix sent ("" for an ordinary first request)
     held: str  # text after ``sent`` that was held back for the model to regenerate
-    seam: Seam
+    seam: Seam | PlainSeam
     kwargs: dict[str, Any]
     started: float
-    pieces: list[str] = field(default_factory=list)
-    length: int = 0  # characters in pieces
-    unreleased: str = ""  # the end of pieces not yet handed to a stream
-    skip: int = 0  # leading characters of this round's text that were already released
+    release: Release  # what of the round's text a stream may hand on
+    pieces: list[str] = field(default_factory=list)  # the round's decided text
     raw_chars: int = 0  # characters of reply text received
     finish_reason: str | None = None
     usage: CompletionUsage | None = None
     message: Any = None
-    tail: str = ""  # the end of sent + pieces, for hold-back decisions without joining
     content_chunks: int = 0  # pieces of reply text received (streamed: chunks that carried text)
     raw_head: str = ""  # the first characters of the raw reply, to recognise the same reply twice
     tool_calls: list[Any] = field(default_factory=list)  # streamed tool-call deltas

@@ -62,17 +62,7 @@ from .jsoncheck import check_json
 from .request import CallRequest
 from .result import build_completion, reuse_completion
 from .retry import RetryTracker
-from .stitch import (
-    HOLD_WINDOW,
-    MAX_HOLD,
-    RESTART_PROBE,
-    EchoMode,
-    PlainSeam,
-    Seam,
-    SeamPlan,
-    hold_back_point,
-    word_ends_before,
-)
+from .stitch import HOLD_WINDOW, RESTART_PROBE, EchoMode, PlainSeam, Release, Seam, SeamPlan, resume_point
 from .tokens import TokenCounter, default_counter
 from .trace import ContinuationTrace
 
@@ -276,12 +266,11 @@ class Continuation:
         if choice.logprobs is not None and choice.logprobs.content:
             current.logprob_queue.extend(choice.logprobs.content)
         finish = choice.finish_reason
-        if current.seam.__class__ is PlainSeam and finish is not None and finish not in NOT_AN_ENDING:
+        if current.seam.plain and finish is not None and finish not in NOT_AN_ENDING:
             # An ordinary first request that ended by itself (most calls): nothing to join and nothing to hold
             # back, so the reply is committed as it is - what _end_round would conclude, without its seam work.
             if content:
                 current.pieces.append(content)
-                current.length = len(content)
             self._commit(current, content)
             tool_calls = list(getattr(choice.message, "tool_calls", None) or ())
             return self._done(cause_of(finish), finish_reason=finish, tool_calls=tool_calls)
@@ -520,29 +509,23 @@ class Continuation:
         text = self._text
         call = self._call
         reasoning = "".join(self._reasoning) if self._reasoning else ""
-        seam: Seam
-        pieces: list[str] = []
+        seam: Seam | PlainSeam
         overhead = 0
         if text == "" and not call.has_prefix and not reasoning:
             sent, held = "", ""
             messages: list[Any] = list(call.messages)
             kwargs = dict(call.kwargs)
             base_url = None
-            seam = PlainSeam(pieces)  # the round's pieces are what the model said
+            seam = PlainSeam()
         else:
-            heal = self._settings.heal and len(text) > len(call.prefix)
-            offset = max(0, len(text) - 2 * HOLD_WINDOW)
-            while offset > 0 and text[offset:].isspace():
-                offset = max(0, offset - 8 * HOLD_WINDOW)  # a long whitespace run: look back to where it starts
-            cut = hold_back_point(
-                text[offset:],
-                offset,
-                floor=max(self._floor, len(call.prefix)) if heal else 0,
-                heal=heal,
+            cut = resume_point(
+                text,
+                floor=self._floor,
+                released=self._released,
+                answer_start=len(call.prefix),
+                heal=self._settings.heal,
                 strip_whitespace=self._dialect.strips_trailing_whitespace,
             )
-            if self._released > len(call.prefix):
-                cut = max(cut, self._released)  # never take back what a stream has already delivered
             sent, held = text[:cut], text[cut:]
             messages = self._dialect.messages(call.messages, sent, call.prefix_template, reasoning)
             overhead = self._spent.added(messages[len(call.messages) :], sent) if self._spent.price else 0
@@ -577,12 +560,16 @@ class Continuation:
             sent=sent,
             held=held,
             seam=seam,
-            pieces=pieces,
             kwargs=kwargs,
             started=self._clock(),
-            tail=sent[-2 * HOLD_WINDOW :],
-            unreleased=sent[self._released :] if self._released < len(sent) else "",
-            skip=max(0, self._released - len(sent)),
+            release=Release(
+                floor=len(sent),
+                heal=self._settings.heal,
+                strip_whitespace=self._dialect.strips_trailing_whitespace,
+                tail=sent[-2 * HOLD_WINDOW :],
+                unreleased=sent[self._released :] if self._released < len(sent) else "",
+                skip=max(0, self._released - len(sent)),
+            ),
             released_at_start=self._released,
             logprob_queue=self._carry_logprobs(len(sent)) if self._last_queue else deque(),
             overhead=overhead,
@@ -654,49 +641,9 @@ class Continuation:
         if not text:
             return ""
         current.pieces.append(text)
-        current.length += len(text)
-        if current.skip:
-            # The start of this round's text re-creates held text that is not to be streamed (the caller's own).
-            skipped = text[: current.skip]
-            current.skip -= len(skipped)
-            text = text[len(skipped) :]
-        tail = current.tail + text
-        if len(tail) > 4 * HOLD_WINDOW:  # trimmed now and then, not on every chunk
-            tail = tail[-2 * HOLD_WINDOW :]
-        current.tail = tail
-        floor = len(current.sent)
-        total = floor + current.length
-        size = len(text)
-        if (
-            size <= MAX_HOLD
-            and total - size > floor
-            and len(tail) > size
-            and self._settings.heal
-            and word_ends_before(tail[-size - MAX_HOLD - 2 : -size], text)
-        ):
-            # Most streamed tokens: the cut is just before this one, so all that was unreleased is released.
-            out, current.unreleased = current.unreleased, text
-            if not out:
-                return ""
-            self._released = total - size
-        else:
-            unreleased = current.unreleased + text
-            end = hold_back_point(
-                tail,
-                total - len(tail),
-                floor=floor,
-                heal=self._settings.heal,
-                strip_whitespace=self._dialect.strips_trailing_whitespace,
-            )
-            released = self._released
-            if end <= released:
-                current.unreleased = unreleased
-                return ""
-            # Unreleased text is only ever the last few characters of the round: this never touches the whole
-            # answer.
-            count = end - released
-            out, current.unreleased = unreleased[:count], unreleased[count:]
-            self._released = end
+        out, self._released = current.release.add(text, self._released)
+        if not out:
+            return ""
         if current.logprob_queue:
             self._take_logprobs(current, len(out))
         return out

@@ -32,9 +32,11 @@ from ._reading import InstructionReader
 __all__ = [
     "EchoMode",
     "PlainSeam",
+    "Release",
     "Seam",
     "SeamPlan",
     "hold_back_point",
+    "resume_point",
     "word_ends_before",
 ]
 
@@ -432,31 +434,24 @@ class Seam:
         return self._reconcile.feed(text)
 
 
-class PlainSeam(Seam):
+class PlainSeam:
     """The seam of a round that continues nothing (an ordinary first request): every character passes through.
 
-    It behaves as a :class:`Seam` with an empty plan, without building the four stages that would each decide at
-    once to do nothing: most calls are one such round, and they should cost next to nothing.
+    It does what a :class:`Seam` with an empty plan would, without building the four stages that would each decide
+    at once to do nothing: most calls are one such round, and they should cost next to nothing.
     """
 
-    #: the reply passes through unchanged: the caller skips :meth:`feed` and keeps the pieces itself
+    #: the reply passes through unchanged: the caller may skip :meth:`feed`
     plain = True
+    echo_pieces = 0
+    #: never: there was no answer to begin again
+    restarted = False
 
-    def __init__(self, pieces: list[str]) -> None:
-        self.actions = []
-        # What the model said is the reply itself: ``pieces`` is the caller's own list of the reply's pieces, which
-        # it keeps up to date, so the text is held once rather than twice.
-        self._said = pieces
-        self._reader = None
-        self.echo_pieces = 0
-
-    @property
-    def restarted(self) -> bool:
-        """Never: there was no answer to begin again."""
-        return False
+    def __init__(self) -> None:
+        self.actions: list[str] = []
 
     def feed(self, delta: str) -> str:
-        """Take the next piece of the reply; all of it is decided (and the caller records it)."""
+        """Take the next piece of the reply; all of it is decided."""
         return delta
 
     def finish(self) -> str:
@@ -466,3 +461,79 @@ class PlainSeam(Seam):
     def abort(self) -> str:
         """Nothing was held back from a prefix."""
         return ""
+
+
+def resume_point(text: str, *, floor: int, released: int, answer_start: int, heal: bool, strip_whitespace: bool) -> int:
+    """Where the prefix of the next round ends in the answer so far, ``text``: :func:`hold_back_point` on its end
+    (reaching back over a long whitespace run), never before what a stream has already delivered (``released``,
+    once past the caller's own prefix, which ends at ``answer_start``)."""
+    heal = heal and len(text) > answer_start
+    offset = max(0, len(text) - 2 * HOLD_WINDOW)
+    while offset > 0 and text[offset:].isspace():
+        offset = max(0, offset - 8 * HOLD_WINDOW)  # a long whitespace run: look back to where it starts
+    cut = hold_back_point(
+        text[offset:],
+        offset,
+        floor=max(floor, answer_start) if heal else 0,
+        heal=heal,
+        strip_whitespace=strip_whitespace,
+    )
+    if released > answer_start:
+        cut = max(cut, released)  # never take back what a stream has already delivered
+    return cut
+
+
+@dataclass(slots=True)
+class Release:
+    """What of one round's decided text a stream may hand on now: all of it but what a cut at its end would hold
+    back for the model to regenerate (so a reader never sees text that a later round changes).
+
+    ``floor`` is the length of the prefix the round sent; ``tail`` the end of the text so far (sent + decided), for
+    hold-back decisions without joining; ``unreleased`` the end of the decided text not yet handed on; ``skip``
+    leading characters of the round's text that were already released (they re-create held text).
+    """
+
+    floor: int
+    heal: bool
+    strip_whitespace: bool
+    tail: str = ""
+    unreleased: str = ""
+    skip: int = 0
+    length: int = 0  # characters decided this round
+
+    def add(self, text: str, released: int) -> tuple[str, int]:
+        """Take the round's next decided ``text``; return what is released by it (of it and of earlier text), and
+        the new end of the released text (``released``: where it ended before, in the whole answer)."""
+        self.length += len(text)
+        if self.skip:
+            skipped = text[: self.skip]
+            self.skip -= len(skipped)
+            text = text[len(skipped) :]
+        tail = self.tail + text
+        if len(tail) > 4 * HOLD_WINDOW:  # trimmed now and then, not on every chunk
+            tail = tail[-2 * HOLD_WINDOW :]
+        self.tail = tail
+        floor = self.floor
+        total = floor + self.length
+        size = len(text)
+        if (
+            size <= MAX_HOLD
+            and total - size > floor
+            and len(tail) > size
+            and self.heal
+            and word_ends_before(tail[-size - MAX_HOLD - 2 : -size], text)
+        ):
+            # Most streamed tokens: the cut is just before this one, so all that was unreleased is released.
+            out, self.unreleased = self.unreleased, text
+            return (out, total - size) if out else ("", released)
+        unreleased = self.unreleased + text
+        end = hold_back_point(
+            tail, total - len(tail), floor=floor, heal=self.heal, strip_whitespace=self.strip_whitespace
+        )
+        if end <= released:
+            self.unreleased = unreleased
+            return "", released
+        # Unreleased text is only ever the last few characters of the round: this never touches the whole answer.
+        count = end - released
+        out, self.unreleased = unreleased[:count], unreleased[count:]
+        return out, end
