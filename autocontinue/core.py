@@ -26,11 +26,11 @@ from typing import Any
 
 import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
 
 from . import _limits, _log
 from ._accounting import Accounting
 from ._choices import split_choices
+from ._chunks import StreamOut
 from ._progress import Progress
 from ._replies import (
     DELTA_HAS_REASONING,
@@ -38,7 +38,6 @@ from ._replies import (
     NOT_AN_ENDING,
     cause_of,
     final_finish,
-    has_payload,
     is_context_overflow,
     mentions,
     merge_tool_deltas,
@@ -152,10 +151,7 @@ class Continuation:
     _echo_learned: EchoMode | None = None
     _stalls = 0  # rounds in a row that could only regenerate held-back text
     _round_index = 0
-    _stream_id: str | None = None
-    _role_sent = False
     _round_limit: int | None = None
-    _flush = ""  # text released when a round ended, not yet handed to the stream
     _limit_override: int | None = None  # a larger limit for a retried round
     _enlarged = False  # a round is retried with a larger limit at most once per call
     _progress: Progress | None = None  # made when a round is cut, as only then can a call stall or loop
@@ -188,6 +184,7 @@ class Continuation:
         price = settings.prices.require(call.model) if needs_price else settings.prices.lookup(call.model)
         self._retry = RetryTracker(settings.retry)
         self.trace = ContinuationTrace(dialect=self._dialect.name)
+        self._out = StreamOut(call.model)
         self._spent = Accounting(
             self.trace,
             price=price,
@@ -202,7 +199,6 @@ class Continuation:
         self._released = len(call.prefix)
         # Streaming: ask upstream for usage (budgets need it) unless the server refuses the option.
         self._stream = self._upstream_usage = call.stream
-        self._flush_logprobs: list[Any] = []
         self._last_queue: deque[Any] = deque()  # logprobs of the last round's unreleased text
         # Reasoning text over all rounds, kept apart from the answer; logprobs in order.
         self._reasoning: list[str] = []
@@ -303,14 +299,14 @@ class Continuation:
                 if not isinstance(chunk, ChatCompletionChunk):
                     raise TypeError("not a chunk")
                 self._first = chunk
-                self._stream_id = chunk.id or "chatcmpl-autocontinue"
+                self._out.id = chunk.id or "chatcmpl-autocontinue"
             if usage is not None:
                 problem = usage_problem(usage)
                 if problem is not None:
                     raise TypeError(problem)
                 current.usage = usage
                 head["usage"] = None
-            head["id"] = self._stream_id
+            head["id"] = self._out.id
             if not choices:
                 if choices is None or choices == []:
                     return None
@@ -371,23 +367,16 @@ class Continuation:
             self._stop_reading = True
             return None
         released = self._feed(current, content) if content else ""
+        given = self._out.pass_on(chunk, top, delta, fields, released, current.fresh_logprobs)
         if current.fresh_logprobs:
-            top["logprobs"] = ChoiceLogprobs.model_construct(content=current.fresh_logprobs, refusal=None)
             current.fresh_logprobs = []
-        fields["content"] = released or None
-        if self._role_sent:
-            fields["role"] = None
-        elif fields.get("role") is not None or released:
-            fields["role"] = "assistant"
-            self._role_sent = True
-        keep = released or fields["role"] or top["logprobs"] is not None or has_payload(delta)
         # The request's own limit already stops the server at the budget. Closing early is for servers that ignore
         # it: every content chunk carries at least one token, so more chunks than the limit prove an overrun
         # (a tokenizer-based estimate would not: ours and the server's differ).
         if self._round_limit is not None and current.content_chunks - current.seam.echo_pieces > self._round_limit:
             current.finish_reason = "length"
             self._stop_reading = True
-        return chunk if keep else None
+        return given
 
     def on_stream_end(self) -> Action:
         """The upstream stream ended."""
@@ -403,67 +392,17 @@ class Continuation:
         """``action`` with the chunks a stream's reader is to see before it is done (see :attr:`Action.emit`)."""
         if not self._stream:
             return action
-        chunks = self._take_released()
-        if isinstance(action, Done):
-            chunks += self._closing_chunks(action.completion)
-        elif isinstance(action, Fail):
-            chunks += self._failing_chunks()
+        out, first = self._out, self._first
+        chunks = out.take_held(first)
+        if isinstance(action, Done | Fail):
+            rest = self._text[self._released :]
+            self._released = len(self._text)
+            if isinstance(action, Done):
+                usage = bool((self._call.stream_options or {}).get("include_usage"))
+                chunks += out.closing(rest, action.completion, list(self._last_queue), usage, first)
+            else:
+                chunks += out.failing(rest, first)
         return replace(action, emit=tuple(chunks)) if chunks else action
-
-    def _take_released(self) -> list[ChatCompletionChunk]:
-        """Text decided when a round ended (the seam's last held characters), as a chunk for the stream."""
-        if not self._flush:
-            return []
-        text, self._flush = self._flush, ""
-        chunk = self._make_chunk({"content": text}, None)
-        if self._flush_logprobs:
-            chunk.choices[0].logprobs = ChoiceLogprobs.model_construct(content=self._flush_logprobs, refusal=None)
-            self._flush_logprobs = []
-        return [chunk]
-
-    def _failing_chunks(self) -> list[ChatCompletionChunk]:
-        """Before a :class:`Fail` is raised to a stream's reader: the text kept in the error's partial that the
-        stream had not delivered yet (held back at the seam), so the reader has seen exactly the partial."""
-        self._flush = ""
-        rest = self._text[self._released :]
-        self._released = len(self._text)
-        return [self._make_chunk({"content": rest}, None)] if rest else []
-
-    def _closing_chunks(self, completion: ChatCompletion) -> list[ChatCompletionChunk]:
-        """After :class:`Done` while streaming: the rest of the text, the final finish_reason, and the usage."""
-        self._flush = ""
-        rest = self._text[self._released :]
-        self._released = len(self._text)
-        chunks = [self._make_chunk({"content": rest} if rest else {}, completion.choices[0].finish_reason)]
-        tail_logprobs = self._flush_logprobs + list(self._last_queue)
-        if tail_logprobs:
-            chunks[0].choices[0].logprobs = ChoiceLogprobs.model_construct(content=tail_logprobs, refusal=None)
-        options = self._call.stream_options or {}
-        if options.get("include_usage") and completion.usage is not None:
-            usage_chunk = self._make_chunk({}, None)
-            usage_chunk.choices = []
-            usage_chunk.usage = completion.usage
-            chunks.append(usage_chunk)
-        return chunks
-
-    def _make_chunk(self, delta: dict[str, Any], finish_reason: str | None) -> ChatCompletionChunk:
-        if not self._role_sent:
-            delta = {"role": "assistant", **delta}
-            self._role_sent = True
-        first = self._first
-        return ChatCompletionChunk.model_construct(
-            id=self._stream_id or (first.id if first is not None else "chatcmpl-autocontinue"),
-            object="chat.completion.chunk",
-            created=first.created if first is not None else int(time.time()),
-            model=first.model if first is not None else self._call.model,
-            system_fingerprint=first.system_fingerprint if first is not None else None,
-            choices=[
-                Choice.model_construct(
-                    index=0, delta=ChoiceDelta.model_construct(**delta), finish_reason=finish_reason, logprobs=None
-                )
-            ],
-            usage=None,
-        )
 
     def on_error(self, error: BaseException) -> Action:
         """The request (or the stream of its reply) failed with ``error``."""
@@ -671,8 +610,7 @@ class Continuation:
 
     def _end_round(self) -> Action:
         current = self._current()
-        self._flush += self._append(current, current.seam.finish())
-        self._flush_logprobs += current.fresh_logprobs
+        self._out.hold(self._append(current, current.seam.finish()), current.fresh_logprobs)
         current.fresh_logprobs = []
         if current.seam.restarted:
             return self._restarted(current)
