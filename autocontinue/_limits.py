@@ -15,7 +15,13 @@ the caller sets it, and always within the budgets:
 
 from __future__ import annotations
 
-__all__ = ["MAX_STALLS", "capped", "doubled"]
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["MAX_STALLS", "NAMES", "capped", "doubled", "larger", "limit_of", "set_limit"]
+
+#: the request options that limit a round's output (the SDK's two names for one thing)
+NAMES = ("max_tokens", "max_completion_tokens")
 
 #: rounds in a row that may follow a round that could only regenerate held-back text (whitespace or a word)
 MAX_STALLS = 4
@@ -39,3 +45,22 @@ def capped(limit: int | None, *, left: int | None) -> int | None:
     if left is None:
         return limit
     return max(1, left) if limit is None else min(limit, max(1, left))
+
+
+def limit_of(kwargs: Mapping[str, Any]) -> int | None:
+    """The output limit a request asks for (the smaller, if it names both), or ``None``."""
+    limits = [kwargs[name] for name in NAMES if kwargs.get(name) is not None]
+    return min(limits) if limits else None
+
+
+def larger(kwargs: Mapping[str, Any], *, left: int | None, cap: int | None) -> int | None:
+    """The one rule for asking for more: twice the limit of the request ``kwargs`` (see :func:`doubled`)."""
+    return doubled(limit_of(kwargs), left=left, cap=cap)
+
+
+def set_limit(kwargs: dict[str, Any], *, limit: int | None, left: int | None, default_name: str) -> None:
+    """Write a round's limit into its request: ``limit`` (else the request's own) lowered to ``left``, under each
+    name the request uses (``default_name``, the dialect's, when it uses none)."""
+    names = [name for name in NAMES if kwargs.get(name) is not None]
+    for name in names or [default_name]:
+        kwargs[name] = capped(limit if limit is not None else kwargs.get(name), left=left)

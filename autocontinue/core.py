@@ -31,6 +31,7 @@ from . import _limits, _log
 from ._accounting import Accounting
 from ._choices import split_choices
 from ._chunks import StreamOut
+from ._logprobs import Logprobs
 from ._progress import Progress
 from ._replies import (
     DELTA_HAS_REASONING,
@@ -199,10 +200,9 @@ class Continuation:
         self._released = len(call.prefix)
         # Streaming: ask upstream for usage (budgets need it) unless the server refuses the option.
         self._stream = self._upstream_usage = call.stream
-        self._last_queue: deque[Any] = deque()  # logprobs of the last round's unreleased text
         # Reasoning text over all rounds, kept apart from the answer; logprobs in order.
         self._reasoning: list[str] = []
-        self._logprobs: list[Any] = []
+        self._logprobs = Logprobs()
         if call.json_mode:
             self._dialect = for_json_mode(self._dialect, base_url)
             self.trace.dialect = self._dialect.name
@@ -399,7 +399,7 @@ class Continuation:
             self._released = len(self._text)
             if isinstance(action, Done):
                 usage = bool((self._call.stream_options or {}).get("include_usage"))
-                chunks += out.closing(rest, action.completion, list(self._last_queue), usage, first)
+                chunks += out.closing(rest, action.completion, list(self._logprobs.last), usage, first)
             else:
                 chunks += out.failing(rest, first)
         return replace(action, emit=tuple(chunks)) if chunks else action
@@ -510,7 +510,7 @@ class Continuation:
                 skip=max(0, self._released - len(sent)),
             ),
             released_at_start=self._released,
-            logprob_queue=self._carry_logprobs(len(sent)) if self._last_queue else deque(),
+            logprob_queue=self._logprobs.carry(len(sent), self._released) if self._logprobs.last else deque(),
             overhead=overhead,
         )
         return DoRequest(kwargs, base_url)
@@ -542,20 +542,11 @@ class Continuation:
         if left is None and override is None:
             return  # the caller's own limit (or none) stands
         self._limit_override = None
-        names = [n for n in ("max_tokens", "max_completion_tokens") if kwargs.get(n) is not None]
-        for name in names or [self._dialect.limit_parameter]:
-            kwargs[name] = _limits.capped(override if override is not None else kwargs.get(name), left=left)
-
-    def _round_limit_of(self, kwargs: Mapping[str, Any]) -> int | None:
-        limits = [kwargs[n] for n in ("max_tokens", "max_completion_tokens") if kwargs.get(n) is not None]
-        return min(limits) if limits else None
+        _limits.set_limit(kwargs, limit=override, left=left, default_name=self._dialect.limit_parameter)
 
     def _larger_limit(self, current: Round) -> int | None:
         """A doubled limit for retrying ``current`` once, if the budgets leave room for more than it had."""
-        if self._enlarged:
-            return None
-        had = self._round_limit_of(current.kwargs)
-        if had is None:
+        if self._enlarged or _limits.limit_of(current.kwargs) is None:
             return None
         # The round just spent counts (it is paid for) before deciding whether another one fits.
         usage, _ = self._spent.usage_of(current)
@@ -563,7 +554,7 @@ class Continuation:
         after = self._budget_state(rounds=1, tokens=usage.completion_tokens, cost=cost)
         if self._settings.stop(after) is not None:
             return None
-        return _limits.doubled(had, left=self._spent.tokens_left(after), cap=self._settings.max_round_tokens)
+        return _limits.larger(current.kwargs, left=self._spent.tokens_left(after), cap=self._settings.max_round_tokens)
 
     def _feed(self, current: Round, delta: str) -> str:
         """Pass reply text through the seam; return the text now safe to hand to a stream."""
@@ -584,29 +575,8 @@ class Continuation:
         if not out:
             return ""
         if current.logprob_queue:
-            self._take_logprobs(current, len(out))
+            self._logprobs.release(current, len(out))
         return out
-
-    def _carry_logprobs(self, sent_length: int) -> deque[Any]:
-        """Entries of the last round that cover text being sent but not yet released; the rest covered held-back
-        text, which the model writes again, so they are dropped."""
-        queue, self._last_queue = self._last_queue, deque()
-        room = sent_length - self._released
-        carried: deque[Any] = deque()
-        while queue and room > 0 and len(queue[0].token) <= room:
-            entry = queue.popleft()
-            room -= len(entry.token)
-            carried.append(entry)
-        return carried
-
-    def _take_logprobs(self, current: Round, chars: int) -> None:
-        current.logprob_credit += chars
-        queue = current.logprob_queue
-        while queue and len(queue[0].token) <= current.logprob_credit:
-            entry = queue.popleft()
-            current.logprob_credit -= len(entry.token)
-            self._logprobs.append(entry)
-            current.fresh_logprobs.append(entry)
 
     def _end_round(self) -> Action:
         current = self._current()
@@ -670,9 +640,7 @@ class Continuation:
             return False
         if current.held.isspace() and self._dialect.strips_trailing_whitespace:
             left = self._spent.tokens_left(self._budget_state())
-            larger = _limits.doubled(
-                self._round_limit_of(current.kwargs), left=left, cap=self._settings.max_round_tokens
-            )
+            larger = _limits.larger(current.kwargs, left=left, cap=self._settings.max_round_tokens)
             if larger is None:
                 return False
             self._limit_override = larger
@@ -690,7 +658,7 @@ class Continuation:
             self._first_reply = new_text
         if current.reasoning:
             self._reasoning.extend(current.reasoning)
-        self._last_queue = current.logprob_queue
+        self._logprobs.last = current.logprob_queue
         self._record(current, chars_added=len(self._text) - before, extra_seam=extra_seam)
         self._round = None
         self._retry.reset()
@@ -825,7 +793,7 @@ class Continuation:
             # One round that ended by itself (the common case): the provider's own reply is the answer. Reuse its
             # validated fields instead of validating a copy, so an untruncated call costs next to nothing extra.
             return reuse_completion(first, self.trace)
-        logprobs = self._logprobs + list(self._last_queue)
+        logprobs = self._logprobs.all()
         extra: dict[str, Any] = {}
         if self._reasoning:
             extra["reasoning_content"] = "".join(self._reasoning)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import openai
 from openai.resources.chat.completions import Completions
 
+from ._limits import NAMES
 from .errors import ConfigurationError
 
 __all__ = ["CallRequest"]
@@ -34,7 +35,6 @@ def create_parameters() -> frozenset[str]:
 
 
 #: the request's per-round output limits (both spellings the SDK accepts)
-_LIMITS = ("max_tokens", "max_completion_tokens")
 #: what ``messages`` must not be, although each is iterable
 _NOT_A_LIST = (str, bytes, Mapping)
 _NO_TEMPLATE: Mapping[str, Any] = MappingProxyType({})
@@ -84,7 +84,7 @@ class CallRequest(NamedTuple):
             raise ConfigurationError("messages must not be empty")
         for i, message in enumerate(messages):
             _check_message(i, message)
-        for name in _LIMITS:
+        for name in NAMES:
             value = given.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
