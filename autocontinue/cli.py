@@ -39,8 +39,9 @@ import openai
 
 from ._cli_options import integer, number, positive_int, positive_number, price
 from ._cli_output import Output, completion_to_json, format_trace, incomplete_notice, trace_to_dict
+from ._options import DEFAULT_MAX_ROUNDS, make_settings
 from .budget import Price, PriceTable
-from .client import DEFAULT_MAX_ROUNDS, _begin, create, make_settings, trace_of
+from .client import _begin, create, trace_of
 from .dialects import DIALECTS
 from .drivers import sync as sync_driver
 from .errors import ConfigurationError, ContinuationFailed

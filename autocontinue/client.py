@@ -9,30 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import openai
-import tenacity
 from openai.resources.chat.completions import AsyncCompletions, Completions
 from openai.types.chat import ChatCompletion
 
-from . import budget as _budget
-from .budget import Price, PriceTable, StopCondition
-from .core import Continuation, DoRequest, Settings
-from .dialects import Dialect, resolve_dialect
+from ._options import Settings, make_settings, split_options
+from .core import Continuation, DoRequest
 from .drivers import aio, sync
 from .errors import ConfigurationError
-from .retry import default_retry
-from .tokens import TokenCounter, default_counter
 
 if TYPE_CHECKING:
     from .drivers.stream import AsyncContinuedStream, ContinuedStream
 
 __all__ = [
-    "DEFAULT_MAX_ROUNDS",
-    "OPTION_NAMES",
     "RawRounds",
     "Transport",
     "acreate",
@@ -47,26 +40,6 @@ __all__ = [
     "transport_for",
     "unwrap",
 ]
-
-#: rounds per call unless the caller says otherwise; a call is always bounded
-DEFAULT_MAX_ROUNDS = 10
-#: keyword arguments that configure autocontinue rather than the request
-OPTION_NAMES = frozenset(
-    {
-        "max_rounds",
-        "max_total_tokens",
-        "max_cost_usd",
-        "stop_when",
-        "dialect",
-        "retry",
-        "prices",
-        "heal",
-        "log_text",
-        "reasoning_retry",
-        "stop_on_repeat",
-        "max_round_tokens",
-    }
-)
 
 # The SDK's own methods, captured before anything (such as the decorator) can patch them: our rounds must reach the
 # network, not loop back into a continuation.
@@ -85,67 +58,6 @@ _RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
 def in_round() -> bool:
     """Whether the current context is sending one of autocontinue's own rounds."""
     return _IN_ROUND.get()
-
-
-def make_settings(
-    *,
-    max_rounds: int = DEFAULT_MAX_ROUNDS,
-    max_total_tokens: int | None = None,
-    max_cost_usd: float | None = None,
-    stop_when: StopCondition | None = None,
-    dialect: str | Dialect = "auto",
-    retry: Any = _DEFAULT,
-    prices: Mapping[str, Price | tuple[float, float]] | None = None,
-    heal: bool = True,
-    log_text: bool = False,
-    reasoning_retry: bool = False,
-    stop_on_repeat: bool = True,
-    max_round_tokens: int | None = None,
-    counter: TokenCounter | None = None,
-) -> Settings:
-    """Check the options and build the :class:`~autocontinue.core.Settings` of a call.
-
-    ``max_rounds``, ``max_total_tokens`` and ``max_cost_usd`` build stop conditions; ``stop_when`` adds any
-    composed condition (``max_rounds(8) | max_cost(0.5)``). A call always stops after ``max_rounds``.
-    """
-    stop: StopCondition = _budget.max_rounds(max_rounds)
-    if max_total_tokens is not None:
-        stop = stop | _budget.max_total_tokens(max_total_tokens)
-    if max_cost_usd is not None:
-        stop = stop | _budget.max_cost(max_cost_usd)
-    if stop_when is not None:
-        if not isinstance(stop_when, StopCondition):
-            raise ConfigurationError(f"stop_when must be a stop condition, got {type(stop_when).__name__}")
-        stop = stop | stop_when
-    if not isinstance(dialect, str | Dialect) and not (isinstance(dialect, type) and issubclass(dialect, Dialect)):
-        raise ConfigurationError(f"dialect must be a name or a Dialect, got {type(dialect).__name__}")
-    resolve_dialect(dialect, "http://localhost")  # unknown names fail here, before any request
-    if retry is _DEFAULT:
-        retry = default_retry()
-    elif retry is not None and not isinstance(retry, tenacity.BaseRetrying):
-        raise ConfigurationError("retry must be a tenacity.Retrying (or AsyncRetrying) policy, or None")
-    if prices is not None and not isinstance(prices, Mapping):
-        raise ConfigurationError("prices must be a mapping of model name to Price")
-    flags = {"heal": heal, "log_text": log_text, "reasoning_retry": reasoning_retry, "stop_on_repeat": stop_on_repeat}
-    for name, flag in flags.items():
-        if not isinstance(flag, bool):
-            raise ConfigurationError(f"{name} must be True or False, got {flag!r}")
-    if max_round_tokens is not None and (
-        not isinstance(max_round_tokens, int) or isinstance(max_round_tokens, bool) or max_round_tokens <= 0
-    ):
-        raise ConfigurationError(f"max_round_tokens must be a positive integer or None, got {max_round_tokens!r}")
-    return Settings(
-        stop=stop,
-        dialect=dialect,
-        retry=retry,
-        prices=PriceTable(prices),
-        heal=heal,
-        counter=counter or default_counter(),
-        log_text=log_text,
-        reasoning_retry=reasoning_retry,
-        stop_on_repeat=stop_on_repeat,
-        max_round_tokens=max_round_tokens,
-    )
 
 
 class Transport:
@@ -258,11 +170,6 @@ def _check_client(client: Any, *, asynchronous: bool) -> None:
         )
 
 
-def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_NAMES}
-    return options, kwargs
-
-
 def _begin(
     client: Any, settings: Settings, kwargs: dict[str, Any], transport: Transport | RawRounds | None
 ) -> tuple[Continuation, Transport | RawRounds]:
@@ -310,14 +217,14 @@ def create(client: openai.OpenAI, **kwargs: Any) -> Any:
     ``.continuation``), or a stream when ``stream=True``.
     """
     _check_client(client, asynchronous=False)
-    options, request = _split(dict(kwargs))
+    options, request = split_options(kwargs)
     return run_sync(client, make_settings(**options), request)
 
 
 async def acreate(client: openai.AsyncOpenAI, **kwargs: Any) -> Any:
     """The async twin of :func:`create`, for ``AsyncOpenAI`` and ``AsyncAzureOpenAI`` clients."""
     _check_client(client, asynchronous=True)
-    options, request = _split(dict(kwargs))
+    options, request = split_options(kwargs)
     return await run_async(client, make_settings(**options), request)
 
 

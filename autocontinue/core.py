@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from . import _limits, _log
@@ -32,6 +31,7 @@ from ._accounting import Accounting
 from ._choices import split_choices
 from ._chunks import StreamOut
 from ._logprobs import Logprobs
+from ._options import Settings
 from ._progress import Progress
 from ._replies import (
     DELTA_HAS_REASONING,
@@ -48,8 +48,8 @@ from ._replies import (
 from ._round import Round
 from ._shape import completion_problem, finish_problem, usage_problem
 from ._shares import Share
-from .budget import BudgetState, PriceTable, StopCondition
-from .dialects import Dialect, DialectChoice, for_json_mode, resolve_dialect
+from .budget import BudgetState
+from .dialects import DialectChoice, for_json_mode, resolve_dialect
 from .errors import (
     ConfigurationError,
     ContinuationFailed,
@@ -63,7 +63,6 @@ from .request import CallRequest
 from .result import build_completion, reuse_completion
 from .retry import RetryTracker
 from .stitch import HOLD_WINDOW, RESTART_PROBE, EchoMode, PlainSeam, Release, Seam, SeamPlan, resume_point
-from .tokens import TokenCounter, default_counter
 from .trace import ContinuationTrace
 
 __all__ = [
@@ -73,30 +72,10 @@ __all__ = [
     "DoSleep",
     "Done",
     "Fail",
-    "Settings",
 ]
 
 #: the shortest answer whose opening is used to recognise a restart
 MIN_RESTART_PROBE = 12
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The options of a continued call (built by ``wrap()`` / ``create()`` from their keyword arguments)."""
-
-    stop: StopCondition
-    dialect: str | Dialect = "auto"
-    retry: tenacity.BaseRetrying | None = None
-    prices: PriceTable = field(default_factory=PriceTable)
-    heal: bool = True
-    counter: TokenCounter = field(default_factory=default_counter)
-    log_text: bool = False
-    #: retry a round cut inside the reasoning phase once with a larger limit (where it cannot be continued)
-    reasoning_retry: bool = False
-    #: end the call (``no_progress``) when a round repeats itself; off, only a round that adds nothing ends it
-    stop_on_repeat: bool = True
-    #: the most tokens a round may ask for when its limit is raised above the caller's (see ``_limits``)
-    max_round_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import openai
 from openai.resources.chat.completions import AsyncCompletions, Completions
 
 from . import client as _client
-from .core import Settings
+from ._options import Settings, check_options
 from .errors import ConfigurationError
 from .raw import acontinue_request, continue_request, is_chat_request
 
@@ -144,13 +144,6 @@ def _patched_arequest(original: Callable[..., Awaitable[Any]]) -> Callable[..., 
 
 # --------------------------------------------------------------------------------------------------------------
 # Scopes
-
-
-def _make_settings(options: Mapping[str, Any]) -> Settings:
-    unknown = sorted(set(options) - _client.OPTION_NAMES)
-    if unknown:
-        raise ConfigurationError(f"unknown option(s) {unknown}; expected some of {sorted(_client.OPTION_NAMES)}")
-    return _client.make_settings(**options)
 
 
 class Scope:
@@ -317,7 +310,7 @@ def autocontinue(func: Callable[..., Any] | None = None, /, **options: Any) -> A
     :class:`~autocontinue.ConfigurationError`. Works on functions, ``async`` functions, generators and async
     generators; streaming calls (``stream=True``) are continued too.
     """
-    scope = Scope(_make_settings(options))
+    scope = Scope(check_options(options))
     return scope if func is None else scope(func)
 
 
@@ -326,4 +319,4 @@ def enabled(**options: Any) -> Scope:
 
     Options as for :func:`autocontinue`, checked here. The result can also decorate functions.
     """
-    return Scope(_make_settings(options))
+    return Scope(check_options(options))

@@ -30,7 +30,7 @@ from openai import APIResponse, AsyncAPIResponse, NotGiven
 from openai._legacy_response import LegacyAPIResponse
 
 from . import client as _client
-from .core import Settings
+from ._options import Settings
 from .request import create_parameters
 
 __all__ = [

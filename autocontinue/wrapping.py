@@ -18,18 +18,16 @@ from typing import Any, TypeVar
 import openai
 
 from . import raw
+from ._options import Settings, check_options
 from .client import (
-    OPTION_NAMES,
     Transport,
     in_round,
-    make_settings,
     parse_request,
     run_async,
     run_sync,
     transport_for,
     unwrap,
 )
-from .core import Settings
 from .errors import ConfigurationError
 
 __all__ = ["wrap"]
@@ -142,10 +140,7 @@ def wrap(client: ClientT, **options: Any) -> ClientT:
     """
     if not isinstance(client, openai.OpenAI | openai.AsyncOpenAI):
         raise ConfigurationError(f"wrap() takes an OpenAI or AsyncOpenAI client, got {type(client).__name__}")
-    unknown = sorted(set(options) - OPTION_NAMES)
-    if unknown:
-        raise ConfigurationError(f"wrap() got unknown option(s) {unknown}; expected some of {sorted(OPTION_NAMES)}")
-    return _wrapped(client, make_settings(**options))
+    return _wrapped(client, check_options(options, who="wrap() got "))
 
 
 def _wrapped(client: ClientT, settings: Settings) -> ClientT:

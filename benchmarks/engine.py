@@ -21,8 +21,9 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from autocontinue._options import Settings
 from autocontinue.client import make_settings
-from autocontinue.core import Continuation, DoRequest, Settings
+from autocontinue.core import Continuation, DoRequest
 
 from ._common import Row, cli, median, percentile, synthetic_text
 

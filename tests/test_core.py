@@ -25,12 +25,13 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import autocontinue
 from autocontinue import ConfigurationError, TruncatedToolCallError, max_rounds
+from autocontinue._options import Settings
 from autocontinue._progress import LOOP_FLOOR, loops
 from autocontinue._reading import MIN_UNCONFIRMED as MIN_OVERLAP
 from autocontinue._reading import WINDOW as OVERLAP_WINDOW
 from autocontinue.budget import PriceTable, StopCondition
 from autocontinue.client import make_settings
-from autocontinue.core import Continuation, DoRequest, Settings
+from autocontinue.core import Continuation, DoRequest
 from autocontinue.drivers import stream as stream_driver
 from autocontinue.drivers import sync as sync_driver
 from autocontinue.retry import RetryTracker, is_transient
