@@ -32,6 +32,7 @@ from ._choices import split_choices
 from ._chunks import StreamOut
 from ._logprobs import Logprobs
 from ._options import Settings
+from ._planning import Planner
 from ._progress import Progress
 from ._replies import (
     DELTA_HAS_REASONING,
@@ -49,7 +50,7 @@ from ._round import Round
 from ._shape import completion_problem, finish_problem, usage_problem
 from ._shares import Share
 from .budget import BudgetState
-from .dialects import DialectChoice, for_json_mode, resolve_dialect
+from .dialects import for_json_mode, resolve_dialect
 from .errors import (
     ConfigurationError,
     ContinuationFailed,
@@ -62,7 +63,7 @@ from .jsoncheck import check_json
 from .request import CallRequest
 from .result import build_completion, reuse_completion
 from .retry import RetryTracker
-from .stitch import HOLD_WINDOW, RESTART_PROBE, EchoMode, PlainSeam, Release, Seam, SeamPlan, resume_point
+from .stitch import HOLD_WINDOW, Release
 from .trace import ContinuationTrace
 
 __all__ = [
@@ -73,9 +74,6 @@ __all__ = [
     "Done",
     "Fail",
 ]
-
-#: the shortest answer whose opening is used to recognise a restart
-MIN_RESTART_PROBE = 12
 
 
 @dataclass(frozen=True)
@@ -128,7 +126,6 @@ class Continuation:
     _floor = 0  # length of the prefix sent last round: a heal never reaches back past it
     _first: ChatCompletion | ChatCompletionChunk | None = None
     _round: Round | None = None
-    _echo_learned: EchoMode | None = None
     _stalls = 0  # rounds in a row that could only regenerate held-back text
     _round_index = 0
     _round_limit: int | None = None
@@ -136,7 +133,6 @@ class Continuation:
     _enlarged = False  # a round is retried with a larger limit at most once per call
     _progress: Progress | None = None  # made when a round is cut, as only then can a call stall or loop
     _malformed: MalformedResponse | None = None  # a streamed chunk of the wrong shape ended the round
-    _first_reply = ""  # round 1's reply, kept while a fallback dialect waits: evidence against a restart
     _stop_reading = False  # a streamed round must end before its reply does (a budget is reached)
 
     def __init__(
@@ -157,13 +153,13 @@ class Continuation:
         self._settings = settings
         self._base_url = base_url
         self._clock = clock
-        choice: DialectChoice = resolve_dialect(settings.dialect, base_url)
-        self._dialect = choice.dialect
-        self._fallback = choice.fallback
+        choice = resolve_dialect(settings.dialect, base_url)
+        dialect = for_json_mode(choice.dialect, base_url) if call.json_mode else choice.dialect
+        self._plan = Planner(call, dialect=dialect, fallback=choice.fallback, base_url=base_url, heal=settings.heal)
         needs_price = settings.stop.needs_price
         price = settings.prices.require(call.model) if needs_price else settings.prices.lookup(call.model)
         self._retry = RetryTracker(settings.retry)
-        self.trace = ContinuationTrace(dialect=self._dialect.name)
+        self.trace = ContinuationTrace(dialect=dialect.name)
         self._out = StreamOut(call.model)
         self._spent = Accounting(
             self.trace,
@@ -182,9 +178,6 @@ class Continuation:
         # Reasoning text over all rounds, kept apart from the answer; logprobs in order.
         self._reasoning: list[str] = []
         self._logprobs = Logprobs()
-        if call.json_mode:
-            self._dialect = for_json_mode(self._dialect, base_url)
-            self.trace.dialect = self._dialect.name
         if needs_price:
             left = self._spent.tokens_left(self._budget_state())
             if left is not None and left <= 0:
@@ -390,9 +383,9 @@ class Continuation:
     def _on_error(self, error: BaseException) -> Action:
         current = self._round
         continuing = current is not None and (current.sent != "" or self._call.has_prefix)
-        if continuing and self._fallback is not None and self._dialect.refuses(error):
+        if continuing and self._plan.fallback is not None and self._plan.dialect.refuses(error):
             self._round = None
-            self._switch_dialect(f"refused: {type(error).__name__}")
+            self._plan.switch(f"refused: {type(error).__name__}", self.trace)
             return self._begin_round()
         if current is not None and self._upstream_usage and mentions(error, "stream_options"):
             # A server that does not know stream_options: ask again without it and count tokens ourselves.
@@ -424,91 +417,37 @@ class Continuation:
 
     def _begin_round(self) -> Action:
         self._round_index = len(self.trace.rounds) + 1
-        text = self._text
-        call = self._call
-        reasoning = "".join(self._reasoning) if self._reasoning else ""
-        seam: Seam | PlainSeam
-        overhead = 0
-        if text == "" and not call.has_prefix and not reasoning:
-            sent, held = "", ""
-            messages: list[Any] = list(call.messages)
-            kwargs = dict(call.kwargs)
-            base_url = None
-            seam = PlainSeam()
-        else:
-            cut = resume_point(
-                text,
-                floor=self._floor,
-                released=self._released,
-                answer_start=len(call.prefix),
-                heal=self._settings.heal,
-                strip_whitespace=self._dialect.strips_trailing_whitespace,
-            )
-            sent, held = text[:cut], text[cut:]
-            messages = self._dialect.messages(call.messages, sent, call.prefix_template, reasoning)
-            overhead = self._spent.added(messages[len(call.messages) :], sent) if self._spent.price else 0
-            kwargs = dict(call.kwargs)
-            kwargs.pop("n", None)
-            extra = self._dialect.extra_body(call.kwargs.get("extra_body"), reasoning)
-            if extra is not None:
-                kwargs["extra_body"] = extra
-            base_url = self._dialect.base_url(self._base_url)
-            seam = Seam(
-                SeamPlan(
-                    sent=sent,
-                    held=held,
-                    echo=self._echo_mode(),
-                    remove_overlap=self._dialect.repeats_tail,
-                    restart_probe=self._restart_probe(),
-                    answer_start=len(call.prefix),
-                    restart_reply=self._first_reply if self._call.kwargs.get("temperature") == 0 else "",
-                )
-            )
-        kwargs["messages"] = messages
-        if self._stream:
-            kwargs["stream"] = True
-            if self._upstream_usage:
-                kwargs["stream_options"] = {**(self._call.stream_options or {}), "include_usage": True}
-            elif self._call.stream_options:
-                kwargs["stream_options"] = dict(self._call.stream_options)
+        plan = self._plan.plan(
+            self._text,
+            floor=self._floor,
+            released=self._released,
+            reasoning="".join(self._reasoning) if self._reasoning else "",
+            stream=self._stream,
+            upstream_usage=self._upstream_usage,
+        )
+        kwargs, sent = plan.kwargs, plan.sent
         self._clamp(kwargs)
         self._stop_reading = False
         self._round = Round(
             index=self._round_index,
             sent=sent,
-            held=held,
-            seam=seam,
+            held=plan.held,
+            seam=plan.seam,
             kwargs=kwargs,
             started=self._clock(),
             release=Release(
                 floor=len(sent),
                 heal=self._settings.heal,
-                strip_whitespace=self._dialect.strips_trailing_whitespace,
+                strip_whitespace=self._plan.dialect.strips_trailing_whitespace,
                 tail=sent[-2 * HOLD_WINDOW :],
                 unreleased=sent[self._released :] if self._released < len(sent) else "",
                 skip=max(0, self._released - len(sent)),
             ),
             released_at_start=self._released,
             logprob_queue=self._logprobs.carry(len(sent), self._released) if self._logprobs.last else deque(),
-            overhead=overhead,
+            overhead=self._spent.added(plan.added, sent) if plan.added is not None and self._spent.price else 0,
         )
-        return DoRequest(kwargs, base_url)
-
-    def _echo_mode(self) -> EchoMode:
-        """The dialect's echo behaviour; where it is only "maybe", what this provider was seen to do."""
-        return self._dialect.echo if self._dialect.echo != "maybe" else (self._echo_learned or "maybe")
-
-    def _learn_echo(self, current: Round) -> None:
-        # A prefix this long that the reply begins with is an echo, and one the reply does not begin with proves
-        # there is none; either way later rounds (whose short prefixes could be ambiguous) know.
-        if self._echo_learned is None and self._dialect.echo == "maybe" and len(current.sent) >= ECHO_EVIDENCE:
-            self._echo_learned = "always" if "echo_stripped" in current.seam.actions else "never"
-
-    def _restart_probe(self) -> str:
-        if self._fallback is None:
-            return ""
-        answer = self._text[len(self._call.prefix) : len(self._call.prefix) + 4 * RESTART_PROBE].lstrip()
-        return answer[:RESTART_PROBE] if len(answer) >= MIN_RESTART_PROBE else ""
+        return DoRequest(kwargs, plan.base_url)
 
     def _clamp(self, kwargs: dict[str, Any]) -> None:
         """Keep the caller's per-round limit (or a retried round's larger one), lowered to what budgets allow."""
@@ -521,7 +460,7 @@ class Continuation:
         if left is None and override is None:
             return  # the caller's own limit (or none) stands
         self._limit_override = None
-        _limits.set_limit(kwargs, limit=override, left=left, default_name=self._dialect.limit_parameter)
+        _limits.set_limit(kwargs, limit=override, left=left, default_name=self._plan.dialect.limit_parameter)
 
     def _larger_limit(self, current: Round) -> int | None:
         """A doubled limit for retrying ``current`` once, if the budgets leave room for more than it had."""
@@ -569,7 +508,7 @@ class Continuation:
         if cut and tool_calls:
             return self._cut_tool_call(current, tool_calls)
         in_reasoning = cut and current.raw_chars == 0 and bool(current.reasoning)
-        if in_reasoning and not self._dialect.resumes_reasoning:
+        if in_reasoning and not self._plan.dialect.resumes_reasoning:
             return self._cut_reasoning(current)
         new_text = "".join(current.pieces)
         before = len(self._text)
@@ -601,8 +540,8 @@ class Continuation:
         # A restart on a host that ignores the prefix reproduces the reply of round 1 exactly (and looks like an
         # echo of the text so far): that, or a round that adds nothing, calls for the fallback dialect; a model
         # repeating itself in new words does not.
-        if (stalled or progress.same_reply) and self._fallback is not None and current.sent:
-            self._switch_dialect("no progress")
+        if (stalled or progress.same_reply) and self._plan.fallback is not None and current.sent:
+            self._plan.switch("no progress", self.trace)
             self._progress = None
             return self._begin_round()
         if verdict != "go":
@@ -617,7 +556,7 @@ class Continuation:
         """
         if self._stalls >= _limits.MAX_STALLS:
             return False
-        if current.held.isspace() and self._dialect.strips_trailing_whitespace:
+        if current.held.isspace() and self._plan.dialect.strips_trailing_whitespace:
             left = self._spent.tokens_left(self._budget_state())
             larger = _limits.larger(current.kwargs, left=left, cap=self._settings.max_round_tokens)
             if larger is None:
@@ -628,13 +567,10 @@ class Continuation:
 
     def _commit(self, current: Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
         """Make the round's text (and reasoning and logprobs) part of the answer, and record the round."""
-        if current.sent:
-            self._learn_echo(current)
+        self._plan.committed(current, new_text)
         before = len(self._text)
         self._text = current.sent + new_text
         self._floor = len(current.sent)
-        if current.index == 1 and self._fallback is not None:
-            self._first_reply = new_text
         if current.reasoning:
             self._reasoning.extend(current.reasoning)
         self._logprobs.last = current.logprob_queue
@@ -683,20 +619,11 @@ class Continuation:
         """The model began the answer again: the round is discarded and the fallback dialect takes over."""
         self._record(current, chars_added=0, extra_seam=("restart_discarded",))
         self._round = None
-        self._switch_dialect("restart")
+        self._plan.switch("restart", self.trace)
         cause = self._settings.stop(self._budget_state())
         if cause is not None:
             return self._done(cause, finish_reason="length")
         return self._begin_round()
-
-    def _switch_dialect(self, reason: str) -> None:
-        assert self._fallback is not None
-        change = f"{self._dialect.name}->{self._fallback.name}"
-        _log.emit("info", "autocontinue.dialect_fallback", change=change, reason=reason)
-        self.trace.fallbacks.append(change)
-        self._dialect, self._fallback = self._fallback, None
-        self._echo_learned = None
-        self.trace.dialect = self._dialect.name
 
     def _keep_partial(self, current: Round) -> None:
         """A reply broke off: keep every decided character, as if the round had been cut there."""
@@ -719,7 +646,7 @@ class Continuation:
         self._spent.record(
             current,
             chars_added=chars_added,
-            dialect=self._dialect.name if current.sent or current.index > 1 else "first",
+            dialect=self._plan.dialect.name if current.sent or current.index > 1 else "first",
             latency=self._clock() - current.started,
             retries=self._retry.attempts,
             extra_seam=extra_seam,
@@ -727,7 +654,7 @@ class Continuation:
 
     def _budget_state(self, *, rounds: int = 0, tokens: int = 0, cost: float = 0.0) -> BudgetState:
         """The call so far as the stop conditions see it (see :meth:`Accounting.state`)."""
-        overhead = self._spent.overhead(self._dialect, self._text, self._call.prefix_template)
+        overhead = self._spent.overhead(self._plan.dialect, self._text, self._call.prefix_template)
         return self._spent.state(overhead, rounds=rounds, tokens=tokens, cost=cost)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -812,7 +739,5 @@ class Continuation:
         return self._round
 
 
-#: a prefix at least this long tells, from one reply, whether the provider echoes
-ECHO_EVIDENCE = 16
 #: characters of each raw reply kept to recognise the same reply twice
 RAW_HEAD = 64
