@@ -155,3 +155,21 @@ class Accounting:
     def added(self, messages: list[Any], prefix: str) -> int:
         """Prompt tokens of ``messages`` (what a dialect adds to the caller's) beyond the prefix text itself."""
         return added_prompt_tokens(messages, prefix, self._counter)
+
+    def log_call(self, cause: str, *, finish_reason: str, chars: int) -> None:
+        """The call's one log event (``chars``: characters of the answer)."""
+        if not _log.enabled("info"):
+            return
+        trace = self.trace
+        _log.emit(
+            "info",
+            "autocontinue.call",
+            rounds=len(trace.rounds),
+            stop_cause=cause,
+            finish_reason=finish_reason,
+            completion_tokens=self.completion_tokens,
+            cost_usd=trace.cost_usd,
+            dialect=trace.dialect,
+            chars=chars,
+            fallbacks=trace.fallbacks,
+        )

@@ -1,9 +1,11 @@
-"""The chunks a continued stream hands to its reader: one stream across rounds, as if the provider had sent it.
+"""Streamed chunks, in and out.
 
-Every chunk carries the first upstream chunk's id; the role is sent once; interim finish reasons are swallowed
-and the last chunk carries the final one (then a usage chunk if the caller asked for one); each chunk carries
-the logprobs of the text it releases. Upstream chunks are reused rather than copied: they are fresh from the
-SDK's parser and nobody else holds them.
+In: :func:`take_choice` reads an upstream chunk's choice into the round in flight (a field of the wrong type is a
+malformed chunk: :func:`malformed_chunk`). Out: :class:`StreamOut` makes the chunks a continued stream hands to
+its reader, one stream across rounds, as if the provider had sent it. Every chunk carries the first upstream
+chunk's id; the role is sent once; interim finish reasons are swallowed and the last chunk carries the final one
+(then a usage chunk if the caller asked for one); each chunk carries the logprobs of the text it releases.
+Upstream chunks are reused rather than copied: they are fresh from the SDK's parser and nobody else holds them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,48 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
 from openai.types.completion_usage import CompletionUsage
 
-from ._replies import has_payload
+from ._replies import DELTA_HAS_REASONING, has_payload, reasoning_of
+from ._round import Round
+from ._shape import finish_problem
+from .errors import MalformedResponse
 
-__all__ = ["StreamOut"]
+__all__ = ["StreamOut", "malformed_chunk", "take_choice"]
 
 _DEFAULT_ID = "chatcmpl-autocontinue"
+
+
+def take_choice(current: Round, top: dict[str, Any], delta: Any, fields: dict[str, Any]) -> str | None:
+    """Read a streamed choice into ``current``: its finish reason (taken off the chunk: interim finish reasons are
+    swallowed, the last chunk carries the final one), tool-call fragments, reasoning text and logprobs (which wait
+    for the text they cover); return its text. ``top`` and ``fields`` are the choice's and the delta's dicts
+    (read directly: this runs for every chunk). A field of the wrong type raises ``TypeError``."""
+    if top["finish_reason"] is not None:
+        finish = top["finish_reason"]
+        if finish.__class__ is not str:
+            raise TypeError(finish_problem(finish))
+        current.finish_reason = finish
+        top["finish_reason"] = None
+    if fields.get("tool_calls"):
+        current.tool_calls.extend(fields["tool_calls"])
+    if delta.__pydantic_extra__ or DELTA_HAS_REASONING:  # else there is nowhere for reasoning to be
+        reasoning = reasoning_of(delta)
+        if reasoning:
+            current.reasoning.append(reasoning)
+    if top["logprobs"] is not None:
+        current.logprob_queue.extend(top["logprobs"].content or ())
+        top["logprobs"] = None
+    content = fields.get("content")
+    if content.__class__ is not str and content is not None:
+        raise TypeError(f"a delta's content is a {type(content).__name__}, not text")
+    return content
+
+
+def malformed_chunk(error: BaseException) -> MalformedResponse:
+    """The error of a streamed chunk of the wrong shape (``error``: what reading it raised)."""
+    detail = str(error) if isinstance(error, TypeError) and str(error).startswith(("a ", "usage", "the ")) else ""
+    return MalformedResponse(
+        "the provider sent a malformed stream chunk" + (f": {detail}" if detail else f" ({type(error).__name__})")
+    )
 
 
 class StreamOut:

@@ -29,13 +29,12 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from . import _limits, _log
 from ._accounting import Accounting
 from ._choices import split_choices
-from ._chunks import StreamOut
+from ._chunks import StreamOut, malformed_chunk, take_choice
 from ._logprobs import Logprobs
 from ._options import Settings
 from ._planning import Planner
 from ._progress import Progress
 from ._replies import (
-    DELTA_HAS_REASONING,
     LENGTH_STOPS,
     NOT_AN_ENDING,
     cause_of,
@@ -43,11 +42,10 @@ from ._replies import (
     is_context_overflow,
     mentions,
     merge_tool_deltas,
-    plain,
     reasoning_of,
 )
 from ._round import Round
-from ._shape import completion_problem, finish_problem, usage_problem
+from ._shape import completion_problem, usage_problem
 from ._shares import Share
 from .budget import BudgetState
 from .dialects import for_json_mode, resolve_dialect
@@ -61,7 +59,7 @@ from .errors import (
 )
 from .jsoncheck import check_json
 from .request import CallRequest
-from .result import build_completion, reuse_completion
+from .result import completion_of
 from .retry import RetryTracker
 from .stitch import HOLD_WINDOW, Release
 from .trace import ContinuationTrace
@@ -298,34 +296,14 @@ class Continuation:
 
     def _reject(self, current: Round, error: BaseException) -> None:
         """A streamed chunk of the wrong shape: the round stops here, as if its stream had broken."""
-        detail = str(error) if isinstance(error, TypeError) and str(error).startswith(("a ", "usage", "the ")) else ""
-        self._malformed = MalformedResponse(
-            "the provider sent a malformed stream chunk" + (f": {detail}" if detail else f" ({type(error).__name__})")
-        )
+        self._malformed = malformed_chunk(error)
         current.finish_reason = None
         self._stop_reading = True
 
     def _on_choice(
         self, current: Round, chunk: ChatCompletionChunk, top: dict[str, Any], delta: Any, fields: dict[str, Any]
     ) -> ChatCompletionChunk | None:
-        if top["finish_reason"] is not None:
-            finish = top["finish_reason"]
-            if finish.__class__ is not str:
-                raise TypeError(finish_problem(finish))
-            current.finish_reason = finish
-            top["finish_reason"] = None  # interim finish reasons are swallowed; the last chunk carries the final one
-        if fields.get("tool_calls"):
-            current.tool_calls.extend(fields["tool_calls"])
-        if delta.__pydantic_extra__ or DELTA_HAS_REASONING:  # else there is nowhere for reasoning to be
-            reasoning = reasoning_of(delta)
-            if reasoning:
-                current.reasoning.append(reasoning)
-        if top["logprobs"] is not None:
-            current.logprob_queue.extend(top["logprobs"].content or ())
-            top["logprobs"] = None
-        content = fields.get("content")
-        if content.__class__ is not str and content is not None:
-            raise TypeError(f"a delta's content is a {type(content).__name__}, not text")
+        content = take_choice(current, top, delta, fields)
         limit = self._round_limit
         if (
             content
@@ -671,49 +649,21 @@ class Continuation:
                         f"the joined reply is not valid JSON ({problem}); stop cause: {cause}", partial=completion
                     )
                 )
-        if not _log.enabled("info"):
-            return Done(completion)
-        _log.emit(
-            "info",
-            "autocontinue.call",
-            rounds=len(self.trace.rounds),
-            stop_cause=cause,
-            finish_reason=finish_reason,
-            completion_tokens=self._spent.completion_tokens,
-            cost_usd=self.trace.cost_usd,
-            dialect=self.trace.dialect,
-            chars=len(self._text) - len(self._call.prefix),
-            fallbacks=self.trace.fallbacks,
-        )
+        self._spent.log_call(cause, finish_reason=finish_reason, chars=len(self._text) - len(self._call.prefix))
         return Done(completion)
 
     def _completion(self, finish_reason: str, *, tool_calls: list[Any] | None = None) -> ChatCompletion:
-        first = self._first
-        if (
-            isinstance(first, ChatCompletion)
-            and len(self.trace.rounds) == 1
-            and not self._call.has_prefix
-            and len(first.choices) == 1
-            and first.choices[0].finish_reason == finish_reason
-        ):
-            # One round that ended by itself (the common case): the provider's own reply is the answer. Reuse its
-            # validated fields instead of validating a copy, so an untruncated call costs next to nothing extra.
-            return reuse_completion(first, self.trace)
-        logprobs = self._logprobs.all()
-        extra: dict[str, Any] = {}
-        if self._reasoning:
-            extra["reasoning_content"] = "".join(self._reasoning)
-        if tool_calls:
-            extra["tool_calls"] = [plain(call) for call in tool_calls]
-        return build_completion(
+        call = self._call
+        return completion_of(
             first=self._first,
-            model=self._call.model,
-            content=self._text[len(self._call.prefix) :],
+            own_prefix=call.has_prefix,
+            model=call.model,
+            content=self._text[len(call.prefix) :],
             finish_reason=finish_reason,
-            rounds=self.trace.rounds,
             trace=self.trace,
-            message_extra=extra,
-            logprobs=[plain(item) for item in logprobs] if logprobs else None,
+            reasoning="".join(self._reasoning),
+            tool_calls=tool_calls or [],
+            logprobs=self._logprobs.all(),
         )
 
     def _give_up(self, error: BaseException) -> Action:

@@ -14,9 +14,17 @@ import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
+from ._replies import plain
 from .trace import ContinuationTrace, RoundTrace
 
-__all__ = ["ContinuedChatCompletion", "build_completion", "merge_choices", "reuse_completion", "sum_usage"]
+__all__ = [
+    "ContinuedChatCompletion",
+    "build_completion",
+    "completion_of",
+    "merge_choices",
+    "reuse_completion",
+    "sum_usage",
+]
 
 
 class ContinuedChatCompletion(ChatCompletion):
@@ -86,6 +94,47 @@ def build_completion(
     completion = ContinuedChatCompletion.model_validate(body) if _standard(finish_reason) else _construct(body)
     completion._continuation = trace
     return completion
+
+
+def completion_of(
+    *,
+    first: ChatCompletion | ChatCompletionChunk | None,
+    own_prefix: bool,
+    model: str,
+    content: str,
+    finish_reason: str,
+    trace: ContinuationTrace,
+    reasoning: str,
+    tool_calls: list[Any],
+    logprobs: list[Any],
+) -> ChatCompletion:
+    """The completion of a call: ``content`` (the answer, without the caller's own prefix, if ``own_prefix``),
+    ``reasoning`` text, ``tool_calls`` and ``logprobs`` as the SDK's models or dicts."""
+    if (
+        isinstance(first, ChatCompletion)
+        and len(trace.rounds) == 1
+        and not own_prefix
+        and len(first.choices) == 1
+        and first.choices[0].finish_reason == finish_reason
+    ):
+        # One round that ended by itself (the common case): the provider's own reply is the answer. Reuse its
+        # validated fields instead of validating a copy, so an untruncated call costs next to nothing extra.
+        return reuse_completion(first, trace)
+    extra: dict[str, Any] = {}
+    if reasoning:
+        extra["reasoning_content"] = reasoning
+    if tool_calls:
+        extra["tool_calls"] = [plain(call) for call in tool_calls]
+    return build_completion(
+        first=first,
+        model=model,
+        content=content,
+        finish_reason=finish_reason,
+        rounds=trace.rounds,
+        trace=trace,
+        message_extra=extra,
+        logprobs=[plain(item) for item in logprobs] if logprobs else None,
+    )
 
 
 def reuse_completion(completion: ChatCompletion, trace: ContinuationTrace) -> ContinuedChatCompletion:
