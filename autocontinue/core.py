@@ -28,9 +28,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from . import _limits, _log
 from ._accounting import Accounting
+from ._answer import Answer
 from ._choices import split_choices
 from ._chunks import StreamOut, malformed_chunk, take_choice
-from ._logprobs import Logprobs
 from ._options import Settings
 from ._planning import Planner
 from ._progress import Progress
@@ -61,7 +61,6 @@ from .jsoncheck import check_json
 from .request import CallRequest
 from .result import completion_of
 from .retry import RetryTracker
-from .stitch import HOLD_WINDOW, Release
 from .trace import ContinuationTrace
 
 __all__ = [
@@ -121,7 +120,6 @@ class Continuation:
 
     # State that starts out the same in every call is declared here rather than assigned in __init__: most calls
     # are one round, and a call should cost next to nothing beyond its request.
-    _floor = 0  # length of the prefix sent last round: a heal never reaches back past it
     _first: ChatCompletion | ChatCompletionChunk | None = None
     _round: Round | None = None
     _stalls = 0  # rounds in a row that could only regenerate held-back text
@@ -168,14 +166,9 @@ class Continuation:
             share=share,
             log_text=settings.log_text,
         )
-        # The text so far (the caller's own prefix, if any, included) and what of it was handed to a stream.
-        self._text = call.prefix
-        self._released = len(call.prefix)
+        self._answer = Answer(call.prefix)
         # Streaming: ask upstream for usage (budgets need it) unless the server refuses the option.
         self._stream = self._upstream_usage = call.stream
-        # Reasoning text over all rounds, kept apart from the answer; logprobs in order.
-        self._reasoning: list[str] = []
-        self._logprobs = Logprobs()
         if needs_price:
             left = self._spent.tokens_left(self._budget_state())
             if left is not None and left <= 0:
@@ -345,11 +338,11 @@ class Continuation:
         out, first = self._out, self._first
         chunks = out.take_held(first)
         if isinstance(action, Done | Fail):
-            rest = self._text[self._released :]
-            self._released = len(self._text)
+            rest = self._answer.text[self._answer.released :]
+            self._answer.released = len(self._answer.text)
             if isinstance(action, Done):
                 usage = bool((self._call.stream_options or {}).get("include_usage"))
-                chunks += out.closing(rest, action.completion, list(self._logprobs.last), usage, first)
+                chunks += out.closing(rest, action.completion, list(self._answer.logprobs.last), usage, first)
             else:
                 chunks += out.failing(rest, first)
         return replace(action, emit=tuple(chunks)) if chunks else action
@@ -395,11 +388,12 @@ class Continuation:
 
     def _begin_round(self) -> Action:
         self._round_index = len(self.trace.rounds) + 1
+        answer = self._answer
         plan = self._plan.plan(
-            self._text,
-            floor=self._floor,
-            released=self._released,
-            reasoning="".join(self._reasoning) if self._reasoning else "",
+            answer.text,
+            floor=answer.floor,
+            released=answer.released,
+            reasoning="".join(answer.reasoning) if answer.reasoning else "",
             stream=self._stream,
             upstream_usage=self._upstream_usage,
         )
@@ -413,16 +407,9 @@ class Continuation:
             seam=plan.seam,
             kwargs=kwargs,
             started=self._clock(),
-            release=Release(
-                floor=len(sent),
-                heal=self._settings.heal,
-                strip_whitespace=self._plan.dialect.strips_trailing_whitespace,
-                tail=sent[-2 * HOLD_WINDOW :],
-                unreleased=sent[self._released :] if self._released < len(sent) else "",
-                skip=max(0, self._released - len(sent)),
-            ),
-            released_at_start=self._released,
-            logprob_queue=self._logprobs.carry(len(sent), self._released) if self._logprobs.last else deque(),
+            release=answer.release_of(sent, self._settings.heal, self._plan.dialect.strips_trailing_whitespace),
+            released_at_start=answer.released,
+            logprob_queue=answer.logprobs.carry(len(sent), answer.released) if answer.logprobs.last else deque(),
             overhead=self._spent.added(plan.added, sent) if plan.added is not None and self._spent.price else 0,
         )
         return DoRequest(kwargs, plan.base_url)
@@ -459,24 +446,11 @@ class Continuation:
             current.raw_head += delta[: RAW_HEAD - len(current.raw_head)]
         current.raw_chars += len(delta)
         seam = current.seam
-        return self._append(current, delta if seam.plain else seam.feed(delta))
-
-    def _append(self, current: Round, text: str) -> str:
-        """Add decided text to the round; return the part of it (and of earlier text) that can no longer change:
-        all but what a cut here would hold back for the model to regenerate."""
-        if not text:
-            return ""
-        current.pieces.append(text)
-        out, self._released = current.release.add(text, self._released)
-        if not out:
-            return ""
-        if current.logprob_queue:
-            self._logprobs.release(current, len(out))
-        return out
+        return self._answer.append(current, delta if seam.plain else seam.feed(delta))
 
     def _end_round(self) -> Action:
         current = self._current()
-        self._out.hold(self._append(current, current.seam.finish()), current.fresh_logprobs)
+        self._out.hold(self._answer.append(current, current.seam.finish()), current.fresh_logprobs)
         current.fresh_logprobs = []
         if current.seam.restarted:
             return self._restarted(current)
@@ -489,7 +463,7 @@ class Continuation:
         if in_reasoning and not self._plan.dialect.resumes_reasoning:
             return self._cut_reasoning(current)
         new_text = "".join(current.pieces)
-        before = len(self._text)
+        before = len(self._answer.text)
         self._commit(current, new_text)
         if not cut:
             return self._done(cause_of(finish), finish_reason=final_finish(finish), tool_calls=tool_calls)
@@ -500,14 +474,14 @@ class Continuation:
         if cause is not None:
             return self._done(cause, finish_reason="length")
         progress = self._progress = self._progress or Progress(self._settings.stop_on_repeat)
-        stalled = len(self._text) <= before and not in_reasoning
+        stalled = len(self._answer.text) <= before and not in_reasoning
         verdict = progress.judge(
             stalled=stalled,
             # what the model wrote beyond an echo of the prefix (a restart or a repeat the seam removed counts)
             said=current.raw_chars - (len(current.sent) if "echo_stripped" in current.seam.actions else 0),
             raw=(current.raw_chars, current.raw_head),
             held=bool(current.held),
-            text=self._text,
+            text=self._answer.text,
         )
         if verdict == "grow" and self._after_stall(current):
             # The whole round went into regenerating the text held back from the prefix (a healed word, whitespace
@@ -546,19 +520,14 @@ class Continuation:
     def _commit(self, current: Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
         """Make the round's text (and reasoning and logprobs) part of the answer, and record the round."""
         self._plan.committed(current, new_text)
-        before = len(self._text)
-        self._text = current.sent + new_text
-        self._floor = len(current.sent)
-        if current.reasoning:
-            self._reasoning.extend(current.reasoning)
-        self._logprobs.last = current.logprob_queue
-        self._record(current, chars_added=len(self._text) - before, extra_seam=extra_seam)
+        added = self._answer.commit(current, new_text)
+        self._record(current, chars_added=added, extra_seam=extra_seam)
         self._round = None
         self._retry.reset()
 
     def _discard(self, current: Round, action: str) -> None:
         """Record a round whose output is not kept (it is paid for, so its usage counts)."""
-        self._released = current.released_at_start
+        self._answer.released = current.released_at_start
         self._record(current, chars_added=0, extra_seam=(action,))
         self._round = None
         self._retry.reset()
@@ -604,21 +573,12 @@ class Continuation:
         return self._begin_round()
 
     def _keep_partial(self, current: Round) -> None:
-        """A reply broke off: keep every decided character, as if the round had been cut there."""
-        decided = "".join(current.pieces)
-        text = current.sent + decided + current.seam.abort()
-        self._reasoning.extend(current.reasoning)
+        """A reply broke off: keep every decided character (see :meth:`Answer.keep_partial`)."""
         self._round = None
-        if decided or text != self._text:
+        added = self._answer.keep_partial(current)
+        if added is not None:
             current.finish_reason = "error"
-            self._record(current, chars_added=len(text) - len(self._text))  # it was paid for
-        if text == self._text:
-            # Nothing new was decided (typically the request itself failed): the floor stays where it was, so the
-            # retry plans the very same request - the same cut, the same heal - and a transient error leaves no
-            # mark on the answer.
-            return
-        self._text = text
-        self._floor = len(current.sent)
+            self._record(current, chars_added=added)  # it was paid for
 
     def _record(self, current: Round, *, chars_added: int, extra_seam: tuple[str, ...] = ()) -> None:
         self._spent.record(
@@ -632,7 +592,7 @@ class Continuation:
 
     def _budget_state(self, *, rounds: int = 0, tokens: int = 0, cost: float = 0.0) -> BudgetState:
         """The call so far as the stop conditions see it (see :meth:`Accounting.state`)."""
-        overhead = self._spent.overhead(self._plan.dialect, self._text, self._call.prefix_template)
+        overhead = self._spent.overhead(self._plan.dialect, self._answer.text, self._call.prefix_template)
         return self._spent.state(overhead, rounds=rounds, tokens=tokens, cost=cost)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -649,7 +609,8 @@ class Continuation:
                         f"the joined reply is not valid JSON ({problem}); stop cause: {cause}", partial=completion
                     )
                 )
-        self._spent.log_call(cause, finish_reason=finish_reason, chars=len(self._text) - len(self._call.prefix))
+        chars = len(self._answer.text) - len(self._call.prefix)
+        self._spent.log_call(cause, finish_reason=finish_reason, chars=chars)
         return Done(completion)
 
     def _completion(self, finish_reason: str, *, tool_calls: list[Any] | None = None) -> ChatCompletion:
@@ -658,12 +619,12 @@ class Continuation:
             first=self._first,
             own_prefix=call.has_prefix,
             model=call.model,
-            content=self._text[len(call.prefix) :],
+            content=self._answer.text[len(call.prefix) :],
             finish_reason=finish_reason,
             trace=self.trace,
-            reasoning="".join(self._reasoning),
+            reasoning="".join(self._answer.reasoning),
             tool_calls=tool_calls or [],
-            logprobs=self._logprobs.all(),
+            logprobs=self._answer.logprobs.all(),
         )
 
     def _give_up(self, error: BaseException) -> Action:
