@@ -128,14 +128,26 @@ async def achunks(
             raise cast(Fail, action).error
 
 
-class ContinuedStream:
+class _Continued:
+    """What the two streams share: the core they run, and its trace."""
+
+    def __init__(self, core: Continuation) -> None:
+        self._core = core
+
+    @property
+    def continuation(self) -> ContinuationTrace:
+        """The rounds, stop cause and cost (complete once the stream is exhausted)."""
+        return self._core.trace
+
+
+class ContinuedStream(_Continued):
     """Used like the SDK's ``Stream``: iterate it, use it in ``with``, ``close()`` it.
 
     ``continuation`` holds the trace once the stream is exhausted.
     """
 
     def __init__(self, core: Continuation, iterator: Generator[ChatCompletionChunk, None, Any]) -> None:
-        self._core = core
+        super().__init__(core)
         self._iterator = iterator
 
     @classmethod
@@ -148,11 +160,6 @@ class ContinuedStream:
         first = next(steps, None)  # the first response is open (or the call ended before one was)
         rest = cast(Generator[ChatCompletionChunk, None, Any], steps)
         return cls(core, rest if first is None else _primed(first, rest))
-
-    @property
-    def continuation(self) -> ContinuationTrace:
-        """The rounds, stop cause and cost (complete once the stream is exhausted)."""
-        return self._core.trace
 
     def __iter__(self) -> Iterator[ChatCompletionChunk]:
         return self._iterator
@@ -182,11 +189,11 @@ class ContinuedStream:
         self._iterator = _primed(first, self._iterator)
 
 
-class AsyncContinuedStream:
+class AsyncContinuedStream(_Continued):
     """The async twin of :class:`ContinuedStream`, used like the SDK's ``AsyncStream``."""
 
     def __init__(self, core: Continuation, iterator: AsyncGenerator[ChatCompletionChunk, None]) -> None:
-        self._core = core
+        super().__init__(core)
         self._iterator = iterator
 
     @classmethod
@@ -202,11 +209,6 @@ class AsyncContinuedStream:
         first = await anext(steps, None)
         rest = cast(AsyncGenerator[ChatCompletionChunk, None], steps)
         return cls(core, rest if first is None else _aprimed(first, rest))
-
-    @property
-    def continuation(self) -> ContinuationTrace:
-        """The rounds, stop cause and cost (complete once the stream is exhausted)."""
-        return self._core.trace
 
     def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
         return self._iterator
