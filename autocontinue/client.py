@@ -71,7 +71,7 @@ class Transport:
         self._client = weakref.ref(client)
         self._routes: dict[str, Any] = {}
         #: the client's base URL object this transport was made for, and its text (rendered once, not per call)
-        self.url = _base_url_of(client)
+        self.url = client.base_url
         self.base_url = str(self.url)
 
     def _base(self) -> Any:
@@ -140,24 +140,17 @@ class RawRounds:
 _transports: weakref.WeakKeyDictionary[Any, dict[bool, Transport]] = weakref.WeakKeyDictionary()
 
 
-def transport_for(client: Any, settings: Settings, last: Transport | None = None) -> Transport:
-    """The transport for ``client`` (``last``, the one used before, when it is still right)."""
-    url = _base_url_of(client)
-    if last is not None and last.url is url and last.retries == (settings.retry is not None):
-        return last
+def transport_for(client: Any, settings: Settings) -> Transport:
+    """The transport for ``client``: one per client and retry setting, made anew when its base URL changes."""
+    url = client.base_url
     per_client = _transports.setdefault(client, {})
     key = settings.retry is not None
     transport = per_client.get(key)
-    if transport is None or transport.url is not url:  # new, or the client's base_url was changed
+    # The SDK's base_url is the same URL object until it is set: a different object means the client was changed
+    # (one that is merely equal, were the SDK to make a new object per read, would only cost a new transport).
+    if transport is None or transport.url is not url:
         transport = per_client[key] = Transport(client, settings)
     return transport
-
-
-def _base_url_of(client: Any) -> Any:
-    """The client's base URL object. Read from the attribute the SDK keeps it in where there is one: the SDK's
-    ``base_url`` property runs an import statement on every read, which would cost more than our whole lookup."""
-    url = vars(client).get("_base_url")
-    return url if url is not None else client.base_url
 
 
 def _check_client(client: Any, *, asynchronous: bool) -> None:

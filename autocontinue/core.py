@@ -118,19 +118,6 @@ class Continuation:
     the dialect under "auto" and where DeepSeek's continuation rounds go). ``clock`` is only read, to time rounds.
     """
 
-    # State that starts out the same in every call is declared here rather than assigned in __init__: most calls
-    # are one round, and a call should cost next to nothing beyond its request.
-    _first: ChatCompletion | ChatCompletionChunk | None = None
-    _round: Round | None = None
-    _stalls = 0  # rounds in a row that could only regenerate held-back text
-    _round_index = 0
-    _round_limit: int | None = None
-    _limit_override: int | None = None  # a larger limit for a retried round
-    _enlarged = False  # a round is retried with a larger limit at most once per call
-    _progress: Progress | None = None  # made when a round is cut, as only then can a call stall or loop
-    _malformed: MalformedResponse | None = None  # a streamed chunk of the wrong shape ended the round
-    _stop_reading = False  # a streamed round must end before its reply does (a budget is reached)
-
     def __init__(
         self,
         kwargs: Mapping[str, Any],
@@ -142,6 +129,16 @@ class Continuation:
         share: Share | None = None,
     ) -> None:
         self._call = call = CallRequest.parse(kwargs)
+        self._first: ChatCompletion | ChatCompletionChunk | None = None  # the first reply: the result's template
+        self._round: Round | None = None  # the round in flight
+        self._round_index = 0
+        self._round_limit: int | None = None  # the tokens the round in flight may write
+        self._limit_override: int | None = None  # a larger limit for a retried round
+        self._enlarged = False  # a round is retried with a larger limit at most once per call
+        self._stalls = 0  # rounds in a row that could only regenerate held-back text
+        self._progress: Progress | None = None  # made when a round is cut, as only then can a call stall or loop
+        self._malformed: MalformedResponse | None = None  # a streamed chunk of the wrong shape ended the round
+        self._stop_reading = False  # a streamed round must end before its reply does (a budget is reached)
         # n > 1: the first request asks for every choice; this object continues choice 0, and one seeded object
         # per other choice (see take_siblings) continues that choice from the same first reply.
         self._seed = seed
@@ -253,8 +250,11 @@ class Continuation:
         # them) fails a lookup or a check below: the round then ends as a failed one (see _reject), its text kept.
         current = self._round or self._current()
         try:
-            # The chunk object is ours alone (fresh from the SDK's parser): it is reused rather than copied, and
-            # written through its dicts, as pydantic's __setattr__ would cost more than the rest of its handling.
+            # The chunk object is ours alone (fresh from the SDK's parser): it is reused rather than copied, and read
+            # and written through its dicts, as pydantic's __getattr__/__setattr__ would cost more than the rest of
+            # its handling (benchmarks/streaming.py, per chunk). This relies on pydantic v2 keeping a model's fields
+            # in its instance __dict__ and extras in __pydantic_extra__: were that to change, reading a chunk fails
+            # here, and every stream fails as malformed (the suite's streaming tests catch it at once).
             head = chunk.__dict__
             choices = head["choices"]
             usage = head["usage"]

@@ -142,7 +142,11 @@ def reuse_completion(completion: ChatCompletion, trace: ContinuationTrace) -> Co
 
     The object is fresh from the SDK's parser and ours alone. Changing its class (``ContinuedChatCompletion`` adds
     no field, so the layout is the same) keeps every validated field as it is, where building a copy would cost
-    more than the rest of an untruncated call's handling.
+    more than the rest of an untruncated call's handling: ``ContinuedChatCompletion.model_construct`` of a
+    2,000-character reply takes about 70 us against under 1 us for this (the whole wrapped call adds about 60 us,
+    benchmarks/overhead.py). It relies on pydantic v2 keeping private attributes in ``__pydantic_private__``:
+    were that to change, ``.continuation`` of a one-round result would fail (every test of a result's trace
+    catches it).
     """
     object.__setattr__(completion, "__class__", ContinuedChatCompletion)
     object.__setattr__(completion, "__pydantic_private__", {"_continuation": trace})

@@ -9,7 +9,6 @@ to the caller's client untouched.
 
 from __future__ import annotations
 
-import copy as _copy
 import functools
 import inspect
 from collections.abc import Callable
@@ -20,12 +19,10 @@ import openai
 from . import raw
 from ._options import Settings, check_options
 from .client import (
-    Transport,
     in_round,
     parse_request,
     run_async,
     run_sync,
-    transport_for,
     unwrap,
 )
 from .errors import ConfigurationError
@@ -58,14 +55,7 @@ class _ContinuingCompletions(_Proxy):
         super().__init__(target)
         object.__setattr__(self, "_client", client)
         object.__setattr__(self, "_settings", settings)
-        object.__setattr__(self, "_last_transport", None)
         object.__setattr__(self, "_raw_resource", None)
-
-    def _transport(self) -> Transport:
-        # The transport of the last call, while still right for the client: spares the weak cache's lookup.
-        transport = transport_for(self._client, self._settings, self._last_transport)
-        object.__setattr__(self, "_last_transport", transport)
-        return transport
 
     def _resource(self) -> Any:
         # The SDK's own resource class, bound to a wrapped client: its raw-response wrappers then send through that
@@ -89,14 +79,14 @@ class _ContinuingCompletions(_Proxy):
 
     def create(self, **kwargs: Any) -> Any:
         """``chat.completions.create``, continued until the reply is complete (same arguments as the SDK)."""
-        return run_sync(self._client, self._settings, kwargs, self._transport())
+        return run_sync(self._client, self._settings, kwargs)
 
     def parse(self, **kwargs: Any) -> Any:
         """``chat.completions.parse``, continued: the joined reply is parsed into ``response_format`` (a pydantic
         model) exactly as the SDK does, so a reply cut by the limit no longer raises ``LengthFinishReasonError``
         unless a budget ended it. The result's ``continuation`` is the trace."""
         request, finish = parse_request(kwargs)
-        return finish(run_sync(self._client, self._settings, request, self._transport()))
+        return finish(run_sync(self._client, self._settings, request))
 
 
 class _AsyncContinuingCompletions(_ContinuingCompletions):
@@ -105,12 +95,12 @@ class _AsyncContinuingCompletions(_ContinuingCompletions):
 
     async def create(self, **kwargs: Any) -> Any:
         """``chat.completions.create``, continued until the reply is complete (same arguments as the SDK)."""
-        return await run_async(self._client, self._settings, kwargs, self._transport())
+        return await run_async(self._client, self._settings, kwargs)
 
     async def parse(self, **kwargs: Any) -> Any:
         """``chat.completions.parse``, continued (see the sync client's)."""
         request, finish = parse_request(kwargs)
-        return finish(await run_async(self._client, self._settings, request, self._transport()))
+        return finish(await run_async(self._client, self._settings, request))
 
 
 class _ContinuingChat(_Proxy):
@@ -150,8 +140,11 @@ def _wrapped(client: ClientT, settings: Settings) -> ClientT:
     original's very objects, and it passes ``isinstance`` checks; only ``chat`` differs.
     """
     original = unwrap(client)
-    wrapped: Any = _copy.copy(original)
-    wrapped.__class__ = _wrapper_class(type(original))
+    # A shallow copy made as an instance of the wrapper class: the SDK's clients keep their state in the instance
+    # dict (as copy.copy assumes too), so the copy shares the connection pool and options.
+    cls: Any = _wrapper_class(type(original))
+    wrapped: Any = object.__new__(cls)
+    vars(wrapped).update(vars(original))
     asynchronous = isinstance(original, openai.AsyncOpenAI)
     state = vars(wrapped)
     state["__wrapped__"] = original
