@@ -1,4 +1,4 @@
-"""The function form, ``create()`` and ``acreate()``, and what every way in shares: options, transports, drivers.
+"""The function form, ``create()`` and ``acreate()``, and what every way in shares: transports and drivers.
 
 ``wrap()`` (:mod:`autocontinue.wrapping`), the decorator and the request layer (:mod:`autocontinue.raw`) all run a
 call with :func:`run_sync` / :func:`run_async`, whose rounds go through a :class:`Transport` and are marked as

@@ -9,23 +9,7 @@ from dataclasses import dataclass, field
 
 from openai.types.completion_usage import CompletionUsage
 
-__all__ = ["STOP_CAUSES", "ContinuationTrace", "RoundTrace"]
-
-#: why a call ended
-STOP_CAUSES = (
-    "natural",  # the model ended by itself (finish_reason "stop")
-    "max_rounds",
-    "token_budget",
-    "cost_budget",
-    "no_progress",  # a round added nothing, or the answer loops (1,000 characters repeated)
-    "reasoning_truncated",  # cut inside the reasoning phase where the dialect cannot resume it
-    "tool_call_truncated",  # cut inside a tool call (only on TruncatedToolCallError.partial)
-    "content_filter",
-    "tool_calls",
-    "context_window",  # the prompt plus the text so far no longer fits
-    "other",  # any other finish_reason, passed through
-    "error",  # a round failed after retries (only on ContinuationFailed.partial)
-)
+__all__ = ["ContinuationTrace", "RoundTrace"]
 
 
 @dataclass(slots=True)
@@ -53,6 +37,11 @@ class ContinuationTrace:
     """The rounds of a call, why it stopped, and what it cost."""
 
     rounds: list[RoundTrace] = field(default_factory=list)
+    # Why the call ended: "natural" (the model ended by itself), "max_rounds", "token_budget", "cost_budget",
+    # "no_progress" (a round added nothing, or the answer loops), "reasoning_truncated" (cut inside the reasoning
+    # phase where the dialect cannot resume it), "tool_call_truncated" (only on TruncatedToolCallError.partial),
+    # "content_filter", "tool_calls", "context_window" (the prompt plus the text so far no longer fits), "other"
+    # (any other finish_reason, passed through) or "error" (a round failed after retries: ContinuationFailed.partial).
     stop_cause: str = "natural"
     #: total cost in USD, or None when the model's price is unknown
     cost_usd: float | None = None
