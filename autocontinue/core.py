@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -71,6 +71,12 @@ __all__ = [
     "Done",
     "Fail",
 ]
+
+
+#: where a call is: "ready" (``start()``, or after a :class:`DoSleep` ``resume()``, comes next), "awaiting" (a request
+#: is in flight: its reply, its chunks or its error come next) or "finished" (:class:`Done` or :class:`Fail` was
+#: returned)
+Phase = Literal["ready", "awaiting", "finished"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class Continuation:
         share: Share | None = None,
     ) -> None:
         self._call = call = CallRequest.parse(kwargs)
+        self._phase: Phase = "ready"
         self._first: ChatCompletion | ChatCompletionChunk | None = None  # the first reply: the result's template
         self._round: Round | None = None  # the round in flight
         self._round_index = 0
@@ -381,6 +388,7 @@ class Continuation:
             error=type(error).__name__,
             status=getattr(error, "status_code", None),
         )
+        self._phase = "ready"
         return DoSleep(seconds)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -400,6 +408,7 @@ class Continuation:
         kwargs, sent = plan.kwargs, plan.sent
         self._clamp(kwargs)
         self._stop_reading = False
+        self._phase = "awaiting"
         self._round = Round(
             index=self._round_index,
             sent=sent,
@@ -543,7 +552,7 @@ class Continuation:
         self._commit(current, "".join(current.pieces), extra_seam=("tool_call_cut",))
         self.trace.stop_cause = "tool_call_truncated"
         partial = self._completion("length", tool_calls=tool_calls)
-        return Fail(
+        return self._finished(
             TruncatedToolCallError(
                 "the reply was cut off by the output limit inside a tool call, and there was no room to retry it "
                 "with a larger limit; a cut call is never continued as text",
@@ -604,13 +613,14 @@ class Continuation:
         if self._call.json_mode and len(self.trace.rounds) > 1:
             problem = check_json(completion.choices[0].message.content or "", self._call.json_schema)
             if problem is not None:
-                return Fail(
+                return self._finished(
                     InvalidJSONError(
                         f"the joined reply is not valid JSON ({problem}); stop cause: {cause}", partial=completion
                     )
                 )
         chars = len(self._answer.text) - len(self._call.prefix)
         self._spent.log_call(cause, finish_reason=finish_reason, chars=chars)
+        self._phase = "finished"
         return Done(completion)
 
     def _completion(self, finish_reason: str, *, tool_calls: list[Any] | None = None) -> ChatCompletion:
@@ -631,7 +641,7 @@ class Continuation:
         self._round = None
         if not self.trace.rounds:
             # Nothing was generated, so nothing can be lost: the SDK's own error keeps the call a drop-in.
-            return Fail(error)
+            return self._finished(error)
         self.trace.stop_cause = "error"
         partial = self._completion("length")
         _log.emit("warning", "autocontinue.failed", rounds=len(self.trace.rounds), error=type(error).__name__)
@@ -642,10 +652,14 @@ class Continuation:
             cause=error,
         )
         failure.__cause__ = error
-        return Fail(failure)
+        return self._finished(failure)
+
+    def _finished(self, error: BaseException) -> Fail:
+        self._phase = "finished"
+        return Fail(error)
 
     def _current(self) -> Round:
-        if self._round is None:
+        if self._phase != "awaiting" or self._round is None:
             raise RuntimeError("no request is in flight: call start() or resume() first")
         return self._round
 
