@@ -15,10 +15,10 @@ the caller sets it, and always within the budgets:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["MAX_STALLS", "NAMES", "capped", "doubled", "larger", "limit_of", "set_limit"]
+__all__ = ["MAX_STALLS", "NAMES", "RoundLimits", "capped", "doubled", "larger", "limit_of", "set_limit"]
 
 #: the request options that limit a round's output (the SDK's two names for one thing)
 NAMES = ("max_tokens", "max_completion_tokens")
@@ -64,3 +64,55 @@ def set_limit(kwargs: dict[str, Any], *, limit: int | None, left: int | None, de
     names = [name for name in NAMES if kwargs.get(name) is not None]
     for name in names or [default_name]:
         kwargs[name] = capped(limit if limit is not None else kwargs.get(name), left=left)
+
+
+class RoundLimits:
+    """The per-round limit of one call: what the round in flight may write, and the larger limits the rule grants
+    (a retried round at most once per call, a stalled round at most :data:`MAX_STALLS` times in a row)."""
+
+    def __init__(self, cap: int | None) -> None:
+        self._cap = cap  # max_round_tokens
+        #: the tokens the round in flight may write as the budgets see it (None: no budget limits it)
+        self.current: int | None = None
+        self._override: int | None = None  # a larger limit for the next round
+        self._enlarged = False
+        self._stalls = 0  # rounds in a row that could only regenerate held-back text
+
+    def apply(self, kwargs: dict[str, Any], *, left: int | None, default_name: str) -> None:
+        """Set the next round's limit in its request: the caller's (or a granted larger one), lowered to ``left``."""
+        self.current = left
+        override = self._override
+        if left is None and override is None:
+            return  # the caller's own limit (or none) stands
+        self._override = None
+        set_limit(kwargs, limit=override, left=left, default_name=default_name)
+
+    def may_retry(self, kwargs: Mapping[str, Any]) -> bool:
+        """Whether a round sent with ``kwargs`` may be retried with a larger limit (once per call)."""
+        return not self._enlarged and limit_of(kwargs) is not None
+
+    def retry_with(self, limit: int) -> None:
+        """The next round retries the last one with ``limit``."""
+        self._enlarged, self._override = True, limit
+
+    def after_stall(self, kwargs: Mapping[str, Any], *, whitespace: bool, left: Callable[[], int | None]) -> bool:
+        """Whether a round sent with ``kwargs`` that only regenerated held-back text is followed by one that can
+        add to the answer.
+
+        A held word: the next round holds back less at the same limit, as a heal never reaches back past the
+        prefix this round sent. Held ``whitespace`` the dialect may not send: only a larger limit helps, within
+        what the budgets leave (``left()``).
+        """
+        if self._stalls >= MAX_STALLS:
+            return False
+        if whitespace:
+            limit = larger(kwargs, left=left(), cap=self._cap)
+            if limit is None:
+                return False
+            self._override = limit
+        self._stalls += 1
+        return True
+
+    def progressed(self) -> None:
+        """A round added to the answer: stalls are counted afresh."""
+        self._stalls = 0

@@ -139,10 +139,7 @@ class Continuation:
         self._first: ChatCompletion | ChatCompletionChunk | None = None  # the first reply: the result's template
         self._round: Round | None = None  # the round in flight
         self._round_index = 0
-        self._round_limit: int | None = None  # the tokens the round in flight may write
-        self._limit_override: int | None = None  # a larger limit for a retried round
-        self._enlarged = False  # a round is retried with a larger limit at most once per call
-        self._stalls = 0  # rounds in a row that could only regenerate held-back text
+        self._limits = _limits.RoundLimits(settings.max_round_tokens)
         self._progress: Progress | None = None  # made when a round is cut, as only then can a call stall or loop
         self._malformed: MalformedResponse | None = None  # a streamed chunk of the wrong shape ended the round
         self._stop_reading = False  # a streamed round must end before its reply does (a budget is reached)
@@ -304,7 +301,7 @@ class Continuation:
         self, current: Round, chunk: ChatCompletionChunk, top: dict[str, Any], delta: Any, fields: dict[str, Any]
     ) -> ChatCompletionChunk | None:
         content = take_choice(current, top, delta, fields)
-        limit = self._round_limit
+        limit = self._limits.current
         if (
             content
             and limit is not None
@@ -323,7 +320,7 @@ class Continuation:
         # The request's own limit already stops the server at the budget. Closing early is for servers that ignore
         # it: every content chunk carries at least one token, so more chunks than the limit prove an overrun
         # (a tokenizer-based estimate would not: ours and the server's differ).
-        if self._round_limit is not None and current.content_chunks - current.seam.echo_pieces > self._round_limit:
+        if limit is not None and current.content_chunks - current.seam.echo_pieces > limit:
             current.finish_reason = "length"
             self._stop_reading = True
         return given
@@ -429,16 +426,11 @@ class Continuation:
         if left is not None and self._first is None and self._seed is None and self._call.kwargs.get("n", 1) > 1:
             # The first request of an n > 1 call: every choice may write the limit, so each gets its share.
             left //= self._call.kwargs["n"]
-        self._round_limit = left
-        override = self._limit_override
-        if left is None and override is None:
-            return  # the caller's own limit (or none) stands
-        self._limit_override = None
-        _limits.set_limit(kwargs, limit=override, left=left, default_name=self._plan.dialect.limit_parameter)
+        self._limits.apply(kwargs, left=left, default_name=self._plan.dialect.limit_parameter)
 
     def _larger_limit(self, current: Round) -> int | None:
         """A doubled limit for retrying ``current`` once, if the budgets leave room for more than it had."""
-        if self._enlarged or _limits.limit_of(current.kwargs) is None:
+        if not self._limits.may_retry(current.kwargs):
             return None
         # The round just spent counts (it is paid for) before deciding whether another one fits.
         usage, _ = self._spent.usage_of(current)
@@ -492,12 +484,16 @@ class Continuation:
             held=bool(current.held),
             text=self._answer.text,
         )
-        if verdict == "grow" and self._after_stall(current):
+        if verdict == "grow" and self._limits.after_stall(
+            current.kwargs,
+            whitespace=current.held.isspace() and self._plan.dialect.strips_trailing_whitespace,
+            left=lambda: self._spent.tokens_left(self._budget_state()),
+        ):
             # The whole round went into regenerating the text held back from the prefix (a healed word, whitespace
-            # a provider refuses; tiny rounds): the next one can do better (see _after_stall) instead of stopping.
+            # a provider refuses; tiny rounds): the next one can do better (see _limits) instead of stopping.
             return self._begin_round()
         if not stalled:
-            self._stalls = 0
+            self._limits.progressed()
         # A restart on a host that ignores the prefix reproduces the reply of round 1 exactly (and looks like an
         # echo of the text so far): that, or a round that adds nothing, calls for the fallback dialect; a model
         # repeating itself in new words does not.
@@ -508,23 +504,6 @@ class Continuation:
         if verdict != "go":
             return self._done("no_progress", finish_reason="length")
         return self._begin_round()
-
-    def _after_stall(self, current: Round) -> bool:
-        """Whether a round that only regenerated held-back text is followed by one that can add to the answer.
-
-        A held word: the next round holds back less at the same limit, as a heal never reaches back past the
-        prefix this round sent. Held whitespace the dialect may not send: only a larger limit helps (see _limits).
-        """
-        if self._stalls >= _limits.MAX_STALLS:
-            return False
-        if current.held.isspace() and self._plan.dialect.strips_trailing_whitespace:
-            left = self._spent.tokens_left(self._budget_state())
-            larger = _limits.larger(current.kwargs, left=left, cap=self._settings.max_round_tokens)
-            if larger is None:
-                return False
-            self._limit_override = larger
-        self._stalls += 1
-        return True
 
     def _commit(self, current: Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
         """Make the round's text (and reasoning and logprobs) part of the answer, and record the round."""
@@ -547,7 +526,7 @@ class Continuation:
         larger = None if self._stream else self._larger_limit(current)
         if larger is not None:
             self._discard(current, "tool_call_retry")
-            self._enlarged, self._limit_override = True, larger
+            self._limits.retry_with(larger)
             return self._begin_round()
         self._commit(current, "".join(current.pieces), extra_seam=("tool_call_cut",))
         self.trace.stop_cause = "tool_call_truncated"
@@ -566,7 +545,7 @@ class Continuation:
         larger = self._larger_limit(current) if self._settings.reasoning_retry and not self._stream else None
         if larger is not None:
             self._discard(current, "reasoning_retry")
-            self._enlarged, self._limit_override = True, larger
+            self._limits.retry_with(larger)
             return self._begin_round()
         self._commit(current, "".join(current.pieces))
         return self._done("reasoning_truncated", finish_reason="length")
