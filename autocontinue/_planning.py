@@ -42,14 +42,13 @@ class RoundPlan:
 class Planner:
     """The dialect of a call (and the fallback waiting for it), and the plan of each of its rounds."""
 
-    echo_learned: EchoMode | None = None
-    first_reply = ""  # round 1's reply, kept while a fallback dialect waits: evidence against a restart
-
     def __init__(
         self, call: CallRequest, *, dialect: Dialect, fallback: Dialect | None, base_url: str, heal: bool
     ) -> None:
         self.dialect = dialect
         self.fallback = fallback
+        self.echo_learned: EchoMode | None = None  # what the provider was seen to do, where the dialect cannot say
+        self.first_reply = ""  # round 1's reply, kept while a fallback dialect waits: evidence against a restart
         self._call = call
         self._base_url = base_url
         self._heal = heal
