@@ -17,7 +17,8 @@ import openai
 from openai.resources.chat.completions import AsyncCompletions, Completions
 from openai.types.chat import ChatCompletion
 
-from ._options import Settings, make_settings, split_options
+# DEFAULT_MAX_ROUNDS is named here too: the proxy (autocontinue.serve) and the tests read it from this module.
+from ._options import DEFAULT_MAX_ROUNDS, Settings, make_settings, split_options
 from .core import Continuation, DoRequest
 from .drivers import aio, sync
 from .errors import ConfigurationError
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .drivers.stream import AsyncContinuedStream, ContinuedStream
 
 __all__ = [
+    "DEFAULT_MAX_ROUNDS",
     "RawRounds",
     "Transport",
     "acreate",

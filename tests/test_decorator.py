@@ -81,7 +81,7 @@ def test_bare_form_uses_defaults(emu: Emulator, sync_client: Any) -> None:
     reply = summarize("Tell me the story.")
     # The default max_rounds (10) stops this answer before its end: proof that the defaults, not others, apply.
     assert reply.continuation.stop_cause == "max_rounds"
-    assert len(emu.requests(model)) == autocontinue._options.DEFAULT_MAX_ROUNDS
+    assert len(emu.requests(model)) == autocontinue.client.DEFAULT_MAX_ROUNDS
     assert TARGET.startswith(reply.choices[0].message.content)
 
 
