@@ -17,6 +17,10 @@ and releases the rest:
    model's re-emission of it dropped; a held word is replaced by the model's regeneration, and kept if the model
    writes nothing new in its place.
 
+Around the stages, the two ends of a round: where the next prefix ends (:func:`resume_point`, one healing-cut rule:
+:func:`hold_back_point`), and, while streaming, what of the joined text a reader may be handed already
+(:class:`Release`: all but what a cut at its end would hold back).
+
 Every comparison is against a bounded window or advances by the size of the new text, so the work per round does
 not grow with the length of the answer. Pieces are never stripped: whitespace is significant.
 """
