@@ -7,9 +7,9 @@ broken-off reply had decided (:meth:`Answer.keep_partial`): text already generat
 
 from __future__ import annotations
 
+from ._cut import HOLD_WINDOW, Release
 from ._logprobs import Logprobs
 from ._round import Round
-from .stitch import HOLD_WINDOW, Release
 
 __all__ = ["Answer"]
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _log
+from ._cut import resume_point
 from ._round import Round
 from .dialects import Dialect
 from .request import CallRequest
-from .stitch import RESTART_PROBE, EchoMode, PlainSeam, Seam, SeamPlan, resume_point
+from .stitch import RESTART_PROBE, EchoMode, PlainSeam, Seam, SeamPlan
 from .trace import ContinuationTrace
 
 __all__ = ["ECHO_EVIDENCE", "MIN_RESTART_PROBE", "Planner", "RoundPlan"]

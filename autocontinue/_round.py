@@ -12,7 +12,8 @@ from typing import Any
 
 from openai.types.completion_usage import CompletionUsage
 
-from .stitch import PlainSeam, Release, Seam
+from ._cut import Release
+from .stitch import PlainSeam, Seam
 
 __all__ = ["Round"]
 

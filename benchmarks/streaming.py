@@ -23,9 +23,9 @@ import openai
 from openai.types.chat import ChatCompletionChunk
 
 import autocontinue
+from autocontinue._cut import HOLD_WINDOW, hold_back_point
 from autocontinue.client import make_settings
 from autocontinue.core import Continuation, Done
-from autocontinue.stitch import HOLD_WINDOW, hold_back_point
 
 from ._common import Row, cli, median, percentile, synthetic_text
 from ._profiling import profile_calls, render

@@ -8,16 +8,15 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from autocontinue.stitch import (
+from autocontinue._cut import (
     HOLD_WINDOW,
     MAX_HOLD,
     REPLACEMENT_CHAR,
-    Seam,
-    SeamPlan,
     _hold_back_point,
     hold_back_point,
     word_ends_before,
 )
+from autocontinue.stitch import Seam, SeamPlan
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
