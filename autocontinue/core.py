@@ -31,7 +31,7 @@ from openai.types.completion_usage import CompletionUsage
 
 from . import _limits, _log
 from ._estimate import added_prompt_tokens
-from ._progress import Progress
+from ._progress import Progress, repeat_removed
 from ._shape import completion_problem, finish_problem, usage_problem
 from ._shares import Share
 from .budget import BudgetState, Price, PriceTable, StopCondition
@@ -711,8 +711,9 @@ class Continuation:
         if len(tail) > 4 * HOLD_WINDOW:  # trimmed now and then, not on every chunk
             tail = tail[-2 * HOLD_WINDOW :]
         current.tail = tail
-        floor = len(current.sent)
-        total = floor + current.length
+        # The floor this round was planned with, not its prefix: a round that only wrote its held text again may be
+        # followed by the same cut with a larger limit, and must not have released that text.
+        floor, total = max(self._floor, len(self._call.prefix)), len(current.sent) + current.length
         size = len(text)
         if (
             size <= MAX_HOLD
@@ -785,7 +786,7 @@ class Continuation:
         if in_reasoning and not self._dialect.resumes_reasoning:
             return self._cut_reasoning(current)
         new_text = "".join(current.pieces)
-        before = len(self._text)
+        before, floor = len(self._text), self._floor
         self._commit(current, new_text)
         if not cut:
             return self._done(_cause_of(finish), finish_reason=_final_finish(finish), tool_calls=tool_calls)
@@ -804,10 +805,14 @@ class Continuation:
             raw=(current.raw_chars, current.raw_head),
             held=bool(current.held),
             text=self._text,
+            repeated=repeat_removed(current.seam.actions)
+            and _limits.filled(current.usage, self._round_limit_of(current.kwargs)),
         )
-        if verdict == "grow" and self._after_stall(current):
+        if verdict in ("grow", "widen") and self._after_stall(current, wider=verdict == "widen"):
             # The whole round went into regenerating the text held back from the prefix (a healed word, whitespace
             # a provider refuses; tiny rounds): the next one can do better (see _after_stall) instead of stopping.
+            # A repeat that filled the round: the same cut again with room, the held text still the reader's evidence.
+            self._floor = floor if verdict == "widen" else self._floor
             return self._begin_round()
         if not stalled:
             self._stalls = 0
@@ -822,15 +827,17 @@ class Continuation:
             return self._done("no_progress", finish_reason="length")
         return self._begin_round()
 
-    def _after_stall(self, current: _Round) -> bool:
-        """Whether a round that only regenerated held-back text is followed by one that can add to the answer.
+    def _after_stall(self, current: _Round, *, wider: bool = False) -> bool:
+        """Whether a round that only regenerated held-back text (or, ``wider``, only repeated known text) is
+        followed by one that can add to the answer.
 
         A held word: the next round holds back less at the same limit, as a heal never reaches back past the
-        prefix this round sent. Held whitespace the dialect may not send: only a larger limit helps (see _limits).
+        prefix this round sent. Held whitespace the dialect may not send, or a repeat that filled the round: only a
+        larger limit helps (see _limits).
         """
         if self._stalls >= _limits.MAX_STALLS:
             return False
-        if current.held.isspace() and self._dialect.strips_trailing_whitespace:
+        if wider or (current.held.isspace() and self._dialect.strips_trailing_whitespace):
             left = self._tokens_left(self._budget_state())
             larger = _limits.doubled(
                 self._round_limit_of(current.kwargs), left=left, cap=self._settings.max_round_tokens
