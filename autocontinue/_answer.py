@@ -24,13 +24,16 @@ class Answer:
         self.reasoning: list[str] = []  # reasoning text over all rounds, kept apart from the answer
         self.logprobs = Logprobs()
 
-    def release_of(self, sent: str, heal: bool, strip_whitespace: bool) -> Release:
-        """How a round that sends ``sent`` releases its text to a stream (see :class:`~autocontinue.stitch.Release`):
+    def release_of(self, sent: str, answer_start: int, heal: bool, strip_whitespace: bool) -> Release:
+        """How a round that sends ``sent`` releases its text to a stream (see :class:`~autocontinue._cut.Release`):
         the part of ``sent`` not handed on yet is handed on with it, and re-created text already handed on is not
-        handed on twice."""
+        handed on twice. ``answer_start``: where the caller's own prefix ends."""
         released = self.released
         return Release(
-            floor=len(sent),
+            start=len(sent),
+            # The floor this round was planned with, not its prefix: a round that only wrote its held text again
+            # may be followed by the same cut with a larger limit, and must not have released that text.
+            floor=max(self.floor, answer_start),
             heal=heal,
             strip_whitespace=strip_whitespace,
             tail=sent[-2 * HOLD_WINDOW :],

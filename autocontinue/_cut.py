@@ -155,11 +155,13 @@ class Release:
     """What of one round's decided text a stream may hand on now: all of it but what a cut at its end would hold
     back for the model to regenerate (so a reader never sees text that a later round changes).
 
-    ``floor`` is the length of the prefix the round sent; ``tail`` the end of the text so far (sent + decided), for
-    hold-back decisions without joining; ``unreleased`` the end of the decided text not yet handed on; ``skip``
+    ``start`` is the length of the prefix the round sent, ``floor`` where a cut may reach back to (the floor the
+    round was planned with); ``tail`` the end of the text so far (sent + decided), for hold-back decisions without
+    joining; ``unreleased`` the end of the decided text not yet handed on; ``skip``
     leading characters of the round's text that were already released (they re-create held text).
     """
 
+    start: int
     floor: int
     heal: bool
     strip_whitespace: bool
@@ -181,7 +183,7 @@ class Release:
             tail = tail[-2 * HOLD_WINDOW :]
         self.tail = tail
         floor = self.floor
-        total = floor + self.length
+        total = self.start + self.length
         size = len(text)
         if (
             size <= MAX_HOLD

@@ -1,7 +1,7 @@
 """The per-round output limit: how many tokens each request may ask for.
 
 The rule (README, "The per-round limit"): a round asks for the caller's ``max_tokens`` / ``max_completion_tokens``,
-lowered to what the budgets have left. It asks for more in three cases only, each at most ``max_round_tokens`` when
+lowered to what the budgets have left. It asks for more in four cases only, each at most ``max_round_tokens`` when
 the caller sets it, and always within the budgets:
 
 - a round whose whole limit went into regenerating whitespace the dialect may not send (the prefill dialect never
@@ -9,6 +9,9 @@ the caller sets it, and always within the budgets:
   :data:`MAX_STALLS` times in a row. This happens only when the limit is smaller than a whitespace run, i.e. with
   limits of a few tokens. A round that could only regenerate a held-back *word* gets no more tokens: the next
   round holds back less instead (a heal never reaches back past the prefix sent before), at the caller's limit;
+- under the instruction dialect, a round whose reply was all repeat of the text already known (a model that writes
+  the current line, or the answer from its beginning, again before it continues) and used its whole limit is
+  followed by one with twice the limit, at most :data:`MAX_STALLS` times in a row (see ``_progress``);
 - a round cut inside a tool call is retried once with twice the limit (not while streaming);
 - with ``reasoning_retry=True``, a round cut inside the reasoning phase is retried once with twice the limit.
 """
@@ -18,7 +21,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["MAX_STALLS", "NAMES", "RoundLimits", "capped", "doubled", "larger", "limit_of", "set_limit"]
+from openai.types.completion_usage import CompletionUsage
+
+__all__ = [
+    "MAX_STALLS",
+    "NAMES",
+    "RoundLimits",
+    "capped",
+    "doubled",
+    "filled",
+    "larger",
+    "limit_of",
+    "set_limit",
+]
 
 #: the request options that limit a round's output (the SDK's two names for one thing)
 NAMES = ("max_tokens", "max_completion_tokens")
@@ -45,6 +60,14 @@ def capped(limit: int | None, *, left: int | None) -> int | None:
     if left is None:
         return limit
     return max(1, left) if limit is None else min(limit, max(1, left))
+
+
+def filled(usage: CompletionUsage | None, limit: int | None) -> bool:
+    """Whether a round cut by the limit wrote all of it: a larger limit can only help a reply that did. Without
+    reported usage, the finish reason's word is taken."""
+    if usage is None or limit is None:
+        return True
+    return usage.completion_tokens >= limit
 
 
 def limit_of(kwargs: Mapping[str, Any]) -> int | None:
@@ -95,17 +118,17 @@ class RoundLimits:
         """The next round retries the last one with ``limit``."""
         self._enlarged, self._override = True, limit
 
-    def after_stall(self, kwargs: Mapping[str, Any], *, whitespace: bool, left: Callable[[], int | None]) -> bool:
-        """Whether a round sent with ``kwargs`` that only regenerated held-back text is followed by one that can
-        add to the answer.
+    def after_stall(self, kwargs: Mapping[str, Any], *, wider: bool, left: Callable[[], int | None]) -> bool:
+        """Whether a round sent with ``kwargs`` that only regenerated held-back text (or only repeated known text)
+        is followed by one that can add to the answer.
 
         A held word: the next round holds back less at the same limit, as a heal never reaches back past the
-        prefix this round sent. Held ``whitespace`` the dialect may not send: only a larger limit helps, within
-        what the budgets leave (``left()``).
+        prefix this round sent. Held whitespace the dialect may not send, or a repeat that filled the round
+        (``wider``: either case): only a larger limit helps, within what the budgets leave (``left()``).
         """
         if self._stalls >= MAX_STALLS:
             return False
-        if whitespace:
+        if wider:
             limit = larger(kwargs, left=left(), cap=self._cap)
             if limit is None:
                 return False

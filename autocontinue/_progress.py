@@ -3,10 +3,18 @@
 Two rules, each with a bound that does not depend on how the model writes:
 
 - **A round that adds nothing ends the call at once** (an empty reply, a reply that was all echo, or a repeat the
-  seam removed). One exception: a round whose whole reply went into regenerating the text held back from the
-  prefix (whitespace a provider refuses, a healed word, rounds of a token or two) gets a doubled limit instead,
-  at most :data:`MAX_GROWTHS` times in a row, and never when its reply was empty or the same as the stalled
-  round's before it (a server answering that way would answer so forever).
+  seam removed). Two exceptions, for a reply that was not empty and not the same as the stalled round's before it
+  (a server answering that way would answer so forever):
+
+  - a round whose whole reply went into regenerating the text held back from the prefix (whitespace a provider
+    refuses, a healed word, rounds of a token or two) gets another chance, at most :data:`MAX_GROWTHS` times in a
+    row (``grow``);
+  - a round whose reply was all repeat of the text already known (the instruction dialect's model writing the
+    last line, or the answer from its beginning, again before it continues), with or without the held text after
+    it, and used its whole limit, gets a round with twice the limit (``widen``), at most :data:`MAX_GROWTHS` times
+    in a row: the repeat filled the round, and a round no larger can only write it again. A reply that stopped
+    short of its limit gains nothing from a larger one, so a server that only repeats the tail (and says so in its
+    usage) still ends the call at the second such round.
 - **Repetition is text until it is long**: answers repeat legitimately (a table of zeros, a rule of dashes, "one
   one one ... one two" in rounds of two tokens), so repeated text never ends a call while it is shorter than
   :data:`LOOP_FLOOR` characters. Once the last :data:`LOOP_FLOOR` characters of the answer are a copy of the
@@ -18,9 +26,10 @@ Everything else is bounded by ``max_rounds`` and the budgets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
-__all__ = ["LOOP_FLOOR", "MAX_GROWTHS", "MAX_PERIOD", "Progress", "Verdict", "loops"]
+__all__ = ["LOOP_FLOOR", "MAX_GROWTHS", "MAX_PERIOD", "Progress", "Verdict", "loops", "repeat_removed"]
 
 #: repeated text shorter than this many characters never ends a call
 LOOP_FLOOR = 1_000
@@ -35,7 +44,15 @@ _PROBE = 64
 #: characters of a raw reply that, seen twice in a row, make it "the same reply" (the fallback dialect's cue)
 MIN_SAME_REPLY = 6
 
-Verdict = Literal["go", "grow", "stalled", "loop"]
+Verdict = Literal["go", "grow", "widen", "stalled", "loop"]
+
+#: what the instruction seam records when it removed a repeat of the known text (``seam`` trace entries)
+_REPEAT_ACTIONS = ("overlap_removed:", "restart_removed:")
+
+
+def repeat_removed(actions: Sequence[str]) -> bool:
+    """Whether a round's seam removed a repeat of the text already known (a tail or the answer's opening)."""
+    return any(action.startswith(_REPEAT_ACTIONS) for action in actions)
 
 
 def loops(text: str) -> bool:
@@ -75,26 +92,37 @@ class Progress:
     def __init__(self, stop_on_repeat: bool) -> None:
         self._stop_on_repeat = stop_on_repeat
         self._growths = 0
+        self._widenings = 0
         self._last_raw: tuple[int, str] | None = None
         self._last_stalled: tuple[int, str] | None = None
         #: the last round's raw reply was the previous round's, character for character (and not trivially short)
         self.same_reply = False
 
-    def judge(self, *, stalled: bool, said: int, raw: tuple[int, str], held: bool, text: str) -> Verdict:
+    def judge(
+        self, *, stalled: bool, said: int, raw: tuple[int, str], held: bool, text: str, repeated: bool
+    ) -> Verdict:
         """One cut round: ``stalled`` when the answer did not grow, ``said`` how many characters the model wrote
         beyond an echo of the prefix, ``raw`` the reply's (length, start), ``held`` whether text was held
-        back from the prefix, ``text`` the answer so far."""
+        back from the prefix, ``text`` the answer so far, ``repeated`` whether the seam removed a repeat of the
+        known text and the reply used the round's whole limit (see :func:`repeat_removed`)."""
         self.same_reply = raw == self._last_raw and len(raw[1].strip()) >= MIN_SAME_REPLY
         self._last_raw = raw
         if stalled:
             replied = said > 0
             again = raw == self._last_stalled
             self._last_stalled = raw
+            if repeated and replied and not again and self._widenings < MAX_GROWTHS:
+                # The repeat may be longer than a round (a line of 200 characters at 24 tokens a round): a larger
+                # round tells a model that repeats before it continues from one that only repeats, which writes
+                # the same reply again and so ends the call.
+                self._widenings += 1
+                return "widen"
             if replied and held and not again and not self.same_reply and self._growths < MAX_GROWTHS:
                 self._growths += 1
                 return "grow"
             return "stalled"
         self._growths = 0
+        self._widenings = 0
         self._last_stalled = None
         if self._stop_on_repeat and loops(text):
             return "loop"

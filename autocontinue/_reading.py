@@ -12,8 +12,10 @@ is read as ``[junk][repeat][held text re-created][new text]``:
 Every way of splitting the reply like this is a *reading*; the one kept is the one that best re-creates the held
 text: the held text is the evidence of where the new text starts, so a repeat of a single word counts when the
 held text confirms it, and no length or uniqueness rule is needed then. The held text also settles the whitespace
-at the join (a space or newline the model added or dropped). Where nothing confirms a reading, text is kept rather
-than deleted, and the doubt is recorded (``doubt:...`` in the round's ``seam`` trace).
+at the join (a space or newline the model added or dropped). Where it cannot tell (nothing held, held text without
+a letter or digit, or two repeats after which it is re-created equally well), a repeat that is evidence by itself
+decides: at least 8 characters that occur once in the window. Where nothing confirms a reading, text is kept
+rather than deleted, and the doubt is recorded (``doubt:...`` in the round's ``seam`` trace).
 
 While the reply streams in, its start is held only as long as some reading is still open; then the chosen reading
 is applied and the rest passes through. Every search is within :data:`WINDOW` characters of the end of the known
@@ -148,13 +150,14 @@ class _Reading:
     seen: int  # characters of the reply that are repeat
     visible: int  # of them, not whitespace
 
-    def score(self, held_body: bool) -> tuple[int, ...]:
+    def score(self, held_body: bool, held_word: bool) -> tuple[int, ...]:
+        """How well this reading explains the reply (greater is better; see the module docstring)."""
         fit = self.fit
-        # An unconfirmed repeat counts where the held text cannot tell (none held, or the reply ended in the repeat).
-        # A reply cut inside a repeat needs a long one (else it may be new text that happens to match).
-        unconfirmed = (
-            (not fit.full or not held_body)
-            and self.unique
+        # A repeat that is evidence by itself: long enough, and once in the window, so that new text beginning with
+        # it would be a coincidence (the same rule decides where nothing is held). A reply cut inside a repeat needs
+        # a long one (else it may be new text that happens to match).
+        evident = (
+            self.unique
             and all(kind == "preamble" for kind in self.junk_kinds)
             and (
                 self.seen >= MIN_UNCONFIRMED
@@ -163,12 +166,20 @@ class _Reading:
                 else self.seen >= MIN_RESTART and self.visible >= MIN_UNCONFIRMED
             )
         )
-        # A remainder that agrees with the held text for a while and then says something else is no evidence.
-        body = 0 if fit.diverged else fit.body
+        # A reading agrees with the held text when it re-creates it, or when the reply ended inside or right after
+        # such a repeat, or inside the held text after it (the held text would have come next).
+        agrees = fit.full or (evident and not fit.diverged)
+        # A remainder that agrees with the held text for a while and then says something else is no evidence, and
+        # held text without a letter or digit (" |", "):") is too little to outweigh an evident repeat.
+        body = 0 if fit.diverged or not held_word else fit.body
+        # Where the held text is re-created equally well after two repeats, those are a shorter and a longer suffix
+        # of text that repeats itself at the cut ("0-0, 0-0" + ", 0"): the shorter one also occurs at the start of
+        # the longer one, so at most one of them is evident, and it decides. The whitespace at the join comes after
+        # that: it is what models change most.
         # A preamble line is junk by its look; "..." or a fence line may be the text's own, so they are taken for
         # junk only where the held text is re-created after them (and then rather than kept: "9" + "....5").
         junk = "preamble" in self.junk_kinds or (held_body and fit.full and bool(self.junk_kinds))
-        return (fit.full, body, fit.exact_space, unconfirmed, junk, -len(self.junk_kinds), -self.repeat)
+        return (agrees, body, evident, fit.exact_space, junk, -len(self.junk_kinds), -self.repeat)
 
 
 class InstructionReader:
@@ -186,6 +197,7 @@ class InstructionReader:
         self.window_start = max(0, len(sent) - WINDOW)
         self.window = sent[self.window_start :]
         self.held_body = bool(held.strip())
+        self.held_word = any(c.isalnum() for c in held)
         self.buffer = ""
         self.decided = False
         self._inside_fence: bool | None = None
@@ -228,7 +240,7 @@ class InstructionReader:
         if open_ and not final:
             return ""
         self.decided = True
-        best = max(readings, key=lambda r: r.score(self.held_body))
+        best = max(readings, key=lambda r: r.score(self.held_body, self.held_word))
         return self._apply(best, readings)
 
     def _junk_starts(self, final: bool) -> tuple[list[tuple[int, tuple[str, ...]]], bool]:
@@ -365,8 +377,8 @@ class InstructionReader:
         return rest
 
     def _record_doubts(self, best: _Reading, readings: list[_Reading]) -> None:
-        score = best.score(self.held_body)
-        rivals = [r for r in readings if r is not best and r.score(self.held_body)[:-1] == score[:-1]]
+        score = best.score(self.held_body, self.held_word)
+        rivals = [r for r in readings if r is not best and r.score(self.held_body, self.held_word)[:-1] == score[:-1]]
         if rivals:
             self.actions.append("doubt:readings_tied")
         elif any(r.fit.full and not r.junk_kinds for r in readings if r is not best) and set(best.junk_kinds) - {

@@ -33,7 +33,7 @@ from ._choices import split_choices
 from ._chunks import StreamOut, malformed_chunk, take_choice
 from ._options import Settings
 from ._planning import Planner
-from ._progress import Progress
+from ._progress import Progress, repeat_removed
 from ._replies import (
     LENGTH_STOPS,
     NOT_AN_ENDING,
@@ -413,7 +413,9 @@ class Continuation:
             seam=plan.seam,
             kwargs=kwargs,
             started=self._clock(),
-            release=answer.release_of(sent, self._settings.heal, self._plan.dialect.strips_trailing_whitespace),
+            release=answer.release_of(
+                sent, len(self._call.prefix), self._settings.heal, self._plan.dialect.strips_trailing_whitespace
+            ),
             released_at_start=answer.released,
             logprob_queue=answer.logprobs.carry(len(sent), answer.released) if answer.logprobs.last else deque(),
             overhead=self._spent.added(plan.added, sent) if plan.added is not None and self._spent.price else 0,
@@ -464,7 +466,7 @@ class Continuation:
         if in_reasoning and not self._plan.dialect.resumes_reasoning:
             return self._cut_reasoning(current)
         new_text = "".join(current.pieces)
-        before = len(self._answer.text)
+        before, floor = len(self._answer.text), self._answer.floor
         self._commit(current, new_text)
         if not cut:
             return self._done(cause_of(finish), finish_reason=final_finish(finish), tool_calls=tool_calls)
@@ -483,14 +485,19 @@ class Continuation:
             raw=(current.raw_chars, current.raw_head),
             held=bool(current.held),
             text=self._answer.text,
+            repeated=repeat_removed(current.seam.actions)
+            and _limits.filled(current.usage, _limits.limit_of(current.kwargs)),
         )
-        if verdict == "grow" and self._limits.after_stall(
+        if verdict in ("grow", "widen") and self._limits.after_stall(
             current.kwargs,
-            whitespace=current.held.isspace() and self._plan.dialect.strips_trailing_whitespace,
+            wider=verdict == "widen" or (current.held.isspace() and self._plan.dialect.strips_trailing_whitespace),
             left=lambda: self._spent.tokens_left(self._budget_state()),
         ):
             # The whole round went into regenerating the text held back from the prefix (a healed word, whitespace
             # a provider refuses; tiny rounds): the next one can do better (see _limits) instead of stopping.
+            # A repeat that filled the round: the same cut again with room, the held text still the reader's evidence.
+            if verdict == "widen":
+                self._answer.floor = floor
             return self._begin_round()
         if not stalled:
             self._limits.progressed()

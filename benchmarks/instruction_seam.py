@@ -30,9 +30,9 @@ from .seam_texts import TEXTS
 
 __all__ = ["classify", "run", "run_case"]
 
-#: tokens per round (the emulator's GPT-2-like tokens): small, medium, large. The smallest still leaves room for a
-#: preamble and a repeated line: a model that repeats more than a round holds can never get further, whatever joins
-#: its replies.
+#: tokens per round (the emulator's GPT-2-like tokens): small, medium, large. At the smallest, a repeated line, the
+#: last 60 characters or a restart often fill the whole round; such a round is sent again with a larger limit (the
+#: per-round limit rule), which is what gets the call past the repeat.
 ROUND_SIZES = (24, 64, 160)
 
 

@@ -48,6 +48,8 @@ MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 #: the paced upstream: seconds before the first token, and between tokens
 PACED = {"first_token_delay": 0.100, "token_delay": 0.005}
 LITELLM_VENV = Path(os.environ.get("LITELLM_VENV", "/tmp/litellm-venv"))
+#: every route's client sends it: LiteLLM's proxy will not start without a master key, the others pass it on unread
+KEY = "sk-bench-0123456789abcdef"
 
 
 def _free_port() -> int:
@@ -142,7 +144,12 @@ def _litellm(upstream: str, models: list[str]) -> Iterator[str]:
         "1",
     ]
     try:
-        with _process(command, f"http://127.0.0.1:{port}/health/liveliness", 180, env={"LITELLM_LOG": "ERROR"}):
+        with _process(
+            command,
+            f"http://127.0.0.1:{port}/health/liveliness",
+            180,
+            env={"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": KEY},
+        ):
             yield f"http://127.0.0.1:{port}/v1"
     finally:
         os.unlink(config.name)
@@ -153,7 +160,7 @@ def _litellm(upstream: str, models: list[str]) -> Iterator[str]:
 
 def _latency(routes: dict[str, str], model: str, calls: int) -> dict[str, dict[str, float]]:
     clients = {
-        name: openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=60) for name, url in routes.items()
+        name: openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60) for name, url in routes.items()
     }
     times: dict[str, list[float]] = {name: [] for name in routes}
     order = list(routes)
@@ -174,7 +181,7 @@ def _per_chunk(routes: dict[str, str], model: str, runs: int) -> dict[str, dict[
     """Time to drain a streamed reply, per chunk the upstream sent (the direct route's count: a continued stream
     may join a whitespace chunk to the next, so its own count is smaller for the same text)."""
     clients = {
-        name: openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120) for name, url in routes.items()
+        name: openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120) for name, url in routes.items()
     }
     per_chunk: dict[str, list[float]] = {name: [] for name in routes}
     chunks: dict[str, int] = {}
@@ -201,7 +208,7 @@ def _per_chunk(routes: dict[str, str], model: str, runs: int) -> dict[str, dict[
 async def _throughput_once(url: str, model: str, calls: int) -> float:
     limits = httpx2.Limits(max_connections=calls + 100, max_keepalive_connections=calls + 100)
     http = httpx2.AsyncClient(limits=limits, timeout=300)
-    client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, http_client=http)
+    client = openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, http_client=http)
 
     async def one() -> int:
         stream = await client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1000, stream=True)

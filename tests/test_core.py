@@ -609,7 +609,7 @@ def setup_case(case: Case, *, stream: bool) -> tuple[Provider, Continuation]:
     return provider, core
 
 
-def assume_unambiguous(case: Case, provider: Provider, core: Continuation | None = None) -> None:
+def assume_unambiguous(case: Case, provider: Provider) -> None:
     """Leave out the runs whose right answer cannot be known from the replies alone (each documented below)."""
     # 1. A dialect whose echo is "maybe" (prefix, continue_final_message, prefill) cannot tell a non-echoing
     #    provider's new text that starts with the whole prefix (periodic text such as "--\n--\n") from an echo.
@@ -622,6 +622,10 @@ def assume_unambiguous(case: Case, provider: Provider, core: Continuation | None
     #    (_unique_tail); runs where a reply is ambiguous anyway (new text that itself begins with a unique tail of
     #    the prefix, e.g. "00000:0:" continued by "00000:0:") are not counted.
     assume(not provider.ambiguous_overlap)
+    #    Runs where the reader recorded a doubt are not left out: the quirk's tail, at least 8 characters and once
+    #    in the window, is evidence by itself, and of two repeats that re-create the held text at most one is such
+    #    (the shorter also occurs at the start of the longer), so the reader decides every reply this model sends.
+    #    The replies it cannot decide (it keeps text and records the doubt) are pinned in test_instruction_seam.py.
     # 3. The prefill dialect never sends trailing whitespace (Anthropic refuses it). When the model's next
     #    max_tokens tokens after a whitespace-stripped prefix are all whitespace, the round can only re-emit the
     #    held whitespace: the same request would get the same reply forever, so "no_progress" is the right stop.
@@ -630,12 +634,6 @@ def assume_unambiguous(case: Case, provider: Provider, core: Continuation | None
     #    "no_progress" rule): text that genuinely repeats itself at round boundaries (" world world world", one
     #    token a round) is stopped by that rule by design.
     assume(not provider.repeated_round)
-    # 6. The instruction dialect's reader may find two readings of a reply that re-create the held text equally
-    #    well (a repeated tail of "0" and ":" only). Such a reply cannot be decided; by design the reader keeps
-    #    the text rather than delete some (a repeat may be doubled, never lost) and records the doubt in the seam
-    #    trace (tests/test_instruction_seam.py pins how each such reply is resolved).
-    if core is not None:
-        assume(not any(entry.startswith("doubt:") for r in core.trace.rounds for entry in r.seam))
     if case.flavour.restart:
         # 5. A restart is recognised by the answer's opening RESTART_PROBE characters; a restarted reply too short
         #    to contain them is indistinguishable from new text that happens to begin like the answer.
@@ -653,7 +651,7 @@ def test_joined_text_is_the_target(case: Case) -> None:
     try:
         result = run(core, provider.completion)
     finally:
-        assume_unambiguous(case, provider, core)
+        assume_unambiguous(case, provider)
     assert content_of(result) == case.target[case.caller_prefix :]
     assert result.choices[0].finish_reason == "stop"
     assert core.trace.stop_cause == "natural"
@@ -666,7 +664,7 @@ def test_streamed_text_is_the_target(case: Case) -> None:
     try:
         result = run_stream(core, provider.chunks)
     finally:
-        assume_unambiguous(case, provider, core)
+        assume_unambiguous(case, provider)
     expected = case.target[case.caller_prefix :]
     assert result.text == expected
     assert content_of(result.completion) == expected
@@ -710,7 +708,7 @@ def test_stream_survives_dropped_connections(case: Case, failures: dict[int, int
     try:
         result = run_stream(core, flaky_stream(provider, failures))
     finally:
-        assume_unambiguous(case, provider, core)
+        assume_unambiguous(case, provider)
     expected = case.target[case.caller_prefix :]
     assert result.text == expected
     assert content_of(result.completion) == expected
@@ -739,7 +737,7 @@ def test_a_failed_request_is_retried_unchanged(case: Case, failed: set[int], str
         try:
             text = run_stream(core, send).text if stream else content_of(run(core, send))
         finally:
-            assume_unambiguous(case, provider, core)
+            assume_unambiguous(case, provider)
         return messages, text
 
     assert sent_requests(failed) == sent_requests(set())
@@ -983,7 +981,11 @@ def test_no_progress(name: str, mode: str, heal: bool) -> None:
     last = core.trace.rounds[-1]
     if mode == "empty" or last.chars_added == 0:
         assert last.chars_added == 0
-        assert len(provider.requests) <= good + 2  # the first round that adds nothing ends the call
+        # The first round that adds nothing ends the call. Under `instruction`, a reply that is all repeat of the
+        # tail and used its whole limit is first given one larger round (it may be a model repeating a line
+        # longer than its round); the same reply again ends the call: the second such round.
+        widened = mode != "empty" and provider.flavour.shape == "instruction"
+        assert len(provider.requests) <= good + 2 + widened
     else:
         assert loops(text) and not loops(text[: len(text) - last.chars_added])  # stopped at once, not later
         assert len(text) < 2 * LOOP_FLOOR

@@ -150,6 +150,64 @@ def test_after_the_callers_own_prefix_a_restart_is_of_the_answer() -> None:
     assert out == " for years."
 
 
+# -- two readings that re-create the held text equally well: text that repeats itself at the cut
+
+PERIOD = "\u00a6~\u00b5\x8a\U00079591\x13\u00c60"
+
+
+@pytest.mark.parametrize(
+    ("sent", "held", "reply", "new"),
+    [
+        # The answer begun again (8 characters, once in the text) vs its last word "000" again: both are followed
+        # by the held ":". The shorter repeat also occurs at the start of the longer one, so only the longer one is
+        # evidence by itself.
+        ("000::000", ":", "000::000:0", ":0"),
+        ("Scores: 0-0, 0-0", ", 0", "0-0, 0-0, 0-0 final", ", 0-0 final"),
+        # found by the state machine's property tests: a period of 8 characters, "Æ0" and "Æ0" + a period repeated
+        (PERIOD * 2, PERIOD[:3], PERIOD[-2:] + PERIOD * 2, PERIOD),
+    ],
+)
+def test_where_two_repeats_re_create_the_held_text_the_one_evident_by_itself_decides(
+    sent: str, held: str, reply: str, new: str
+) -> None:
+    out, actions = read(sent, held, [reply])
+    assert out == new
+    assert not any(a.startswith("doubt:") for a in actions), actions
+    streamed, _ = read(sent, held, list(reply))
+    assert streamed == new
+
+
+def test_where_neither_repeat_is_evident_the_text_is_kept_with_a_doubt() -> None:
+    # "one" and "one one" both occur more than once: the model may have repeated either, or the text may say
+    # "one" five times. Nothing tells; the shorter repeat is taken (text kept, never lost) and the doubt recorded.
+    out, actions = read("one one one", " one", ["one one one two."])
+    assert out == " one one two."
+    assert "doubt:readings_tied" in actions
+
+
+@pytest.mark.parametrize(
+    ("sent", "held", "reply"),
+    [
+        # the reply ends inside a repeat of the last 60 characters; " |" also fits its start, with a space dropped
+        (
+            "| May | 55 | 196 | 0 |\n| Jun | 52 | 199 | 0 |\n| Jul | 49 | 211 | 0",
+            " |",
+            "| 55 | 196 | 0 |\n| Jun | 52 | 199 | 0 |\n| Jul | 49 | 211",
+        ),
+        # the reply ends right after the repeat; '": "' also follows its last word
+        (
+            '    {"sku": "A-100", "qty": 2},\n    {"sku": "A-101", "qty": 1},\n    {"sku',
+            '": "',
+            '{"sku": "A-101", "qty": 1},\n    {"sku',
+        ),
+    ],
+)
+def test_held_punctuation_does_not_outweigh_a_repeat_evident_by_itself(sent: str, held: str, reply: str) -> None:
+    out, actions = read(sent, held, [reply])
+    assert out == held  # the round ended before the model wrote anything new: the held text is kept
+    assert "held_kept" in actions and any(a.startswith("overlap_removed:") for a in actions), actions
+
+
 # -- where nothing can tell, text is kept and the doubt recorded
 
 

@@ -432,6 +432,6 @@ def test_transient_failures_anywhere(case: Case, failures: set[int], kinds: st.D
     try:
         result = run(core, send)
     finally:
-        assume_unambiguous(case, provider, core)
+        assume_unambiguous(case, provider)
     assert content_of(result) == case.target[case.caller_prefix :]
     assert sum(r.retries for r in core.trace.rounds) <= len(errors)

@@ -1,8 +1,8 @@
 """The per-round limit rule (README, "The per-round limit"), over real HTTP to the provider emulator.
 
 A round asks for the caller's limit. A round that could only regenerate a held-back word is followed by one that
-holds back less, at the same limit; only whitespace a dialect may not send can make a round ask for more, and
-``max_round_tokens`` caps that.
+holds back less, at the same limit; only whitespace a dialect may not send, or (under the instruction dialect) a
+repeat of the text that filled the round, can make a round ask for more, and ``max_round_tokens`` caps that.
 """
 
 from __future__ import annotations
@@ -114,3 +114,72 @@ def test_max_round_tokens_is_checked_before_any_request(emu: Emulator, sync_clie
     with pytest.raises(ConfigurationError, match="max_round_tokens"):
         autocontinue.create(sync_client("vllm"), model=model, messages=[USER], max_tokens=4, max_round_tokens=value)
     assert emu.requests(model) == []
+
+
+# -- a chat model's repeat that fills the round (the instruction dialect)
+
+OPENING = "The old harbour town kept its records in a ledger"
+
+
+def _instruction_core(**options: Any) -> Continuation:
+    settings = make_settings(dialect="instruction", retry=None, **options)
+    return Continuation({"model": "m", "messages": [USER], "max_tokens": 4}, settings, base_url="http://127.0.0.1/v1")
+
+
+def _prefix_of(request: DoRequest) -> str:
+    return str(request.kwargs["messages"][-2]["content"])  # the assistant turn before the instruction
+
+
+def test_a_round_that_only_repeated_the_text_is_sent_again_with_twice_the_limit() -> None:
+    """Sans-IO: asked to continue, the model writes its current line again before it goes on, and at 4 tokens a
+    round the repeat fills the round. The next round is the same request (the same cut, the word " ledger" still
+    held back as evidence of where the new text starts) with twice the limit; it gets past the repeat."""
+    core = _instruction_core()
+    assert isinstance(core.start(), DoRequest)
+    second = core.on_response(reply(OPENING, 4))
+    assert isinstance(second, DoRequest)
+    assert _prefix_of(second) == "The old harbour town kept its records in a"
+    third = core.on_response(reply("town kept its records in a", 4))  # all repeat, the whole limit used
+    assert isinstance(third, DoRequest)
+    assert third.kwargs["max_tokens"] == 8
+    assert _prefix_of(third) == _prefix_of(second)
+    assert core.trace.rounds[1].chars_added == 0
+    done = core.on_response(
+        reply("", 8).model_copy(update={"choices": [_stop("town kept its records in a ledger nobody read.")]})
+    )
+    assert isinstance(done, Done)
+    assert done.completion.choices[0].message.content == OPENING + " nobody read."
+
+
+def test_a_repeat_that_did_not_fill_its_round_or_came_again_ends_the_call() -> None:
+    """A larger limit helps only a reply that used all of its own: a server that says "length" after 2 of 4
+    tokens, or that sends the same repeat to the larger round, is not given more (README, Guarantees)."""
+    short = _instruction_core()
+    short.start()
+    short.on_response(reply(OPENING, 4))
+    third = short.on_response(reply("town kept its records in a", 2))  # stopped short of its limit
+    assert isinstance(third, DoRequest)
+    assert third.kwargs["max_tokens"] == 4  # the held-word rule's chance only, at the caller's limit
+    assert isinstance(short.on_response(reply("town kept its records in a ledger", 2)), Done)
+    assert short.trace.stop_cause == "no_progress"
+
+    same = _instruction_core()
+    same.start()
+    same.on_response(reply(OPENING, 4))
+    larger = same.on_response(reply("town kept its records in a", 4))
+    assert isinstance(larger, DoRequest) and larger.kwargs["max_tokens"] == 8
+    assert isinstance(same.on_response(reply("town kept its records in a", 8)), Done)  # the same reply again
+    assert same.trace.stop_cause == "no_progress"
+    assert same.trace.rounds[-1].chars_added == 0 and len(same.trace.rounds) == 3
+
+
+def test_max_round_tokens_caps_the_larger_round_after_a_repeat() -> None:
+    """With ``max_round_tokens`` at the caller's limit there is no larger round: the call ends with no_progress,
+    keeping all of its text."""
+    core = _instruction_core(max_round_tokens=4)
+    core.start()
+    core.on_response(reply(OPENING, 4))
+    done = core.on_response(reply("town kept its records in a", 4))
+    assert isinstance(done, Done)
+    assert core.trace.stop_cause == "no_progress"
+    assert done.completion.choices[0].message.content == OPENING

@@ -232,3 +232,21 @@ async def test_500_concurrent_streams_are_each_exact() -> None:
                 metrics = check.get(proxy.url + "/metrics").text
             assert metric(metrics, "autocontinue_proxy_requests_total", route="chat", status="200") == 500
             assert metric(metrics, "autocontinue_proxy_in_flight") == 0
+
+
+def test_reset_before_any_text_every_time_is_an_openai_error(hostile: Hostile) -> None:
+    def reset_at_once(n: int, request: dict[str, Any], served: Served) -> Reply:
+        return Reply([*H.good(TARGET, 40, request, served).steps[:2], ("reset", 0)])  # head, role chunk, RST
+
+    model = hostile.add(TARGET, reset_at_once)
+    with _hostile_proxy(hostile) as proxy, httpx2.Client(timeout=60) as http:
+        body = {"model": model, "messages": [USER], "max_tokens": 16, "stream": True}
+        response = http.post(proxy.base_url + "/chat/completions", json=body)
+        if response.status_code == 200:  # the error came after the stream's head: the last event carries it
+            events = [e for e in response.text.split("\n\n") if e.startswith("data: ")]
+            error = json.loads(events[-1][len("data: ") :])["error"]
+        else:
+            error = response.json()["error"]
+            assert response.status_code == 502
+        assert error["type"] == "upstream_error"
+        assert len(hostile.served(model)) == 4  # the library's retries

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx2
 import openai
 
 from .._cli_output import trace_to_dict
@@ -107,6 +108,11 @@ def failure(exc: BaseException) -> tuple[int, bytes, dict[str, str]]:
         return 502, _dumps(error_payload(message, "upstream_error", code="upstream_unreachable")), {}
     if isinstance(exc, MalformedResponse):
         return 502, _dumps(error_payload(str(exc), "upstream_error", code="upstream_malformed")), {}
+    if isinstance(exc, httpx2.TimeoutException):  # a stream's body read timed out (the SDK wraps only its start)
+        return 504, _dumps(error_payload("The upstream timed out.", "upstream_error", code="upstream_timeout")), {}
+    if isinstance(exc, httpx2.HTTPError):  # a stream's body broke off before the library had any text to keep
+        message = "The upstream connection broke."
+        return 502, _dumps(error_payload(message, "upstream_error", code="upstream_unreachable")), {}
     raise exc
 
 
