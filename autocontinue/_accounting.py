@@ -157,9 +157,7 @@ class Accounting:
         return added_prompt_tokens(messages, prefix, self._counter)
 
     def log_call(self, cause: str, *, finish_reason: str, chars: int) -> None:
-        """The call's one log event (``chars``: characters of the answer)."""
-        if not _log.enabled("info"):
-            return
+        """The call's one log event (``chars``: characters of the answer); the caller checks that info is on."""
         trace = self.trace
         _log.emit(
             "info",

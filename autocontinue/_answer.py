@@ -47,7 +47,9 @@ class Answer:
         if not text:
             return ""
         current.pieces.append(text)
-        out, self.released = current.release.add(text, self.released)
+        release = current.release
+        assert release is not None, "the round's release is made before its text is appended"
+        out, self.released = release.add(text, self.released)
         if not out:
             return ""
         if current.logprob_queue:

@@ -27,7 +27,7 @@ ECHO_EVIDENCE = 16
 MIN_RESTART_PROBE = 12
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RoundPlan:
     """The next round: its request (sent to ``base_url`` when set), the prefix it sends and the text held back
     from it, the seam that joins its reply, and the messages the dialect adds to the caller's."""

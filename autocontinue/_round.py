@@ -28,7 +28,7 @@ class Round:
     seam: Seam | PlainSeam
     kwargs: dict[str, Any]
     started: float
-    release: Release  # what of the round's text a stream may hand on
+    release: Release | None  # what of the round's text a stream may hand on (made when the first text comes)
     pieces: list[str] = field(default_factory=list)  # the round's decided text
     raw_chars: int = 0  # characters of reply text received
     finish_reason: str | None = None

@@ -31,6 +31,7 @@ from ._accounting import Accounting
 from ._answer import Answer
 from ._choices import split_choices
 from ._chunks import StreamOut, malformed_chunk, take_choice
+from ._cut import Release
 from ._options import Settings
 from ._planning import Planner
 from ._progress import Progress, repeat_removed
@@ -117,6 +118,10 @@ class Fail(Action):
     error: BaseException
 
 
+#: the StreamOut of every call that does not stream (never read or written: every use is behind ``_stream``)
+_NOT_STREAMING = StreamOut("")
+
+
 class Continuation:
     """One continued chat completion: feed it responses, it tells you what to do next.
 
@@ -157,7 +162,8 @@ class Continuation:
         price = settings.prices.require(call.model) if needs_price else settings.prices.lookup(call.model)
         self._retry = RetryTracker(settings.retry)
         self.trace = ContinuationTrace(dialect=dialect.name)
-        self._out = StreamOut(call.model)
+        # What a stream hands its reader: a call that does not stream never uses it, and shares one.
+        self._out = StreamOut(call.model) if call.stream else _NOT_STREAMING
         self._spent = Accounting(
             self.trace,
             price=price,
@@ -413,14 +419,17 @@ class Continuation:
             seam=plan.seam,
             kwargs=kwargs,
             started=self._clock(),
-            release=answer.release_of(
-                sent, len(self._call.prefix), self._settings.heal, self._plan.dialect.strips_trailing_whitespace
-            ),
+            # A whole reply that needs no seam (most calls) releases nothing to anyone: see _feed.
+            release=self._release_of(sent) if self._stream or plan.added is not None else None,
             released_at_start=answer.released,
             logprob_queue=answer.logprobs.carry(len(sent), answer.released) if answer.logprobs.last else deque(),
             overhead=self._spent.added(plan.added, sent) if plan.added is not None and self._spent.price else 0,
         )
         return DoRequest(kwargs, plan.base_url)
+
+    def _release_of(self, sent: str) -> Release:
+        heal, strip = self._settings.heal, self._plan.dialect.strips_trailing_whitespace
+        return self._answer.release_of(sent, len(self._call.prefix), heal, strip)
 
     def _clamp(self, kwargs: dict[str, Any]) -> None:
         """Keep the caller's per-round limit (or a retried round's larger one), lowered to what budgets allow."""
@@ -448,12 +457,16 @@ class Continuation:
         if len(current.raw_head) < RAW_HEAD:
             current.raw_head += delta[: RAW_HEAD - len(current.raw_head)]
         current.raw_chars += len(delta)
+        if current.release is None:
+            current.release = self._release_of(current.sent)
         seam = current.seam
         return self._answer.append(current, delta if seam.plain else seam.feed(delta))
 
     def _end_round(self) -> Action:
         current = self._current()
-        self._out.hold(self._answer.append(current, current.seam.finish()), current.fresh_logprobs)
+        released = self._answer.append(current, current.seam.finish())
+        if self._stream:
+            self._out.hold(released, current.fresh_logprobs)
         current.fresh_logprobs = []
         if current.seam.restarted:
             return self._restarted(current)
@@ -587,8 +600,11 @@ class Continuation:
 
     def _budget_state(self, *, rounds: int = 0, tokens: int = 0, cost: float = 0.0) -> BudgetState:
         """The call so far as the stop conditions see it (see :meth:`Accounting.state`)."""
-        overhead = self._spent.overhead(self._plan.dialect, self._answer.text, self._call.prefix_template)
-        return self._spent.state(overhead, rounds=rounds, tokens=tokens, cost=cost)
+        spent = self._spent
+        overhead = (
+            spent.overhead(self._plan.dialect, self._answer.text, self._call.prefix_template) if spent.price else 0
+        )
+        return spent.state(overhead, rounds=rounds, tokens=tokens, cost=cost)
 
     # ----------------------------------------------------------------------------------------------------------
     # Endings
@@ -604,8 +620,9 @@ class Continuation:
                         f"the joined reply is not valid JSON ({problem}); stop cause: {cause}", partial=completion
                     )
                 )
-        chars = len(self._answer.text) - len(self._call.prefix)
-        self._spent.log_call(cause, finish_reason=finish_reason, chars=chars)
+        if _log.enabled("info"):
+            chars = len(self._answer.text) - len(self._call.prefix)
+            self._spent.log_call(cause, finish_reason=finish_reason, chars=chars)
         self._phase = "finished"
         return Done(completion)
 
@@ -615,12 +632,11 @@ class Continuation:
             first=self._first,
             own_prefix=call.has_prefix,
             model=call.model,
-            content=self._answer.text[len(call.prefix) :],
+            answer=self._answer,
+            answer_start=len(call.prefix),
             finish_reason=finish_reason,
             trace=self.trace,
-            reasoning="".join(self._answer.reasoning),
             tool_calls=tool_calls or [],
-            logprobs=self._answer.logprobs.all(),
         )
 
     def _give_up(self, error: BaseException) -> Action:

@@ -14,6 +14,7 @@ import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
+from ._answer import Answer
 from ._replies import plain
 from .trace import ContinuationTrace, RoundTrace
 
@@ -101,15 +102,14 @@ def completion_of(
     first: ChatCompletion | ChatCompletionChunk | None,
     own_prefix: bool,
     model: str,
-    content: str,
+    answer: Answer,
+    answer_start: int,
     finish_reason: str,
     trace: ContinuationTrace,
-    reasoning: str,
     tool_calls: list[Any],
-    logprobs: list[Any],
 ) -> ChatCompletion:
-    """The completion of a call: ``content`` (the answer, without the caller's own prefix, if ``own_prefix``),
-    ``reasoning`` text, ``tool_calls`` and ``logprobs`` as the SDK's models or dicts."""
+    """The completion of a call: the ``answer`` from ``answer_start`` (after the caller's own prefix, if
+    ``own_prefix``), its reasoning text and logprobs, and ``tool_calls`` (the SDK's models or dicts)."""
     if (
         isinstance(first, ChatCompletion)
         and len(trace.rounds) == 1
@@ -121,19 +121,19 @@ def completion_of(
         # validated fields instead of validating a copy, so an untruncated call costs next to nothing extra.
         return reuse_completion(first, trace)
     extra: dict[str, Any] = {}
-    if reasoning:
-        extra["reasoning_content"] = reasoning
+    if answer.reasoning:
+        extra["reasoning_content"] = "".join(answer.reasoning)
     if tool_calls:
         extra["tool_calls"] = [plain(call) for call in tool_calls]
     return build_completion(
         first=first,
         model=model,
-        content=content,
+        content=answer.text[answer_start:],
         finish_reason=finish_reason,
         rounds=trace.rounds,
         trace=trace,
         message_extra=extra,
-        logprobs=[plain(item) for item in logprobs] if logprobs else None,
+        logprobs=[plain(item) for item in logprobs] if (logprobs := answer.logprobs.all()) else None,
     )
 
 
