@@ -118,8 +118,8 @@ def test_workers_share_the_port_and_the_metrics(emu: Emulator) -> None:
             assert reply.choices[0].message.content == TARGET
         text = httpx2.get(proxy.url + "/metrics").text
         assert metric(text, "autocontinue_proxy_requests_total", route="chat", status="200") == 6
-        pids = {line for line in proxy.log.splitlines() if "Started server process" in line}
-        assert len(pids) == 2
+        # Both workers run (the second may start after the first has served all six on a loaded machine).
+        assert eventually(lambda: proxy.log.count("Started server process") == 2, timeout=60)
 
 
 def _command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
