@@ -41,7 +41,7 @@ MAX_GROWTHS = 4
 _WORD = 64
 #: characters of the tail searched for first, to rule a loop out cheaply
 _PROBE = 64
-#: characters of a raw reply that, seen twice in a row, make it "the same reply" (the fallback dialect's cue)
+#: characters of a raw reply that, seen again after round 1, make it "the same reply" (the fallback dialect's cue)
 MIN_SAME_REPLY = 6
 
 Verdict = Literal["go", "grow", "widen", "stalled", "loop"]
@@ -93,9 +93,10 @@ class Progress:
         self._stop_on_repeat = stop_on_repeat
         self._growths = 0
         self._widenings = 0
-        self._last_raw: tuple[int, str] | None = None
+        self._first_raw: tuple[int, str] | None = None
         self._last_stalled: tuple[int, str] | None = None
-        #: the last round's raw reply was the previous round's, character for character (and not trivially short)
+        #: the last round's raw reply was the first judged round's, character for character (and not trivially
+        #: short): what a host that ignores the prefix sends back (the fallback dialect's cue)
         self.same_reply = False
 
     def judge(
@@ -105,8 +106,12 @@ class Progress:
         beyond an echo of the prefix, ``raw`` the reply's (length, start), ``held`` whether text was held
         back from the prefix, ``text`` the answer so far, ``repeated`` whether the seam removed a repeat of the
         known text and the reply used the round's whole limit (see :func:`repeat_removed`)."""
-        self.same_reply = raw == self._last_raw and len(raw[1].strip()) >= MIN_SAME_REPLY
-        self._last_raw = raw
+        # Round 1's reply, not the last one's: a model continuing a whitespace run that a dialect may not send
+        # writes the same echo and run in two rounds in a row (measured on Gemma 3), and needs the larger round.
+        if self._first_raw is None:
+            self._first_raw = raw
+        else:
+            self.same_reply = raw == self._first_raw and len(raw[1].strip()) >= MIN_SAME_REPLY
         if stalled:
             replied = said > 0
             again = raw == self._last_stalled
