@@ -26,6 +26,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 import autocontinue
 from autocontinue import ConfigurationError, TruncatedToolCallError, max_rounds
 from autocontinue._options import Settings
+from autocontinue._planning import MIN_RESTART_PROBE
 from autocontinue._progress import LOOP_FLOOR, loops
 from autocontinue._reading import MIN_UNCONFIRMED as MIN_OVERLAP
 from autocontinue._reading import WINDOW as OVERLAP_WINDOW
@@ -639,6 +640,11 @@ def assume_unambiguous(case: Case, provider: Provider) -> None:
         #    to contain them is indistinguishable from new text that happens to begin like the answer.
         first = "".join(tokenize(case.target)[: case.max_tokens]).lstrip()
         assume(len(first) >= RESTART_PROBE)
+    # 6. For the same reason, an answer that writes its own opening again later (periodic text such as
+    #    "0:0:0:..."): a round whose new text begins there is, in every character the reply shows, a restart.
+    answer = case.target[case.caller_prefix :].lstrip()
+    opening = answer[:RESTART_PROBE]
+    assume(len(opening) < MIN_RESTART_PROBE or answer.find(opening, 1) == -1)
 
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
