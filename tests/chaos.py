@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx2
 import tenacity
-from tenacity import retry_if_exception, stop_after_attempt, wait_fixed
 
 import autocontinue
+from tests import conftest
 from tests.conftest import DIALECT_PERSONAS as EXPLICIT_DIALECT_PERSONAS
 from tests.emulator import Fault, Script, tokenize
 
@@ -47,12 +47,7 @@ DIALECT_PERSONAS: list[tuple[str, str]] = [
 
 def fast_retry(attempts: int = 6) -> tenacity.Retrying:
     """The suite's retry policy: ``attempts`` per round, Retry-After honoured up to 50 ms, else 5 ms."""
-    return tenacity.Retrying(
-        stop=stop_after_attempt(attempts),
-        wait=autocontinue.retry.wait_retry_after(wait_fixed(0.005), maximum=0.05),
-        retry=retry_if_exception(autocontinue.is_transient),
-        reraise=True,
-    )
+    return conftest.fast_retry(attempts, wait=0.005, max_retry_after=0.05)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -77,11 +77,14 @@ PERSONA_DIALECT: dict[str, str] = {
 }
 
 
-def fast_retry(attempts: int = 4) -> tenacity.Retrying:
-    """The default policy's shape (attempts per round, Retry-After honoured) with a 10 ms fallback wait."""
+def fast_retry(
+    attempts: int = 4, *, wait: float = 0.01, max_retry_after: float = autocontinue.retry.MAX_RETRY_AFTER
+) -> tenacity.Retrying:
+    """The default policy's shape (``attempts`` per round, Retry-After honoured up to ``max_retry_after``
+    seconds) with a short fallback ``wait``."""
     return tenacity.Retrying(
         stop=stop_after_attempt(attempts),
-        wait=autocontinue.retry.wait_retry_after(wait_fixed(0.01)),
+        wait=autocontinue.retry.wait_retry_after(wait_fixed(wait), maximum=max_retry_after),
         retry=retry_if_exception(autocontinue.is_transient),
         reraise=True,
     )

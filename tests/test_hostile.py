@@ -29,12 +29,11 @@ import httpx2
 import openai
 import pytest
 import tenacity
-from tenacity import retry_if_exception, stop_after_attempt, wait_fixed
 
 import autocontinue
 from autocontinue._progress import LOOP_FLOOR, loops
 from tests import hostile as H
-from tests.conftest import Recorder
+from tests.conftest import Recorder, fast_retry
 from tests.hostile import Hostile, Reply, Served
 
 ATTEMPTS = 3  # per round
@@ -51,12 +50,7 @@ DRIVERS = ("sync", "async", "stream", "astream")
 
 
 def retry_policy() -> tenacity.Retrying:
-    return tenacity.Retrying(
-        stop=stop_after_attempt(ATTEMPTS),
-        wait=autocontinue.retry.wait_retry_after(wait_fixed(0.002), maximum=0.05),
-        retry=retry_if_exception(autocontinue.is_transient),
-        reraise=True,
-    )
+    return fast_retry(ATTEMPTS, wait=0.002, max_retry_after=0.05)
 
 
 @pytest.fixture(scope="module")
