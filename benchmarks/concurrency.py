@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -38,10 +37,10 @@ import openai
 from openai.resources.chat.completions import AsyncCompletions
 
 import autocontinue
-from autocontinue.core import Continuation
 
-from ._common import Row, cli, median, percentile, synthetic_text
+from ._common import Row, cli, median, synthetic_text
 from ._emulator import server_cpu_seconds, server_pid, start_emulator
+from ._loop_stalls import CALL_TASK, LoopMonitor, longest_callbacks, time_core_steps
 
 GOAL_THROUGHPUT = 0.95
 GOAL_STALL_MS = 5.0
@@ -49,7 +48,6 @@ K = 64  # max_tokens per round
 ROUNDS = 4
 PERSONA = "vllm"
 DIALECT = "continue_final_message"
-CALL_TASK = "call-"
 _SDK_PARAMS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {"self"}
 
 
@@ -103,42 +101,11 @@ async def _choose_target(emu: Any, wrapped: Any) -> tuple[str, int]:
     return "".join(tokens[:n]), n
 
 
-class _Monitor:
-    """Sleeps 1 ms in a loop and records how late each wake-up is."""
-
-    def __init__(self) -> None:
-        self.lateness: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while True:
-            start = time.perf_counter()
-            await asyncio.sleep(0.001)
-            self.lateness.append(time.perf_counter() - start - 0.001)
-
-    def __enter__(self) -> _Monitor:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-
-    def summary(self) -> dict[str, float]:
-        values = self.lateness or [0.0]
-        return {
-            "max_ms": round(1000 * max(values), 3),
-            "p99_ms": round(1000 * percentile(values, 0.99), 3),
-            "median_ms": round(1000 * median(values), 3),
-            "samples": len(self.lateness),
-        }
-
-
 async def _timed_run(tasks: list[Any], pid: int | None) -> dict[str, Any]:
     gc.collect()
     s0 = server_cpu_seconds(pid)
     c0 = time.process_time()
-    with _Monitor() as monitor:
+    with LoopMonitor() as monitor:
         t0 = time.perf_counter()
         results = await asyncio.gather(*(asyncio.create_task(t, name=f"{CALL_TASK}{i}") for i, t in enumerate(tasks)))
         wall = time.perf_counter() - t0
@@ -200,91 +167,6 @@ async def _raw_run(emu: Any, client: openai.AsyncOpenAI, calls: list[list[dict[s
     return run
 
 
-async def _instrumented_run(emu: Any, wrapped: Any, target: str, calls: int) -> dict[str, Any]:
-    """A wrapped run with the core's entry points timed: the longest time the library holds the event loop."""
-    durations: dict[str, list[float]] = {"start": [], "on_response": []}
-    cpu: dict[str, list[float]] = {"start": [], "on_response": []}
-    originals = {name: getattr(Continuation, name) for name in durations}
-
-    def timed(name: str) -> Any:
-        original = originals[name]
-
-        def wrapper(self: Continuation, *args: Any) -> Any:
-            c0, t0 = time.thread_time(), time.perf_counter()
-            try:
-                return original(self, *args)
-            finally:
-                durations[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.thread_time() - c0)
-
-        return wrapper
-
-    for name in durations:
-        setattr(Continuation, name, timed(name))
-    try:
-        await _wrapped_run(emu, wrapped, target, calls, "instrumented")
-    finally:
-        for name, original in originals.items():
-            setattr(Continuation, name, original)
-    return {
-        name: {
-            "max_ms": round(1000 * max(values), 3),
-            "max_cpu_ms": round(1000 * max(cpu[name]), 3),
-            "p99_ms": round(1000 * percentile(values, 0.99), 3),
-            "median_us": round(1e6 * median(values), 1),
-            "count": len(values),
-        }
-        for name, values in durations.items()
-    }
-
-
-class _SlowCallbacks(logging.Handler):
-    """Collects asyncio debug mode's "Executing <callback> took N seconds" reports."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.durations: list[tuple[float, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        args = record.args
-        # Only the calls' own tasks: not the benchmark's task nor the monitor.
-        if (
-            record.msg.startswith("Executing")
-            and isinstance(args, tuple)
-            and len(args) == 2
-            and f"name='{CALL_TASK}" in str(args[0])
-        ):
-            self.durations.append((float(args[1]), str(args[0])[:300]))
-
-
-async def _longest_callbacks(run: Any) -> dict[str, Any]:
-    """Run ``run()`` with asyncio's debug timing of every callback (task step); the longest ones. A task step is
-    what holds the loop: from a task's resumption to its next ``await``."""
-    loop = asyncio.get_running_loop()
-    collector = _SlowCallbacks()
-    logger = logging.getLogger("asyncio")
-    logger.addHandler(collector)
-    propagate, logger.propagate = logger.propagate, False
-    loop.slow_callback_duration = 0.001
-    loop.set_debug(True)
-    try:
-        await run()
-    finally:
-        loop.set_debug(False)
-        await asyncio.sleep(0)  # the step that switched debug off is still timed: let it finish first
-        logger.removeHandler(collector)
-        logger.propagate = propagate
-    ranked = sorted(collector.durations, reverse=True)
-    values = [v for v, _ in ranked]
-    return {
-        "longest_ms": round(1000 * values[0], 3) if values else 0.0,
-        "top5_ms": [round(1000 * v, 3) for v in values[:5]],
-        "longest_step": ranked[0][1] if ranked else None,
-        "over_1ms": len(values),
-        "over_5ms": sum(v > 0.005 for v in values),
-    }
-
-
 async def _warm_up(client: openai.AsyncOpenAI, target_model: str, calls: int) -> None:
     """Open the pool's connections: one first-round request per call, all at once."""
 
@@ -333,12 +215,16 @@ async def _main(quick: bool) -> dict[str, Any]:
             core_steps: dict[str, Any] = {}
 
             async def wrapped_once() -> None:
-                core_steps.update(await _instrumented_run(emu, wrapped, target, instrumented_calls))
+                core_steps.update(
+                    await time_core_steps(
+                        lambda: _wrapped_run(emu, wrapped, target, instrumented_calls, "instrumented")
+                    )
+                )
 
             async def raw_once() -> None:
                 await _raw_run(emu, client, recorded[:instrumented_calls])
 
-            callbacks = {"wrapped": await _longest_callbacks(wrapped_once), "raw": await _longest_callbacks(raw_once)}
+            callbacks = {"wrapped": await longest_callbacks(wrapped_once), "raw": await longest_callbacks(raw_once)}
             print(
                 "concurrency: longest task step (asyncio debug timing) wrapped "
                 f"{callbacks['wrapped']['longest_ms']} ms, raw {callbacks['raw']['longest_ms']} ms; "
