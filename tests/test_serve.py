@@ -14,9 +14,10 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+import structlog
 
 import autocontinue
-from tests.conftest import API_KEY, DIALECT_PERSONAS, TARGET, USER, add, fast_retry
+from tests.conftest import API_KEY, DIALECT_PERSONAS, TARGET, USER, add, eventually, fast_retry
 from tests.emulator import Emulator, Fault
 from tests.serve_support import Proxy, metric
 
@@ -417,3 +418,29 @@ def test_upstream_unreachable_is_a_502(proxies: Any) -> None:
         assert caught.value.body["code"] == "upstream_unreachable"  # type: ignore[index]
     finally:
         proxy.close()
+
+
+def test_a_request_is_an_event_of_the_library_logger(emu: Emulator, proxies: Any) -> None:
+    """The proxy logs through the library's one logger: an application's structlog pipeline receives each request
+    as ``autocontinue.serve.request`` beside the library's own events, with counts and names only."""
+    key, text = "sk-proxy-SECRET-4", "PURPLE ELEPHANT 5"
+    proxy = proxies("deepseek-beta", options={"dialect": "prefix"})
+    message = {"role": "user", "content": text}
+    try:
+        with structlog.testing.capture_logs() as events:
+            client = sdk(proxy, key=key)
+            assert client.chat.completions.create(model=add(emu), messages=[message], max_tokens=9)
+            stream = client.chat.completions.create(model=add(emu), messages=[message], max_tokens=9, stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == TARGET
+
+            def requests() -> list[tuple[Any, ...]]:
+                found = [e for e in events if e["event"] == "autocontinue.serve.request"]
+                return [(e["route"], e["status"], e["stream"], e["stop_cause"]) for e in found]
+
+            assert eventually(lambda: len(requests()) == 2, timeout=10)
+    finally:
+        structlog.reset_defaults()
+    assert sorted(requests()) == [("chat", 200, False, "natural"), ("chat", 200, True, "natural")]
+    assert {"autocontinue.round", "autocontinue.call"} <= {e["event"] for e in events}
+    for secret in (key, text, "ELEPHANT", TARGET[:20]):
+        assert secret not in repr(events)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .. import _log
 from ..trace import ContinuationTrace
 from .auth import check_client, upstream_headers
 from .chat import ChatRoute
@@ -34,7 +34,6 @@ from .metrics import Metrics
 
 __all__ = ["build_app"]
 
-_log = logging.getLogger("autocontinue.serve")
 #: upstream response headers not passed back: they describe the upstream hop, and the server sets its own
 _NOT_BACK = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"})
 
@@ -69,20 +68,20 @@ class _Proxy:
         trace: ContinuationTrace | None,
         error_kind: str | None,
     ) -> None:
-        """Count a finished request and write its access-log line: counts and names only, no text, no key."""
+        """Count a finished request and log it (``autocontinue.serve.request``): counts and names, no text, no key."""
         elapsed = time.perf_counter() - started
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route, "true" if stream else "false").observe(elapsed)
         self.metrics.call(trace)
         if error_kind is not None:
             self.metrics.upstream_errors.labels(error_kind).inc()
-        if _log.isEnabledFor(logging.INFO):
+        if _log.enabled("info"):
             fields: dict[str, Any] = {"route": route, "status": status, "stream": stream, "ms": round(elapsed * 1e3)}
             if trace is not None:
                 fields.update(rounds=len(trace.rounds), stop_cause=trace.stop_cause)
             if error_kind is not None:
                 fields["upstream_error"] = error_kind
-            _log.info("request %s", " ".join(f"{k}={v}" for k, v in fields.items()))
+            _log.emit("info", "autocontinue.serve.request", **fields)
 
     def sdk_headers(self, request: Request) -> dict[str, str]:
         headers = upstream_headers(request.headers, forward_key=self.forward_key, through_sdk=True)

@@ -53,14 +53,13 @@ def _upstream(url: str | None, model: str | None) -> Iterator[str]:
 
 
 def _logging(level: str) -> None:
-    """The access log (``autocontinue.serve``) and the library's call events (``autocontinue``) on stderr."""
+    """The library's logger (``autocontinue``) on stderr: the requests (info) and the library's call events."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("autocontinue.serve", "autocontinue"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(level.upper())
-        logger.propagate = False
+    logger = logging.getLogger("autocontinue")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
 
 
 def _serve(uvicorn: Any, config: ServeConfig, args: argparse.Namespace) -> None:
@@ -69,7 +68,7 @@ def _serve(uvicorn: Any, config: ServeConfig, args: argparse.Namespace) -> None:
         "host": args.host,
         "port": args.port,
         "log_level": args.log_level,
-        "access_log": False,  # ours (autocontinue.serve) counts rounds; a query string could carry a key
+        "access_log": False,  # ours (autocontinue.serve.request) counts rounds; a query string could carry a key
         "timeout_graceful_shutdown": args.drain_timeout,
         "server_header": False,
         "backlog": 4096,
