@@ -4,54 +4,46 @@ client = autocontinue.wrap(OpenAI(), max_rounds=8, max_total_tokens=20_000)
 reply = client.chat.completions.create(model=..., messages=..., max_tokens=256)
 reply.choices[0].message.content   # the whole answer
 reply.continuation                 # rounds, stop cause, cost
+
+The top level holds what the README's usage shows: the ways to call (``wrap``, ``create``, ``acreate``, the
+``autocontinue`` decorator, ``enabled``), the trace (``trace_of``, ``ContinuationTrace``), budgets (``Price``,
+``max_rounds``, ``max_cost``, ``max_total_tokens``), the retry policy (``default_retry``) and the errors a caller
+catches. The rest stays in its public module: the dialects in :mod:`autocontinue.dialects`, every error in
+:mod:`autocontinue.errors`, ``RoundTrace`` in :mod:`autocontinue.trace`, ``StopCondition`` in
+:mod:`autocontinue.budget`, ``is_transient`` in :mod:`autocontinue.retry`, ``ContinuedChatCompletion`` in
+:mod:`autocontinue.result`.
 """
 
-from .budget import Price, StopCondition, max_cost, max_rounds, max_total_tokens
+from .budget import Price, max_cost, max_rounds, max_total_tokens
 from .client import acreate, create, trace_of
 from .decorator import autocontinue, enabled
-from .dialects import ContinueFinalMessage, Dialect, Instruction, Partial, Prefill, Prefix
 from .errors import (
-    AutocontinueError,
     ConfigurationError,
     ContinuationFailed,
     InvalidJSONError,
     MalformedResponse,
     TruncatedToolCallError,
-    UnknownPriceError,
 )
-from .result import ContinuedChatCompletion
-from .retry import default_retry, is_transient
-from .trace import ContinuationTrace, RoundTrace
+from .retry import default_retry
+from .trace import ContinuationTrace
 from .wrapping import wrap
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AutocontinueError",
     "ConfigurationError",
     "ContinuationFailed",
     "ContinuationTrace",
-    "ContinueFinalMessage",
-    "ContinuedChatCompletion",
-    "Dialect",
-    "Instruction",
     "InvalidJSONError",
     "MalformedResponse",
-    "Partial",
-    "Prefill",
-    "Prefix",
     "Price",
-    "RoundTrace",
-    "StopCondition",
     "TruncatedToolCallError",
-    "UnknownPriceError",
     "__version__",
     "acreate",
     "autocontinue",
     "create",
     "default_retry",
     "enabled",
-    "is_transient",
     "max_cost",
     "max_rounds",
     "max_total_tokens",

@@ -33,7 +33,7 @@ def _retry() -> tenacity.Retrying:
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(3),
         wait=tenacity.wait_fixed(0.002),
-        retry=tenacity.retry_if_exception(autocontinue.is_transient),
+        retry=tenacity.retry_if_exception(autocontinue.retry.is_transient),
         reraise=True,
     )
 

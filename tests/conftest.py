@@ -85,7 +85,7 @@ def fast_retry(
     return tenacity.Retrying(
         stop=stop_after_attempt(attempts),
         wait=autocontinue.retry.wait_retry_after(wait_fixed(wait), maximum=max_retry_after),
-        retry=retry_if_exception(autocontinue.is_transient),
+        retry=retry_if_exception(autocontinue.retry.is_transient),
         reraise=True,
     )
 

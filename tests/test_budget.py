@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autocontinue import ConfigurationError, Price, UnknownPriceError, max_cost, max_rounds, max_total_tokens
+from autocontinue import ConfigurationError, Price, max_cost, max_rounds, max_total_tokens
 from autocontinue.budget import DEFAULT_PRICES, BudgetState, PriceTable, StopCondition
 from autocontinue.client import make_settings
 from autocontinue.core import Continuation, DoRequest
+from autocontinue.errors import UnknownPriceError
 from autocontinue.tokens import TokenCounter
 from tests.test_core import (
     COUNTER,

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import tenacity
 
-from autocontinue import is_transient, max_total_tokens
+from autocontinue import max_total_tokens
 from autocontinue._options import OPTION_NAMES
 from autocontinue.core import Action, Done, DoRequest
 from autocontinue.drivers import aio, sync
 from autocontinue.drivers import stream as stream_driver
+from autocontinue.retry import is_transient
 from tests.test_core import connection_error, make_completion, make_core, stream_of
 
 #: the wait the policy asks for between attempts, in seconds

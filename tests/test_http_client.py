@@ -16,6 +16,7 @@ from tenacity import stop_after_attempt, wait_fixed
 
 import autocontinue
 from autocontinue._progress import LOOP_FLOOR, MAX_GROWTHS, loops, repeat_removed
+from autocontinue.dialects import Partial
 from tests.conftest import (
     API_KEY,
     PERSONA_DIALECT,
@@ -55,7 +56,7 @@ def test_result_is_a_chat_completion(emu: Emulator, sync_client: Any) -> None:
         sync_client("dashscope"), model=model, messages=[USER], max_tokens=8, dialect="partial", max_rounds=50
     )
     assert isinstance(result, openai.types.chat.ChatCompletion)
-    assert isinstance(result, autocontinue.ContinuedChatCompletion)
+    assert isinstance(result, autocontinue.result.ContinuedChatCompletion)
     assert result.choices[0].message.content == TARGET
     assert result.choices[0].message.role == "assistant"
     assert result.object == "chat.completion"
@@ -310,7 +311,7 @@ def test_bad_wrap_options(sync_client: Any, options: dict[str, Any]) -> None:
 
 def test_cost_budget_unknown_price_is_unknown_price_error(emu: Emulator, sync_client: Any) -> None:
     before = emu.stats()["requests_total"]
-    with pytest.raises(autocontinue.UnknownPriceError):
+    with pytest.raises(autocontinue.errors.UnknownPriceError):
         autocontinue.create(sync_client("dashscope"), model=add(emu), messages=[USER], max_cost_usd=1.0)
     assert emu.stats()["requests_total"] == before
 
@@ -739,9 +740,7 @@ def test_usage_is_summed(emu: Emulator, sync_client: Any) -> None:
     assert result.usage.prompt_tokens_details.cached_tokens > 0
 
 
-@pytest.mark.parametrize(
-    "dialect", [autocontinue.Partial(), autocontinue.Partial, "partial"], ids=["instance", "class", "name"]
-)
+@pytest.mark.parametrize("dialect", [Partial(), Partial, "partial"], ids=["instance", "class", "name"])
 def test_dialect_given_as_object(emu: Emulator, sync_client: Any, dialect: Any) -> None:
     model = add(emu)
     result = autocontinue.create(

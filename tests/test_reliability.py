@@ -369,7 +369,7 @@ def never_stop_policy() -> tenacity.Retrying:
     return tenacity.Retrying(
         stop=tenacity.stop_never,
         wait=wait_fixed(0.001),
-        retry=retry_if_exception(autocontinue.is_transient),
+        retry=retry_if_exception(autocontinue.retry.is_transient),
         reraise=True,
     )
 

@@ -14,10 +14,10 @@ import tenacity
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autocontinue import ContinuationFailed, default_retry, is_transient
+from autocontinue import ContinuationFailed, default_retry
 from autocontinue.core import Action, Continuation, Done, DoRequest, DoSleep, Fail
 from autocontinue.errors import IncompleteStream
-from autocontinue.retry import HARD_ATTEMPT_CAP, MAX_RETRY_AFTER, RetryTracker, retry_after_seconds
+from autocontinue.retry import HARD_ATTEMPT_CAP, MAX_RETRY_AFTER, RetryTracker, is_transient, retry_after_seconds
 from tests.test_core import (
     SETTINGS,
     Case,
