@@ -1,0 +1,103 @@
+"""The proxy's upstream client: the OpenAI SDK's ``AsyncOpenAI``, with a faster way from an upstream's bytes to reply
+objects.
+
+Profiled (``benchmarks/proxy.py``), most of the proxy's time per streamed chunk went into the SDK turning the
+upstream's bytes into a ``ChatCompletionChunk``, before the library or the server did anything with it: its SSE
+decoder walks each line in Python, and its ``construct_type`` builds each object by a recursive walk in Python over
+the model's type hints (so that a reply of any shape is accepted), about 25 times pydantic's own validator (Rust) on
+the same dict. This client changes both, and nothing else:
+
+- a chat completion or chunk is built by ``model_validate(data, strict=True)`` first. Strict, so no value is
+  converted (a string stays a string, a float is not made an int): for a well-formed reply the object is the one
+  ``construct_type`` makes, field for field and byte for byte once serialized. A reply of any other shape (a finish
+  reason no type names, a number sent as text) fails that validation and is built by the SDK's own path as before,
+  so the library sees what it sees without the proxy, malformed chunks included;
+- SSE events of the common shape (one ``data:`` line) are cut out of the bytes directly (:class:`_SSEDecoder`).
+
+Both rely on the SDK's private hooks ``_process_response_data`` (every response and stream chunk passes through it)
+and ``_make_sse_decoder`` (each stream's decoder), and on ``SSEDecoder`` and ``ServerSentEvent`` from
+``openai._streaming``, as in openai 3.x. If a later SDK renames a hook, the override is never called and the proxy is
+as slow as before, not wrong; if it changes a hook's arguments or those classes, every request through the proxy
+fails at once (the serve tests catch it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import openai
+import pydantic
+from openai._streaming import ServerSentEvent, SSEDecoder
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+__all__ = ["UpstreamClient"]
+
+#: the reply types built by validation; anything else (models, embeddings) takes the SDK's path
+_VALIDATED: frozenset[type[Any]] = frozenset({ChatCompletion, ChatCompletionChunk})
+#: bytes of one unfinished event past which the rest of the stream goes to the SDK's decoder, which does not copy
+#: what it has kept on each read
+_LONG_EVENT = 1 << 16
+
+
+class UpstreamClient(openai.AsyncOpenAI):
+    """``openai.AsyncOpenAI`` that builds chat replies and chunks by pydantic's strict validation when they pass it
+    (the same objects, faster), by the SDK's lenient construction otherwise, and decodes SSE with :class:`_SSEDecoder`.
+    """
+
+    def _process_response_data(self, *, data: object, cast_to: Any, response: Any) -> Any:
+        if cast_to in _VALIDATED and type(data) is dict:
+            try:
+                return cast_to.model_validate(data, strict=True)
+            except pydantic.ValidationError:
+                pass  # not the documented shape: the SDK's lenient path below keeps whatever was sent
+        return super()._process_response_data(data=data, cast_to=cast_to, response=response)
+
+    def _make_sse_decoder(self) -> SSEDecoder:
+        return _SSEDecoder()
+
+
+async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for part in rest:
+        yield part
+
+
+class _SSEDecoder(SSEDecoder):
+    """The SDK's SSE decoder, with a short way for the common event: one ``data: ...`` line, LF line ends.
+
+    Each read's complete events are cut out of the bytes at once (``\\n\\n``), and an event of one ``data: `` line
+    becomes its ``ServerSentEvent`` directly, where the SDK's decoder walks every line of it in Python. Any other
+    event (several lines, other fields, a comment) goes through the SDK's own ``decode()`` line by line, and a
+    stream with a CR in it, or an event too long to keep copying, is handed whole to the SDK's decoder from there
+    on: the events are the same either way.
+    """
+
+    async def aiter_bytes(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
+        pending = b""
+        try:
+            async for part in iterator:
+                if b"\r" in part or len(pending) > _LONG_EVENT:
+                    async for whole in super().aiter_bytes(_chained(pending + part, iterator)):
+                        yield whole
+                    return
+                *events, pending = (pending + part).split(b"\n\n")
+                for event in events:
+                    if event.startswith(b"data: ") and b"\n" not in event:
+                        yield ServerSentEvent(data=event[6:].decode("utf-8"), id=self._last_event_id)
+                        continue
+                    for sse in self._lines([*event.split(b"\n"), b""]):  # b"": the blank line that ended it
+                        yield sse
+            # The rest ends no event; its whole lines are decoded as the SDK's decoder does (a blank line first
+            # still gives an event when an id was set), and the last line unless empty (it had no line end).
+            *lines, last = pending.split(b"\n")
+            for sse in self._lines([*lines, last] if last else lines):
+                yield sse
+        finally:
+            self._reset()
+
+    def _lines(self, lines: list[bytes]) -> Iterator[ServerSentEvent]:
+        for line in lines:
+            sse = self.decode(line.decode("utf-8"))
+            if sse is not None:
+                yield sse
