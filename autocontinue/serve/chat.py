@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .. import acreate
 from .._cli_output import trace_to_dict
 from ..trace import ContinuationTrace
+from ._ready import ready_batches
 from .errors import ServeError, completion_payload, failure, stream_error_event, trace_headers
 from .options import BODY_FIELD, request_options
 
@@ -115,8 +116,9 @@ class ChatRoute:
         the ``finally`` then closes the upstream response at once."""
         status, kind = 200, None
         try:
-            async for chunk in stream:
-                yield b"data: " + chunk.model_dump_json(exclude_unset=True).encode() + b"\n\n"
+            # Chunks that were ready at once (one upstream read) go out in one write: see _ready.
+            async for batch in ready_batches(stream):
+                yield b"".join([b"data: " + c.model_dump_json(exclude_unset=True).encode() + b"\n\n" for c in batch])
             trace = stream.continuation
             yield b": autocontinue " + json.dumps(trace_summary(trace)).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"

@@ -1,0 +1,103 @@
+"""``ready_batches`` (``autocontinue/serve/_ready.py``): a streamed reply's chunks written together when they were
+ready together, each as early as alone, and nothing lost or reordered on an error or a cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from autocontinue.serve._ready import ready_batches
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _source(groups: list[list[int]], fail: bool = False) -> AsyncIterator[int]:
+    """``groups`` of items; each group after the first waits for the loop first (a new upstream read)."""
+    for n, group in enumerate(groups):
+        if n:
+            await asyncio.sleep(0.001)
+        for item in group:
+            yield item
+    if fail:
+        raise ValueError("upstream broke off")
+
+
+async def _batches(groups: list[list[int]], fail: bool = False) -> list[list[int]]:
+    return [batch async for batch in ready_batches(_source(groups, fail))]
+
+
+async def test_items_ready_together_come_together() -> None:
+    groups = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10]]
+    assert await _batches(groups) == groups
+    assert await _batches([]) == []
+    assert await _batches([[], [1], []]) == [[1]]
+
+
+async def test_an_error_comes_after_the_items_before_it() -> None:
+    seen: list[list[int]] = []
+    with pytest.raises(ValueError, match="broke off"):
+        async for batch in ready_batches(_source([[1, 2], [3, 4]], fail=True)):
+            seen.append(batch)
+    assert seen == [[1, 2], [3, 4]]
+
+
+async def test_a_batch_goes_out_before_the_next_item_is_there() -> None:
+    """A batch is not held back until the next item arrives: it goes out while the source waits."""
+    gate = asyncio.Event()
+
+    async def source() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+        await gate.wait()
+        yield 3
+
+    batches = ready_batches(source())
+    assert await batches.__anext__() == [1, 2]  # returned although item 3 is not there yet
+    gate.set()
+    assert await batches.__anext__() == [3]
+
+
+async def test_cancelling_a_waiting_reader_closes_the_source() -> None:
+    """A caller that goes away cancels the task reading: the cancellation reaches the source's wait, and its
+    ``finally`` runs (the library closes the upstream response there)."""
+    events: list[str] = []
+    started = asyncio.Event()
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            yield 1
+            started.set()
+            await asyncio.sleep(30)
+            yield 2
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        finally:
+            events.append("closed")
+
+    async def read() -> None:
+        async for _batch in ready_batches(source()):
+            pass
+
+    task = asyncio.ensure_future(read())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["cancelled", "closed"]
+
+
+def test_under_uvloop() -> None:
+    """The server's event loop (uvicorn takes uvloop when it is installed, as the serve extra does)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def every_test() -> None:
+        await test_items_ready_together_come_together()
+        await test_an_error_comes_after_the_items_before_it()
+        await test_a_batch_goes_out_before_the_next_item_is_there()
+        await test_cancelling_a_waiting_reader_closes_the_source()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(every_test())

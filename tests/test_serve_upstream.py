@@ -1,0 +1,166 @@
+"""The proxy's upstream client (``autocontinue/serve/upstream.py``) gives what the SDK's own client gives.
+
+It takes two shorter ways from an upstream's bytes to reply objects (pydantic's strict validation, a direct cut of
+single-line SSE events); these tests hold both to the SDK's results: the same request, streamed and not, over real
+HTTP from a server that sends well-formed replies and replies of every wrong shape, read by ``openai.AsyncOpenAI``
+and by ``UpstreamClient``, must give equal objects; and the decoder must give the SDK decoder's events for any
+stream cut anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import openai
+import pytest
+from openai._streaming import SSEDecoder
+
+from autocontinue.serve.upstream import _LONG_EVENT, UpstreamClient, _SSEDecoder
+from tests.hostile import Hostile, Reply, Served, body, chunk, completion, event, sse
+
+pytestmark = pytest.mark.timeout(60)
+
+WORD = {"content": " word"}
+#: chunks of every shape a provider has sent or might: the documented one, then ones pydantic's strict validation
+#: refuses (the SDK's lenient construction must take those, and the two clients agree on what comes out)
+CHUNKS: list[Any] = [
+    chunk({"role": "assistant", "content": ""}),
+    chunk(WORD),
+    {**chunk(WORD), "system_fingerprint": "fp_1", "service_tier": "default", "x_provider": {"n": 1}},
+    chunk({"content": " é", "reasoning_content": "thinking"}),
+    chunk(WORD, choices=[{"index": 0, "delta": WORD, "finish_reason": None, "logprobs": {
+        "content": [{"token": " word", "logprob": 0, "bytes": [32, 119], "top_logprobs": []}]}}]),
+    chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                           "function": {"name": "f", "arguments": "{\"a\""}}]}),
+    chunk(WORD, finish="eos"),  # a finish reason no type names
+    {**chunk(WORD), "created": "1700000000"},  # a number sent as text
+    {**chunk(WORD), "created": 1.7e9},  # a float where an int is typed
+    chunk(None),  # no delta
+    chunk(WORD, choices=None),
+    chunk(WORD, choices="none"),
+    chunk(WORD, usage={"prompt_tokens": 3, "completion_tokens": "5", "total_tokens": 8}),
+    chunk(None, usage={"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8,
+                       "prompt_tokens_details": {"cached_tokens": 0}}, choices=[]),
+    [1, 2, 3],  # not an object
+    chunk(WORD, finish="length"),
+]  # fmt: skip
+REPLIES: list[Any] = [
+    completion("The whole answer.", "stop", {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}),
+    {**completion("Cut", "length", None), "x_provider": True, "created": "soon"},
+    completion("Odd", "eos", None),
+]
+
+
+def _stream_of_every_shape(n: int, request: dict[str, Any], served: Served) -> Reply:
+    events: list[Any] = [event(c) for c in CHUNKS]
+    # SSE framing of other shapes among them: a comment, several data lines, an event name, an id, CRLF line ends
+    events[2:2] = [b": keep-alive\n\n", b"id: 7\ndata: " + json.dumps(CHUNKS[1]).encode() + b"\n\n"]
+    events[5:5] = [b"data: " + json.dumps(CHUNKS[1]).encode() + b"\r\n\r\n"]
+    return sse(events)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Hostile]:
+    with Hostile() as hostile:
+        yield hostile
+
+
+def _shape(obj: Any) -> Any:
+    """What a reply object is, for comparison: its class, its JSON as the proxy writes it, and every field."""
+    if not isinstance(obj, openai.BaseModel):
+        return obj
+    return (type(obj).__name__, obj.model_dump_json(exclude_unset=True), repr(obj.model_dump(warnings=False)))
+
+
+async def _read(client: openai.AsyncOpenAI, model: str, stream: bool) -> list[Any]:
+    try:
+        made = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], stream=stream
+        )
+        return [_shape(c) async for c in made] if stream else [_shape(made)]  # type: ignore[union-attr]
+    finally:
+        await client.close()
+
+
+async def test_streamed_chunks_equal_the_sdk_clients(server: Hostile) -> None:
+    model = server.add("", _stream_of_every_shape)
+    ours = await _read(UpstreamClient(base_url=server.base_url, api_key="k", max_retries=0), model, True)
+    sdks = await _read(openai.AsyncOpenAI(base_url=server.base_url, api_key="k", max_retries=0), model, True)
+    assert ours == sdks
+    assert len(ours) > len(CHUNKS)
+
+
+@pytest.mark.parametrize("reply", REPLIES, ids=["documented", "extra-and-text-number", "unknown-finish"])
+async def test_replies_equal_the_sdk_clients(server: Hostile, reply: dict[str, Any]) -> None:
+    model = server.add("", lambda n, request, served: body(reply))
+    ours = await _read(UpstreamClient(base_url=server.base_url, api_key="k", max_retries=0), model, False)
+    sdks = await _read(openai.AsyncOpenAI(base_url=server.base_url, api_key="k", max_retries=0), model, False)
+    assert ours == sdks
+
+
+# ------------------------------------------------------------------------------------------------- the SSE decoder
+
+
+def _stream(rng: random.Random) -> bytes:
+    """An SSE stream with events of every shape, blank lines between and around, and sometimes an unended one."""
+    parts: list[bytes] = []
+    for i in range(rng.randint(0, 60)):
+        data = json.dumps({"i": i, "text": rng.choice(["a", "é", "", "a b", "ü" * 3])}).encode()
+        parts.append(rng.choice([
+            b"data: " + data + b"\n\n",
+            b"data:" + data + b"\n\n",
+            b"data: " + data + b"\ndata: more\n\n",
+            b"event: delta\ndata: " + data + b"\n\n",
+            b"id: %d\ndata: " % i + data + b"\n\n",
+            b"retry: 10\ndata: " + data + b"\n\n",
+            b": comment\n\n",
+            b"\n",
+            b"data: [DONE]\n\n",
+        ]))  # fmt: skip
+    tail = rng.choice([b"", b"data: unended\n", b"data: unended", b"\n", b"id: 9\n"])
+    stream = b"".join(parts) + tail
+    if rng.random() < 0.15:  # CRLF or CR line ends from some point on
+        at = rng.randrange(len(stream) + 1)
+        stream = stream[:at] + stream[at:].replace(b"\n", rng.choice([b"\r\n", b"\r"]))
+    return stream
+
+
+def _cut(stream: bytes, rng: random.Random) -> list[bytes]:
+    """``stream`` as the reads of a socket: anywhere, one byte to a few kilobytes at a time."""
+    reads, at = [], 0
+    while at < len(stream):
+        size = rng.choice([1, 2, 5, 40, 300, 4096])
+        reads.append(stream[at : at + size])
+        at += size
+    return reads
+
+
+async def _decoded(decoder: SSEDecoder, reads: list[bytes]) -> list[tuple[Any, ...]]:
+    async def source() -> AsyncIterator[bytes]:
+        for read in reads:
+            yield read
+
+    return [(e.event, e.data, e.id, e.retry) async for e in decoder.aiter_bytes(source())]
+
+
+def test_the_decoder_gives_the_sdk_decoders_events() -> None:
+    async def compare() -> None:
+        for seed in range(400):
+            rng = random.Random(seed)
+            reads = _cut(_stream(rng), rng)
+            assert await _decoded(_SSEDecoder(), reads) == await _decoded(SSEDecoder(), reads), seed
+
+    asyncio.run(compare())
+
+
+def test_a_long_event_is_decoded_whole() -> None:
+    """An event longer than the decoder keeps copying goes on through the SDK's decoder, and comes out whole."""
+    data = json.dumps({"text": "x" * (3 * _LONG_EVENT)}).encode()
+    stream = b"data: a\n\ndata: " + data + b"\n\ndata: b\n\n"
+    reads = [stream[i : i + 1000] for i in range(0, len(stream), 1000)]
+    events = asyncio.run(_decoded(_SSEDecoder(), reads))
+    assert [e[1] for e in events] == ["a", data.decode(), "b"]
