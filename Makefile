@@ -32,10 +32,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check autocontinue
 	$(VENV)/bin/mypy autocontinue
 
-# The official openai npm package, for the proxy's Node client test (tests/test_serve_clients.py), from its lock file.
-NODE_CLIENT := tests/node/node_modules/.package-lock.json
-$(NODE_CLIENT): tests/node/package.json tests/node/package-lock.json
-	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+# The official openai npm package, for the proxy's Node client test (tests/serve/test_clients.py), from its lock file.
+NODE_CLIENT := tests/serve/node/node_modules/.package-lock.json
+$(NODE_CLIENT): tests/serve/node/package.json tests/serve/node/package-lock.json
+	cd tests/serve/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_CLIENT)
 
 node-client: $(NODE_CLIENT)

@@ -151,7 +151,7 @@ def _fidelity_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _emulator_note() -> str:
-    return "tests.emulator in its own process (its connections have TCP_NODELAY)"
+    return "tests.support.emulator in its own process (its connections have TCP_NODELAY)"
 
 
 def _fmt_ratio(value: Any) -> str:

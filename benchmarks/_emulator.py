@@ -1,4 +1,4 @@
-"""The provider emulator (tests/emulator) in its own process, for benchmarks.
+"""The provider emulator (tests/support/emulator) in its own process, for benchmarks.
 
 In its own process the server does not share the client's GIL, so what the client spends is the client's. The
 emulator binds its listening socket as IPPROTO_TCP, so asyncio sets TCP_NODELAY on its connections (without it a
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 __all__ = ["server_cpu_seconds", "server_pid", "start_emulator"]
 

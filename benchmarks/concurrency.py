@@ -66,7 +66,7 @@ def _wrap(client: openai.AsyncOpenAI) -> Any:
 
 
 async def _rounds_for(emu: Any, wrapped: Any, target: str) -> int:
-    from tests.emulator import Script
+    from tests.support.emulator import Script
 
     model = emu.add_script(Script(target=target))
     reply = await wrapped.chat.completions.create(model=model, messages=_messages(0, "probe"), max_tokens=K)
@@ -77,7 +77,7 @@ async def _rounds_for(emu: Any, wrapped: Any, target: str) -> int:
 async def _choose_target(emu: Any, wrapped: Any) -> tuple[str, int]:
     """A target (a prefix of synthetic text, in emulator tokens) whose continued call takes exactly ROUNDS rounds:
     the middle of the range of lengths that do."""
-    from tests.emulator import tokenize
+    from tests.support.emulator import tokenize
 
     tokens = tokenize(synthetic_text(20 * K * ROUNDS, seed=41))
 
@@ -121,7 +121,7 @@ async def _timed_run(tasks: list[Any], pid: int | None) -> dict[str, Any]:
 
 
 async def _wrapped_run(emu: Any, wrapped: Any, target: str, calls: int, tag: str) -> tuple[dict[str, Any], str]:
-    from tests.emulator import Script
+    from tests.support.emulator import Script
 
     model = emu.add_script(Script(target=target))
 
@@ -177,7 +177,7 @@ async def _warm_up(client: openai.AsyncOpenAI, target_model: str, calls: int) ->
 
 
 async def _main(quick: bool) -> dict[str, Any]:
-    from tests.emulator import Script
+    from tests.support.emulator import Script
 
     calls = 100 if quick else 500
     reps = 1 if quick else 4

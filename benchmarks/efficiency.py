@@ -49,7 +49,7 @@ def _target(tokens: list[str], n: int) -> str:
 
 
 def _rounds(emu: Any, tokens: list[str], quick: bool) -> list[dict[str, Any]]:
-    from tests.emulator import Script
+    from tests.support.emulator import Script
 
     client = openai.OpenAI(base_url=emu.base_url("vllm"), api_key="x", max_retries=0, timeout=60)
     out = []
@@ -89,7 +89,7 @@ def _rounds(emu: Any, tokens: list[str], quick: bool) -> list[dict[str, Any]]:
 
 
 def _budgets(emu: Any, tokens: list[str]) -> list[dict[str, Any]]:
-    from tests.emulator import Script
+    from tests.support.emulator import Script
 
     client = openai.OpenAI(base_url=emu.base_url("vllm"), api_key="x", max_retries=0, timeout=60)
     target = _target(tokens, BUDGET_TARGET_TOKENS)
@@ -179,7 +179,7 @@ def _engine_cache(quick: bool) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from tests.emulator import tokenize
+    from tests.support.emulator import tokenize
 
     from ._emulator import start_emulator
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.instruction_seam [--quick]
 
-Every behaviour of ``tests/emulator/behaviours.py`` (a chat model that continues exactly, repeats a word, a few
+Every behaviour of ``tests/support/emulator/behaviours.py`` (a chat model that continues exactly, repeats a word, a few
 words, the line or the quoted tail, opens with a preamble or "...", adds or drops a space, reopens a code fence,
 rewrites the cut word, starts the answer again) x six kinds of text (``seam_texts.py``) x three round sizes x
 streamed and not, each a real ``openai`` client over HTTP to the emulator with ``dialect="instruction"`` and the
@@ -22,8 +22,8 @@ from typing import Any
 import openai
 
 import autocontinue
-from tests.emulator import Emulator, Script
-from tests.emulator.behaviours import BEHAVIOURS
+from tests.support.emulator import Emulator, Script
+from tests.support.emulator.behaviours import BEHAVIOURS
 
 from ._common import Row, cli, load_result
 from .seam_texts import TEXTS

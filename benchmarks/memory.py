@@ -110,7 +110,7 @@ def _peak(fn: Callable[[], str]) -> tuple[int, int, float]:
 
 
 def _e2e(size: int) -> dict[str, Any]:
-    from tests.emulator import Script
+    from tests.support.emulator import Script
 
     from ._emulator import start_emulator
 

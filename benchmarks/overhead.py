@@ -34,7 +34,7 @@ MESSAGES = [{"role": "user", "content": "Write a paragraph about rivers."}]
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from tests.emulator import Script
+    from tests.support.emulator import Script
 
     from ._emulator import start_emulator
 

@@ -328,7 +328,7 @@ def _rows(upstream: str, latency: Any, chunk: Any, throughput: Any, calls: int, 
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from tests.emulator import Script
+    from tests.support.emulator import Script
 
     calls = 40 if quick else 300
     paced_calls = 10 if quick else 60

@@ -1,10 +1,10 @@
 """8. Reliability against servers that misbehave: the README's promises, as figures.
 
-Against the hostile server of the test suite (``tests/hostile.py``: raw HTTP, every byte scripted) and the
+Against the hostile server of the test suite (``tests/support/hostile.py``: raw HTTP, every byte scripted) and the
 provider emulator: a reply of the wrong shape after text, a stream answering 401/429, the runaway shapes (requests
 each one costs with the defaults and with ``max_rounds`` unbounded), legitimate repetition under the loop floor, a
 server that ignores ``max_tokens``, the cost budget under the instruction dialect and the budgets of an ``n = 3``
-call. Each is a count or a ratio against its bound; ``tests/test_hostile.py`` asserts the same promises.
+call. Each is a count or a ratio against its bound; ``tests/reliability/test_hostile.py`` asserts the same promises.
 
     python -m benchmarks.reliability [--quick]
 """
@@ -19,8 +19,8 @@ import tenacity
 
 import autocontinue
 from autocontinue._progress import LOOP_FLOOR
-from tests import hostile as H
-from tests.emulator import Emulator, Script
+from tests.support import hostile as H
+from tests.support.emulator import Emulator, Script
 
 from ._common import cli
 

@@ -50,7 +50,7 @@ def _drain(stream: Any) -> int:
 
 
 def _chunk_overhead(emu: Any, quick: bool) -> dict[str, Any]:
-    from tests.emulator import Script
+    from tests.support.emulator import Script
 
     pairs = 6 if quick else 40
     target = synthetic_text(STREAM_CHARS, seed=21)
@@ -168,7 +168,7 @@ def _core_per_chunk(dumps: list[dict[str, Any]], request: dict[str, Any], runs: 
 
 
 def _seam_gaps(emu: Any, persona: str, quick: bool) -> dict[str, Any]:
-    from tests.emulator import Script, tokenize
+    from tests.support.emulator import Script, tokenize
 
     reps = 3 if quick else 6
     # A target that takes SEAM_ROUNDS rounds of SEAM_K tokens (healing regenerates a word per round, so a little

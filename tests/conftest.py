@@ -1,6 +1,6 @@
 """Shared fixtures for the HTTP integration tests: one emulator per session, real ``openai`` clients, helpers.
 
-Every test talks to the emulator (tests/emulator) over real HTTP through the real ``openai`` SDK; nothing is
+Every test talks to the emulator (tests/support/emulator) over real HTTP through the real ``openai`` SDK; nothing is
 mocked. ``Recorder`` sees every HTTP response the SDK receives (through httpx event hooks), so tests can compare
 what autocontinue reports with what the "provider" actually said.
 """
@@ -22,8 +22,8 @@ import tenacity
 from tenacity import retry_if_exception, stop_after_attempt, wait_fixed
 
 import autocontinue
-from tests.emulator import Emulator, Script
-from tests.emulator.personas import ROUTES
+from tests.support.emulator import Emulator, Script
+from tests.support.emulator.personas import ROUTES
 
 API_KEY = "test-key"
 USER: dict[str, Any] = {"role": "user", "content": "Tell me the story, please."}

@@ -16,7 +16,7 @@ import pydantic
 
 import autocontinue
 from tests.conftest import API_KEY, TARGET
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 PERSONA = "openrouter"  # a plain prefill host: what dialect="auto" picks on a loopback URL
 LIMIT = 6  # max_tokens per round: TARGET takes about fifteen rounds

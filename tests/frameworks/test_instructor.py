@@ -19,7 +19,6 @@ from instructor.v2.core.errors import IncompleteOutputException, InstructorRetry
 
 import autocontinue
 from tests.conftest import add
-from tests.emulator import Emulator
 from tests.frameworks.support import (
     CONTINUED,
     LIMIT,
@@ -32,6 +31,7 @@ from tests.frameworks.support import (
     scope,
     sync_client,
 )
+from tests.support.emulator import Emulator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 MESSAGES = [{"role": "user", "content": "Tell me the story as JSON."}]

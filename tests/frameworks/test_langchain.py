@@ -12,7 +12,6 @@ import pytest
 from langchain_openai import ChatOpenAI
 
 from tests.conftest import API_KEY, add
-from tests.emulator import Emulator
 from tests.frameworks.support import (
     ALL,
     CONTINUED,
@@ -25,6 +24,7 @@ from tests.frameworks.support import (
     scope,
     sync_client,
 )
+from tests.support.emulator import Emulator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 

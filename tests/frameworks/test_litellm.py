@@ -12,8 +12,8 @@ import litellm
 import pytest
 
 from tests.conftest import API_KEY, add
-from tests.emulator import Emulator
 from tests.frameworks.support import ALL, CONTINUED, LIMIT, PERSONA, async_client, check, scope, sync_client
+from tests.support.emulator import Emulator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 # litellm's own models warn about pydantic features they use; not ours to act on

@@ -1,0 +1,252 @@
+"""``autocontinue serve`` under faults: callers that go away, a full server, connections reset mid-stream,
+the pass-through of other routes, and 500 streams at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import tests.support.hostile as H
+from tests.conftest import API_KEY, TARGET, USER, eventually, fast_retry
+from tests.support.emulator import Emulator, Script
+from tests.support.hostile import Hostile, Reply, Served
+from tests.support.serve import Proxy, ServeProcess, ThreadServer, metric
+
+pytestmark = pytest.mark.timeout(180)
+
+LONG = " ".join(f"word{i}" for i in range(400))
+
+
+@pytest.fixture
+def proxy(emu: Emulator) -> Iterator[Proxy]:
+    with Proxy(emu.base_url("deepseek-beta"), options={"dialect": "prefix", "retry": fast_retry()}) as running:
+        yield running
+
+
+def _cancelled(emu: Emulator, model: str) -> bool:
+    requests = emu.requests(model)
+    return bool(requests) and bool(requests[-1].get("cancelled"))
+
+
+def test_client_disconnect_mid_stream_closes_the_upstream_request(emu: Emulator, proxy: Proxy) -> None:
+    model = emu.add_script(Script(target=LONG, token_delay=0.05))
+    body = {"model": model, "messages": [USER], "max_tokens": 400, "stream": True}
+    with httpx2.Client() as http, http.stream("POST", proxy.base_url + "/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        events = [line for line in (next(lines) for _ in range(6)) if line.startswith("data:")]
+        assert not _cancelled(emu, model)
+        assert len(events) >= 2
+    # Gone after a few chunks of a 20-second answer: the upstream request is closed within a second.
+    assert eventually(lambda: _cancelled(emu, model), timeout=3)
+    assert eventually(lambda: proxy.in_flight == 0, timeout=3)
+    assert len(emu.requests(model)) == 1  # and no further round was started
+
+
+def test_client_disconnect_while_waiting_closes_the_upstream_request(emu: Emulator, proxy: Proxy) -> None:
+    model = emu.add_script(Script(target=TARGET, first_token_delay=10))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key=API_KEY, max_retries=0, timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model=model, messages=[USER], max_tokens=9)
+    assert eventually(lambda: _cancelled(emu, model), timeout=3)
+    assert eventually(lambda: proxy.in_flight == 0, timeout=3)
+
+
+def test_a_full_server_answers_429_at_once(emu: Emulator) -> None:
+    model = emu.add_script(Script(target=LONG[:300], token_delay=0.02))
+    settings = {"dialect": "prefix", "retry": fast_retry()}
+    with Proxy(emu.base_url("deepseek-beta"), options=settings, max_concurrency=2) as proxy, httpx2.Client() as http:
+        body = {"model": model, "messages": [USER], "max_tokens": 400, "stream": True}
+        url = proxy.base_url + "/chat/completions"
+        with http.stream("POST", url, json=body) as first, http.stream("POST", url, json=body) as second:
+            # One line iterator per response, kept: a discarded one closes its connection when collected.
+            readers = [first.iter_lines(), second.iter_lines()]
+            assert all(next(reader).startswith("data: ") for reader in readers)
+            busy = http.post(url, json={**body, "stream": False})
+            assert busy.status_code == 429
+            assert busy.headers["retry-after"] == "1"
+            assert busy.json()["error"]["code"] == "server_busy"
+            assert http.get(proxy.base_url + "/models").status_code == 429  # the pass-through counts too
+            assert len(emu.requests(model)) == 2  # the refused request never went upstream
+            for reader in readers:
+                assert _sse_text(reader) == LONG[:300]
+        assert eventually(lambda: proxy.in_flight == 0)
+        assert http.post(url, json={**body, "stream": False}).status_code == 200
+
+
+def _sse_text(lines: Iterator[str]) -> str:
+    text = ""
+    for line in lines:
+        if line.startswith("data: {"):
+            chunk = json.loads(line[len("data: ") :])
+            if chunk["choices"]:
+                text += chunk["choices"][0]["delta"].get("content") or ""
+    return text
+
+
+# ------------------------------------------------------------------------------------------- resets mid-stream
+
+
+def _reset_after_two_events(n: int, request: dict[str, Any], served: Served, *, every: bool) -> Reply:
+    reply = H.good(TARGET, 40, request, served)
+    if n >= 2 and (every or n == 2) and request.get("stream"):
+        return Reply([*reply.steps[:3], ("reset", 0)])  # the head, two events, then an RST
+    return reply
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Hostile]:
+    with Hostile() as server:
+        yield server
+
+
+def _hostile_proxy(server: Hostile) -> Proxy:
+    return Proxy(server.base_url, options={"dialect": "partial", "retry": fast_retry(), "max_rounds": 50})
+
+
+def test_reset_mid_stream_is_resumed_exactly(hostile: Hostile) -> None:
+    model = hostile.add(TARGET, lambda n, r, s: _reset_after_two_events(n, r, s, every=False))
+    with _hostile_proxy(hostile) as proxy:
+        client = openai.OpenAI(base_url=proxy.base_url, api_key=API_KEY, max_retries=0)
+        stream = client.chat.completions.create(model=model, messages=[USER], max_tokens=16, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == TARGET
+
+
+def test_reset_mid_stream_every_time_delivers_every_character_then_an_error(hostile: Hostile) -> None:
+    model = hostile.add(TARGET, lambda n, r, s: _reset_after_two_events(n, r, s, every=True))
+    with _hostile_proxy(hostile) as proxy:
+        client = openai.OpenAI(base_url=proxy.base_url, api_key=API_KEY, max_retries=0)
+        received = ""
+        with pytest.raises(openai.APIError, match="characters generated were streamed"):
+            for chunk in client.chat.completions.create(model=model, messages=[USER], max_tokens=16, stream=True):
+                received += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+        # Round 1 whole, then what each reset round had sent before its RST.
+        sent = "".join(s.sent for s in hostile.served(model)[:1])
+        assert received.startswith(sent) and TARGET.startswith(received) and len(received) > len(sent)
+        assert eventually(lambda: proxy.in_flight == 0)
+
+
+# ------------------------------------------------------------------------------------------- pass-through
+
+
+class _Upstream:
+    """A small OpenAI-compatible upstream for the routes that are not chat completions."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.closed = threading.Event()
+        self.server = ThreadServer(
+            Starlette(
+                routes=[
+                    Route("/v1/models", self.models, methods=["GET"]),
+                    Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                    Route("/v1/slow", self.slow, methods=["GET"]),
+                ]
+            )
+        )
+        self.base_url = self.server.url + "/v1"
+
+    async def models(self, request: Request) -> Response:
+        self.seen.append({"headers": dict(request.headers), "query": dict(request.query_params)})
+        return JSONResponse({"object": "list", "data": [{"id": "m1", "object": "model"}]}, headers={"x-up": "1"})
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await request.json()
+        if body.get("input") == "fail":
+            return JSONResponse({"error": {"message": "no", "type": "invalid_request_error"}}, status_code=404)
+        return JSONResponse({"object": "list", "data": [{"embedding": [0.5, 0.25], "index": 0}], "model": "e"})
+
+    async def slow(self, request: Request) -> Response:
+        async def parts() -> AsyncIterator[bytes]:
+            try:
+                for i in range(200):
+                    yield f"part {i}\n".encode()
+                    await asyncio.sleep(0.05)
+            finally:
+                self.closed.set()
+
+        return StreamingResponse(parts(), media_type="text/plain")
+
+
+def test_other_routes_are_passed_through_unchanged() -> None:
+    upstream = _Upstream()
+    try:
+        with Proxy(upstream.base_url) as proxy:
+            client = openai.OpenAI(base_url=proxy.base_url, api_key="callers-key", max_retries=0)
+            assert [m.id for m in client.models.list()] == ["m1"]
+            assert upstream.seen[-1]["headers"]["authorization"] == "Bearer callers-key"
+            embedding = client.embeddings.create(model="e", input="hello", encoding_format="float")
+            assert embedding.data[0].embedding == [0.5, 0.25]
+            with pytest.raises(openai.NotFoundError):
+                client.embeddings.create(model="e", input="fail")
+            with httpx2.Client() as http:
+                response = http.get(proxy.base_url + "/models", params={"a": "1"})
+                assert response.headers["x-up"] == "1"
+                assert upstream.seen[-1]["query"] == {"a": "1"}
+                assert http.get(proxy.base_url + "/nowhere").status_code == 404  # the upstream's own 404
+                # Streamed as it comes, and closed upstream when the caller goes away.
+                with http.stream("GET", proxy.base_url + "/slow") as slow:
+                    assert next(slow.iter_lines()) == "part 0"
+            assert upstream.closed.wait(3)
+            assert eventually(lambda: proxy.in_flight == 0)
+    finally:
+        upstream.server.close()
+
+
+# ------------------------------------------------------------------------------------------- 500 streams
+
+
+async def test_500_concurrent_streams_are_each_exact() -> None:
+    # The emulator and the proxy (the real command) each in their own process, so the 500 clients have this one.
+    with Emulator(subprocess=True) as emu:
+        targets = [f"Answer {i}: " + TARGET[: 60 + i % 40] for i in range(500)]
+        # A token every 20 ms, as a fast model writes: the 500 streams are open at the same time.
+        models = [emu.add_script(Script(target=t, token_delay=0.02)) for t in targets]
+        with ServeProcess("--upstream", emu.base_url("deepseek-beta"), "--dialect", "prefix") as proxy:
+            limits = httpx2.Limits(max_connections=600, max_keepalive_connections=600)
+            http = httpx2.AsyncClient(limits=limits, timeout=120)
+            client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=API_KEY, max_retries=0, http_client=http)
+
+            async def one(model: str) -> str:
+                stream = await client.chat.completions.create(model=model, messages=[USER], max_tokens=12, stream=True)
+                return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+            try:
+                texts = await asyncio.gather(*(one(m) for m in models))
+            finally:
+                await client.close()
+            assert texts == targets
+            assert all(len(emu.requests(m)) >= 2 for m in models[:20])  # each answer took rounds
+            assert emu.stats()["max_active_streams"] >= 250  # and at least half of them ran at once
+            with httpx2.Client() as check:
+                metrics = check.get(proxy.url + "/metrics").text
+            assert metric(metrics, "autocontinue_proxy_requests_total", route="chat", status="200") == 500
+            assert metric(metrics, "autocontinue_proxy_in_flight") == 0
+
+
+def test_reset_before_any_text_every_time_is_an_openai_error(hostile: Hostile) -> None:
+    def reset_at_once(n: int, request: dict[str, Any], served: Served) -> Reply:
+        return Reply([*H.good(TARGET, 40, request, served).steps[:2], ("reset", 0)])  # head, role chunk, RST
+
+    model = hostile.add(TARGET, reset_at_once)
+    with _hostile_proxy(hostile) as proxy, httpx2.Client(timeout=60) as http:
+        body = {"model": model, "messages": [USER], "max_tokens": 16, "stream": True}
+        response = http.post(proxy.base_url + "/chat/completions", json=body)
+        if response.status_code == 200:  # the error came after the stream's head: the last event carries it
+            events = [e for e in response.text.split("\n\n") if e.startswith("data: ")]
+            error = json.loads(events[-1][len("data: ") :])["error"]
+        else:
+            error = response.json()["error"]
+            assert response.status_code == 502
+        assert error["type"] == "upstream_error"
+        assert len(hostile.served(model)) == 4  # the library's retries
