@@ -15,7 +15,7 @@ import openai
 import pydantic
 
 import autocontinue
-from tests.conftest import API_KEY, TARGET
+from tests.support.common import API_KEY, TARGET
 from tests.support.emulator import Emulator
 
 PERSONA = "openrouter"  # a plain prefill host: what dialect="auto" picks on a loopback URL

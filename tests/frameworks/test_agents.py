@@ -9,8 +9,8 @@ import pytest
 from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner
 from openai.types.responses import ResponseTextDeltaEvent
 
-from tests.conftest import add
 from tests.frameworks.support import ALL, CONTINUED, LIMIT, async_client, check, scope
+from tests.support.common import add
 from tests.support.emulator import Emulator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")

@@ -18,7 +18,6 @@ import pytest
 from instructor.v2.core.errors import IncompleteOutputException, InstructorRetryException
 
 import autocontinue
-from tests.conftest import add
 from tests.frameworks.support import (
     CONTINUED,
     LIMIT,
@@ -31,6 +30,7 @@ from tests.frameworks.support import (
     scope,
     sync_client,
 )
+from tests.support.common import add
 from tests.support.emulator import Emulator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from langchain_openai import ChatOpenAI
 
-from tests.conftest import API_KEY, add
 from tests.frameworks.support import (
     ALL,
     CONTINUED,
@@ -24,6 +23,7 @@ from tests.frameworks.support import (
     scope,
     sync_client,
 )
+from tests.support.common import API_KEY, add
 from tests.support.emulator import Emulator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")

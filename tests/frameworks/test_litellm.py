@@ -11,8 +11,8 @@ from typing import Any
 import litellm
 import pytest
 
-from tests.conftest import API_KEY, add
 from tests.frameworks.support import ALL, CONTINUED, LIMIT, PERSONA, async_client, check, scope, sync_client
+from tests.support.common import API_KEY, add
 from tests.support.emulator import Emulator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")

@@ -10,8 +10,8 @@ from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
-from tests.conftest import API_KEY, add
 from tests.frameworks.support import ALL, CONTINUED, LIMIT, PERSONA, async_client, check, scope
+from tests.support.common import API_KEY, add
 from tests.support.emulator import Emulator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")

@@ -17,7 +17,7 @@ from tenacity import stop_after_attempt, wait_fixed
 import autocontinue
 from autocontinue._progress import LOOP_FLOOR, MAX_GROWTHS, loops, repeat_removed
 from autocontinue.dialects import Partial
-from tests.conftest import (
+from tests.support.common import (
     API_KEY,
     PERSONA_DIALECT,
     TARGET,

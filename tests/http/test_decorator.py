@@ -21,7 +21,7 @@ import pytest
 
 import autocontinue
 from autocontinue.decorator import active_settings
-from tests.conftest import API_KEY, TARGET, USER, acollect, add, collect, register_route
+from tests.support.common import API_KEY, TARGET, USER, acollect, add, collect, register_route
 from tests.support.emulator import Emulator
 
 PERSONA = "openrouter"  # a plain prefill: what dialect="auto" picks for an unknown (loopback) host

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 import autocontinue
-from tests.conftest import (
+from tests.support.common import (
     DIALECT_PERSONAS,
     SPACY,
     TARGET,

@@ -15,7 +15,7 @@ import pydantic
 import pytest
 
 import autocontinue
-from tests.conftest import TARGET, USER, Recorder, add, collect, usage_dict
+from tests.support.common import TARGET, USER, Recorder, add, collect, usage_dict
 from tests.support.emulator import KIMI_JSON_PARTIAL, Emulator, tokenize
 
 session_loop = pytest.mark.asyncio(loop_scope="session")

@@ -24,7 +24,7 @@ from openai._legacy_response import LegacyAPIResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import autocontinue
-from tests.conftest import API_KEY, TARGET, USER, acollect, add, collect
+from tests.support.common import API_KEY, TARGET, USER, acollect, add, collect
 from tests.support.emulator import Emulator
 
 PERSONA = "openrouter"

@@ -16,7 +16,7 @@ import autocontinue
 from autocontinue.client import make_settings
 from autocontinue.core import Continuation, Done, DoRequest
 from autocontinue.errors import ConfigurationError
-from tests.conftest import USER, add, fast_retry
+from tests.support.common import USER, add, fast_retry
 from tests.support.emulator import Emulator
 from tests.support.emulator.tokenizer import tokenize
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import autocontinue
 from autocontinue.dialects import DIALECTS
-from tests.conftest import (
+from tests.support.common import (
     PERSONA_DIALECT,
     SPACY,
     TARGET,

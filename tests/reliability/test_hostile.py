@@ -32,8 +32,8 @@ import tenacity
 
 import autocontinue
 from autocontinue._progress import LOOP_FLOOR, loops
-from tests.conftest import Recorder, fast_retry
 from tests.support import hostile as H
+from tests.support.common import Recorder, fast_retry
 from tests.support.hostile import Hostile, Reply, Served
 
 ATTEMPTS = 3  # per round

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 import autocontinue
-from tests.conftest import TARGET, USER, acollect, add, collect, fast_retry, usage_dict
+from tests.support.common import TARGET, USER, acollect, add, collect, fast_retry, usage_dict
 from tests.support.emulator import Emulator, Fault
 
 PERSONA, DIALECT = "dashscope", "partial"

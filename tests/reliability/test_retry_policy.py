@@ -18,25 +18,9 @@ from autocontinue import ContinuationFailed, default_retry
 from autocontinue.core import Action, Continuation, Done, DoRequest, DoSleep, Fail
 from autocontinue.errors import IncompleteStream
 from autocontinue.retry import HARD_ATTEMPT_CAP, MAX_RETRY_AFTER, RetryTracker, is_transient, retry_after_seconds
-from tests.unit.test_core import (
-    SETTINGS,
-    Case,
-    assume_unambiguous,
-    bad_request,
-    cases,
-    connection_error,
-    content_of,
-    fast_retry,
-    make_completion,
-    make_core,
-    prefix_sent,
-    run,
-    run_stream,
-    scripted,
-    setup_case,
-    status_error,
-    stream_of,
-)
+from tests.support.cases import SETTINGS, Case, assume_unambiguous, cases, setup_case
+from tests.support.drive import content_of, fast_retry, make_core, prefix_sent, run, run_stream, scripted
+from tests.support.fakes import bad_request, connection_error, make_completion, status_error, stream_of
 
 REQUEST = httpx2.Request("POST", "https://example.invalid/v1/chat/completions")
 

@@ -20,7 +20,7 @@ import pytest
 
 import autocontinue
 from autocontinue.local import LocalEngine
-from tests.conftest import API_KEY, TARGET, USER, add, fast_retry
+from tests.support.common import API_KEY, TARGET, USER, add, fast_retry
 from tests.support.emulator import Emulator
 from tests.support.serve import Proxy
 

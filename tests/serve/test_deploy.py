@@ -18,7 +18,7 @@ import openai
 import yaml
 
 from autocontinue.serve.config import build_parser
-from tests.conftest import TARGET, USER, add
+from tests.support.common import TARGET, USER, add
 from tests.support.emulator import Emulator
 from tests.support.serve import REPO_ROOT, ServeProcess
 

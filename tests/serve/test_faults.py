@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import tests.support.hostile as H
-from tests.conftest import API_KEY, TARGET, USER, eventually, fast_retry
+from tests.support.common import API_KEY, TARGET, USER, eventually, fast_retry
 from tests.support.emulator import Emulator, Script
 from tests.support.hostile import Hostile, Reply, Served
 from tests.support.serve import Proxy, ServeProcess, ThreadServer, metric

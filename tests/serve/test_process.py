@@ -15,7 +15,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.conftest import TARGET, USER, add, eventually
+from tests.support.common import TARGET, USER, add, eventually
 from tests.support.emulator import Emulator, Fault, Script
 from tests.support.serve import REPO_ROOT, ServeProcess, metric
 

@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 import autocontinue
-from tests.conftest import API_KEY, DIALECT_PERSONAS, TARGET, USER, add, eventually, fast_retry
+from tests.support.common import API_KEY, DIALECT_PERSONAS, TARGET, USER, add, eventually, fast_retry
 from tests.support.emulator import Emulator, Fault
 from tests.support.serve import Proxy, metric
 

@@ -14,8 +14,8 @@ import httpx2
 import tenacity
 
 import autocontinue
-from tests import conftest
-from tests.conftest import DIALECT_PERSONAS as EXPLICIT_DIALECT_PERSONAS
+from tests.support import common
+from tests.support.common import DIALECT_PERSONAS as EXPLICIT_DIALECT_PERSONAS
 from tests.support.emulator import Fault, Script, tokenize
 
 __all__ = [
@@ -47,7 +47,7 @@ DIALECT_PERSONAS: list[tuple[str, str]] = [
 
 def fast_retry(attempts: int = 6) -> tenacity.Retrying:
     """The suite's retry policy: ``attempts`` per round, Retry-After honoured up to 50 ms, else 5 ms."""
-    return conftest.fast_retry(attempts, wait=0.005, max_retry_after=0.05)
+    return common.fast_retry(attempts, wait=0.005, max_retry_after=0.05)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,21 +15,9 @@ from autocontinue.client import make_settings
 from autocontinue.core import Continuation, DoRequest
 from autocontinue.errors import UnknownPriceError
 from autocontinue.tokens import TokenCounter
-from tests.unit.test_core import (
-    COUNTER,
-    FLAVOURS,
-    MODEL,
-    SETTINGS,
-    USER,
-    Provider,
-    content_of,
-    make_completion,
-    make_core,
-    run,
-    run_stream,
-    scripted,
-    tokenize,
-)
+from tests.support.cases import SETTINGS
+from tests.support.drive import COUNTER, content_of, make_core, run, run_stream, scripted
+from tests.support.fakes import FLAVOURS, MODEL, USER, Provider, make_completion, tokenize
 
 # Distinct words: no two rounds can repeat each other, so only the budgets stop a call.
 TARGET = " ".join(f"w{i}" for i in range(400)) + "."

@@ -19,7 +19,8 @@ from autocontinue.core import Action, Done, DoRequest
 from autocontinue.drivers import aio, sync
 from autocontinue.drivers import stream as stream_driver
 from autocontinue.retry import is_transient
-from tests.unit.test_core import connection_error, make_completion, make_core, stream_of
+from tests.support.drive import make_core
+from tests.support.fakes import connection_error, make_completion, stream_of
 
 #: the wait the policy asks for between attempts, in seconds
 WAIT = 7.0
