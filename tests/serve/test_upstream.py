@@ -20,7 +20,7 @@ import pytest
 from openai._streaming import SSEDecoder
 
 from autocontinue.serve.upstream import _LONG_EVENT, UpstreamClient, _SSEDecoder
-from tests.hostile import Hostile, Reply, Served, body, chunk, completion, event, sse
+from tests.support.hostile import Hostile, Reply, Served, body, chunk, completion, event, sse
 
 pytestmark = pytest.mark.timeout(60)
 
