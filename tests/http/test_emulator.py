@@ -23,7 +23,6 @@ client sees for each injected fault:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.common import eventually
 from tests.support.emulator import PREFIX_NOT_IN_TARGET, Emulator, Fault, Script, tokenize
 
 TARGET = (
@@ -63,16 +63,6 @@ def make_client(emu: Emulator) -> Iterator[Callable[..., openai.OpenAI]]:
     yield make
     for client in clients:
         client.close()
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    """Poll ``predicate`` until true or ``timeout``: server-side cleanup races the client's view."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def collect_stream(stream: Any) -> tuple[list[Any], list[str | None], str | None, Any]:
@@ -389,12 +379,6 @@ def test_deepseek_paths(emu: Emulator) -> None:
         with openai.OpenAI(base_url=base, api_key="test", max_retries=0) as client:
             r = client.chat.completions.create(model=model, messages=[USER], max_tokens=2)
             assert r.choices[0].message.content == "The quick"
-    prefix: Any = {"role": "assistant", "content": "The quick", "prefix": True}
-    with (
-        openai.OpenAI(base_url=emu.url + "/deepseek/v1", api_key="test", max_retries=0) as client,
-        pytest.raises(openai.BadRequestError),
-    ):
-        client.chat.completions.create(model=model, messages=[USER, prefix], max_tokens=2)
 
 
 def test_llamacpp_stream_echo_glued_to_first_token(emu: Emulator, make_client: Any) -> None:
@@ -595,7 +579,7 @@ def test_fault_delay_times_out(emu: Emulator, make_client: Any, stream: bool) ->
     assert time.monotonic() - started < 2
     assert isinstance(info.value.__cause__, httpx2.ReadTimeout)
     # The server noticed the client leaving and stopped sleeping.
-    assert eventually(lambda: emu.requests(model)[0].get("cancelled") is True)
+    assert eventually(lambda: emu.requests(model)[0].get("cancelled") is True, timeout=3.0)
     # The next request of the script is served normally.
     r = make_client("openai").chat.completions.create(model=model, messages=[USER], max_tokens=1)
     assert r.choices[0].message.content == "The"
@@ -609,7 +593,7 @@ def test_slow_stream_times_out_mid_stream(emu: Emulator, make_client: Any) -> No
         for _ in stream:
             pass
     stream.close()
-    assert eventually(lambda: emu.stats()["active_streams"] == 0)
+    assert eventually(lambda: emu.stats()["active_streams"] == 0, timeout=3.0)
 
 
 def test_fault_drop_non_stream(emu: Emulator, make_client: Any) -> None:
@@ -634,7 +618,7 @@ def test_fault_drop_stream(emu: Emulator, make_client: Any) -> None:
     assert received == ["", "The", " quick"]  # role chunk + 2 tokens, then the connection breaks
     assert type(info.value) is openai.APIConnectionError
     assert isinstance(info.value.__cause__, httpx2.RemoteProtocolError)
-    assert eventually(lambda: emu.stats()["active_streams"] == 0)
+    assert eventually(lambda: emu.stats()["active_streams"] == 0, timeout=3.0)
 
 
 def test_fault_malformed_sse(emu: Emulator, make_client: Any) -> None:
@@ -679,7 +663,7 @@ def test_active_streams_drop_to_zero_after_early_close(emu: Emulator, make_clien
             break
     assert emu.stats()["active_streams"] == 1
     stream.close()
-    assert eventually(lambda: emu.stats()["active_streams"] == 0)
+    assert eventually(lambda: emu.stats()["active_streams"] == 0, timeout=3.0)
     stats = emu.stats()
     assert stats["active_streams"] == 0
     assert stats["streams_cancelled"] == before + 1
@@ -694,25 +678,10 @@ def test_open_connections_counts_keepalive() -> None:
         client.chat.completions.create(model=model, messages=[USER], max_tokens=1)
         assert emu.stats()["open_connections"] == 1  # idle keep-alive connection
         client.close()
-        assert eventually(lambda: emu.stats()["open_connections"] == 0)
+        assert eventually(lambda: emu.stats()["open_connections"] == 0, timeout=3.0)
         stats = emu.stats()
         assert stats["open_connections"] == 0
         assert stats["requests_total"] == 1
-
-
-async def test_concurrent_async_streams(emu: Emulator) -> None:
-    model = emu.add_script(Script(target=TARGET, token_delay=0.01, first_token_delay=0.05))
-    async with openai.AsyncOpenAI(base_url=emu.base_url("kimi"), api_key="test", max_retries=0) as client:
-
-        async def one() -> str:
-            stream = await client.chat.completions.create(model=model, messages=[USER], max_tokens=10, stream=True)
-            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-
-        results = await asyncio.gather(*(one() for _ in range(40)))
-    assert set(results) == {"The quick brown fox jumps over the lazy dog."}
-    stats = emu.stats()
-    assert stats["max_active_streams"] >= 10
-    assert stats["active_streams"] == 0
 
 
 def test_subprocess_mode() -> None:

@@ -33,7 +33,7 @@ import tenacity
 import autocontinue
 from autocontinue._progress import LOOP_FLOOR, loops
 from tests.support import hostile as H
-from tests.support.common import Recorder, fast_retry
+from tests.support.common import Recorder, eventually, fast_retry
 from tests.support.hostile import Hostile, Reply, Served
 
 ATTEMPTS = 3  # per round
@@ -772,7 +772,7 @@ def test_what_closes_a_sync_streams_upstream(server: Hostile) -> None:
                 for _chunk in autocontinue.create(fresh, model=model, **request):
                     break
             fresh.close()
-            assert _eventually(lambda: server.open_connections() <= baseline), ending
+            assert eventually(lambda: server.open_connections() <= baseline, timeout=3.0), ending
         held_model = server.add("", _slow_stream(5))
         held = autocontinue.create(client, model=held_model, **request)
         for _chunk in held:
@@ -782,13 +782,3 @@ def test_what_closes_a_sync_streams_upstream(server: Hostile) -> None:
     finally:
         client.close()
 
-
-def _eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True

@@ -32,7 +32,6 @@ from autocontinue._progress import MAX_GROWTHS, loops, repeat_removed
 from tests.support.chaos import (
     Call,
     Outcome,
-    Recorder,
     check_against_log,
     chunked,
     fast_retry,
@@ -41,6 +40,7 @@ from tests.support.chaos import (
     run_sync,
     sent_prefix,
 )
+from tests.support.common import Recorder
 from tests.support.emulator import Emulator, Fault, Script
 
 API_KEY = "sk-test-SECRET-123"

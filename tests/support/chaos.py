@@ -1,5 +1,5 @@
-"""Helpers of the reliability suite (tests/reliability/test_reliability.py): random scripts and fault plans, a response
-recorder, the drivers of one chaos call, and the checks every chaos call must pass.
+"""Helpers of the reliability suite (tests/reliability/test_reliability.py): random scripts and fault plans, the drivers
+of one chaos call, and the checks every chaos call must pass.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
 import tenacity
 
 import autocontinue
@@ -22,7 +21,6 @@ __all__ = [
     "DIALECT_PERSONAS",
     "Call",
     "Outcome",
-    "Recorder",
     "check_against_log",
     "chunked",
     "fast_retry",
@@ -52,53 +50,6 @@ def fast_retry(attempts: int = 6) -> tenacity.Retrying:
 
 # ---------------------------------------------------------------------------------------------------------------
 # What the emulator said
-
-
-class Recorder:
-    """Every chat response the SDK receives: status, reply text and usage (httpx event hooks).
-
-    The hook reads the body, so only use it where buffering cannot change the behaviour under test (no drops,
-    no broken streams, no early closes).
-    """
-
-    def __init__(self) -> None:
-        self.responses: list[dict[str, Any]] = []
-
-    def hook(self, response: httpx2.Response) -> None:
-        response.read()
-        self._parse(response)
-
-    async def ahook(self, response: httpx2.Response) -> None:
-        await response.aread()
-        self._parse(response)
-
-    def _parse(self, response: httpx2.Response) -> None:
-        record: dict[str, Any] = {"status": response.status_code, "content": "", "usage": None}
-        self.responses.append(record)
-        if response.status_code != 200:
-            return
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
-            for line in response.text.splitlines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                obj = json.loads(line[len("data: ") :])
-                for choice in obj.get("choices") or []:
-                    record["content"] += (choice.get("delta") or {}).get("content") or ""
-                if obj.get("usage"):
-                    record["usage"] = obj["usage"]
-        else:
-            obj = response.json()
-            record["content"] = obj["choices"][0]["message"]["content"] or ""
-            record["usage"] = obj.get("usage")
-
-    def ok(self) -> list[dict[str, Any]]:
-        return [r for r in self.responses if r["status"] == 200]
-
-    def client(self) -> httpx2.Client:
-        return httpx2.Client(event_hooks={"response": [self.hook]})
-
-    def aclient(self) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(event_hooks={"response": [self.ahook]})
 
 
 def _text_of(message: dict[str, Any]) -> str:

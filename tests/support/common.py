@@ -81,7 +81,8 @@ def fast_retry(
     attempts: int = 4, *, wait: float = 0.01, max_retry_after: float = autocontinue.retry.MAX_RETRY_AFTER
 ) -> tenacity.Retrying:
     """The default policy's shape (``attempts`` per round, Retry-After honoured up to ``max_retry_after``
-    seconds) with a short fallback ``wait``."""
+    seconds) with a short fallback ``wait``: the one policy of the HTTP, chaos and hostile suites, and, with
+    ``wait=0``, of the sans-IO tests (their fake providers fail many times in a row)."""
     return tenacity.Retrying(
         stop=stop_after_attempt(attempts),
         wait=autocontinue.retry.wait_retry_after(wait_fixed(wait), maximum=max_retry_after),
@@ -91,16 +92,18 @@ def fast_retry(
 
 
 class Recorder:
-    """Records the usage object of every successful chat response (JSON or SSE) the SDK receives.
+    """Every HTTP response the SDK receives (httpx event hooks): its status, reply text and usage, so tests can compare
+    what autocontinue reports with what the "provider" actually said.
 
-    Reading the body inside the hook buffers it (the SDK then iterates the buffered copy), so only use it
-    where buffering cannot change the behaviour under test (no drops, no early closes).
+    Reading the body inside the hook buffers it (the SDK then iterates the buffered copy), so only use it where
+    buffering cannot change the behaviour under test (no drops, no broken streams, no early closes).
     """
 
     def __init__(self) -> None:
+        #: One record a response: {"status", "content" (the reply text, every choice), "usage" (the last one)}.
+        self.responses: list[dict[str, Any]] = []
+        #: Every usage object of a successful response (JSON or SSE), in order.
         self.usages: list[dict[str, Any]] = []
-        self.statuses: list[int] = []
-        self.paths: list[str] = []
 
     def hook(self, response: httpx2.Response) -> None:
         response.read()
@@ -110,21 +113,38 @@ class Recorder:
         await response.aread()
         self._parse(response)
 
+    def client(self) -> httpx2.Client:
+        return httpx2.Client(event_hooks={"response": [self.hook]})
+
+    def aclient(self) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(event_hooks={"response": [self.ahook]})
+
     def _parse(self, response: httpx2.Response) -> None:
-        self.statuses.append(response.status_code)
-        self.paths.append(response.request.url.path)
+        record: dict[str, Any] = {"status": response.status_code, "content": "", "usage": None}
+        self.responses.append(record)
         if response.status_code != 200:
             return
         if response.headers.get("content-type", "").startswith("text/event-stream"):
-            for line in response.text.splitlines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    obj = json.loads(line[len("data: ") :])
-                    if obj.get("usage"):
-                        self.usages.append(obj["usage"])
+            objs = [
+                json.loads(line[len("data: ") :])
+                for line in response.text.splitlines()
+                if line.startswith("data: ") and line != "data: [DONE]"
+            ]
+            for obj in objs:
+                for choice in obj.get("choices") or []:
+                    record["content"] += (choice.get("delta") or {}).get("content") or ""
         else:
             obj = response.json()
+            objs = [obj]
+            record["content"] = obj["choices"][0]["message"]["content"] or ""
+        for obj in objs:
             if obj.get("usage"):
+                record["usage"] = obj["usage"]
                 self.usages.append(obj["usage"])
+
+    def ok(self) -> list[dict[str, Any]]:
+        """The records of the successful responses."""
+        return [r for r in self.responses if r["status"] == 200]
 
     def total(self) -> dict[str, int]:
         """Summed usage, cached prompt tokens included."""
