@@ -19,7 +19,8 @@ from autocontinue.core import Action, Continuation, Done, DoRequest, DoSleep, Fa
 from autocontinue.errors import IncompleteStream
 from autocontinue.retry import HARD_ATTEMPT_CAP, MAX_RETRY_AFTER, RetryTracker, is_transient, retry_after_seconds
 from tests.support.cases import SETTINGS, Case, assume_unambiguous, cases, setup_case
-from tests.support.drive import content_of, fast_retry, make_core, prefix_sent, run, run_stream, scripted
+from tests.support.common import fast_retry
+from tests.support.drive import content_of, make_core, prefix_sent, run, run_stream, scripted
 from tests.support.fakes import bad_request, connection_error, make_completion, status_error, stream_of
 
 REQUEST = httpx2.Request("POST", "https://example.invalid/v1/chat/completions")
@@ -401,7 +402,7 @@ def test_incomplete_stream_is_retried_by_the_default_policy() -> None:
 @given(case=cases(), failures=st.sets(st.integers(1, 40), max_size=6), kinds=st.data())
 def test_transient_failures_anywhere(case: Case, failures: set[int], kinds: st.DataObject) -> None:
     provider, core = setup_case(case, stream=False)
-    core._retry = RetryTracker(fast_retry(attempts=10))
+    core._retry = RetryTracker(fast_retry(10, wait=0))
     errors = {n: kinds.draw(st.sampled_from([0, 429, 500, 503])) for n in sorted(failures)}
     calls = 0
 

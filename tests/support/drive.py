@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from autocontinue import max_rounds
@@ -16,7 +15,6 @@ from autocontinue.budget import PriceTable, StopCondition
 from autocontinue.core import Continuation, DoRequest
 from autocontinue.drivers import stream as stream_driver
 from autocontinue.drivers import sync as sync_driver
-from autocontinue.retry import is_transient
 from autocontinue.tokens import TokenCounter
 from tests.support.fakes import FLAVOURS, MODEL, USER, Provider
 
@@ -24,16 +22,6 @@ from tests.support.fakes import FLAVOURS, MODEL, USER, Provider
 # Driving the core: the real drivers, the fake provider for I/O, no sleeping
 
 COUNTER = TokenCounter()
-
-
-def fast_retry(attempts: int = 10) -> tenacity.Retrying:
-    """The default policy's shape (transient errors only), without waiting."""
-    return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(attempts),
-        wait=tenacity.wait_none(),
-        retry=tenacity.retry_if_exception(is_transient),
-        reraise=True,
-    )
 
 
 def make_core(

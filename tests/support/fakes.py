@@ -3,7 +3,6 @@ of each dialect would (facts: ``/work/shared/reference/providers.md``), and the 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,18 +15,10 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from autocontinue._reading import MIN_UNCONFIRMED as MIN_OVERLAP
 from autocontinue._reading import WINDOW as OVERLAP_WINDOW
 from autocontinue.core import DoRequest
+from tests.support.emulator.tokenizer import tokenize  # the emulator's: the same lossless GPT-2-like split
 
 # ================================================================================================================
 # The fake provider
-
-# A lossless GPT-2-like pre-tokenizer: words with their leading space, punctuation runs, newline runs, other
-# whitespace runs (leaving the last space to the next word), anything else one char at a time.
-_TOKEN_RE = re.compile(r" ?\w+| ?[^\s\w]+|\n+|[^\S\n]+(?!\S)|[^\S\n]+|.", re.DOTALL)
-
-
-def tokenize(text: str) -> list[str]:
-    """Split ``text`` into tokens; ``"".join(tokenize(t)) == t`` always."""
-    return _TOKEN_RE.findall(text)
 
 
 MODEL = "fake-model"

@@ -29,12 +29,12 @@ from autocontinue.core import Continuation, DoRequest
 from autocontinue.drivers import stream as stream_driver
 from autocontinue.retry import RetryTracker
 from tests.support.cases import SETTINGS, Case, assume_unambiguous, cases, setup_case
+from tests.support.common import fast_retry
 from tests.support.drive import (
     COUNTER,
     Upstream,
     content_of,
     drive,
-    fast_retry,
     make_core,
     prefix_sent,
     run,
@@ -116,7 +116,7 @@ def flaky_stream(provider: Provider, failures: dict[int, int]) -> Callable[[DoRe
 def test_stream_survives_dropped_connections(case: Case, failures: dict[int, int]) -> None:
     """A connection dropped after any chunk: the call resumes from exactly the released text."""
     provider, core = setup_case(case, stream=True)
-    core._retry = RetryTracker(fast_retry())
+    core._retry = RetryTracker(fast_retry(10, wait=0))
     try:
         result = run_stream(core, flaky_stream(provider, failures))
     finally:
@@ -134,7 +134,7 @@ def test_a_failed_request_is_retried_unchanged(case: Case, failed: set[int], str
 
     def sent_requests(failing: set[int]) -> tuple[list[Any], str]:
         provider, core = setup_case(case, stream=stream)
-        core._retry = RetryTracker(fast_retry())
+        core._retry = RetryTracker(fast_retry(10, wait=0))
         messages: list[Any] = []
         calls = 0
 
@@ -589,7 +589,7 @@ def test_mid_stream_error_resumes_from_the_released_text(name: str, after: int) 
     target = "Alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho."
     provider = Provider(target, FLAVOURS[name])
     released_before_error: list[str] = []
-    core = make_core(provider, stream=True, max_tokens=4, retry=fast_retry())
+    core = make_core(provider, stream=True, max_tokens=4, retry=fast_retry(10, wait=0))
     calls = 0
     out: list[ChatCompletionChunk] = []
 
