@@ -9,50 +9,45 @@ import pytest
 from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner
 from openai.types.responses import ResponseTextDeltaEvent
 
-from tests.frameworks.support import ALL, CONTINUED, LIMIT, async_client, check, scope
-from tests.support.common import add
-from tests.support.emulator import Emulator
+from tests.frameworks.support import ALL, CONTINUED, LIMIT, Run
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
 
-def agent(emu: Emulator, how: str, model: str) -> Agent[Any]:
+def agent(run: Run) -> Agent[Any]:
     """The Agents SDK takes an AsyncOpenAI client (a plain one for the decorator)."""
     return Agent(
         name="storyteller",
         instructions="Tell the story.",
-        model=OpenAIChatCompletionsModel(model=model, openai_client=async_client(emu, how)),
+        model=OpenAIChatCompletionsModel(model=run.model, openai_client=run.async_client()),
         model_settings=ModelSettings(max_tokens=LIMIT),
     )
 
 
-@pytest.mark.parametrize("how", ALL)
-def test_run_sync(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        result = Runner.run_sync(agent(emu, how, model), "Tell me the story.")
-    check(result.final_output, how, emu, model, logs)
+@pytest.mark.parametrize("run", ALL, indirect=True)
+def test_run_sync(run: Run) -> None:
+    with run.scope():
+        result = Runner.run_sync(agent(run), "Tell me the story.")
+    run.check(result.final_output)
 
 
-@pytest.mark.parametrize("how", ALL)
+@pytest.mark.parametrize("run", ALL, indirect=True)
 @session_loop
-async def test_run(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        result = await Runner.run(agent(emu, how, model), "Tell me the story.")
-    check(result.final_output, how, emu, model, logs)
+async def test_run(run: Run) -> None:
+    with run.scope():
+        result = await Runner.run(agent(run), "Tell me the story.")
+    run.check(result.final_output)
 
 
-@pytest.mark.parametrize("how", CONTINUED)
+@pytest.mark.parametrize("run", CONTINUED, indirect=True)
 @session_loop
-async def test_run_streamed(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        result = Runner.run_streamed(agent(emu, how, model), "Tell me the story.")
+async def test_run_streamed(run: Run) -> None:
+    with run.scope():
+        result = Runner.run_streamed(agent(run), "Tell me the story.")
         deltas = [
             event.data.delta
             async for event in result.stream_events()
             if event.type == "raw_response_event" and isinstance(event.data, ResponseTextDeltaEvent)
         ]
-    check("".join(deltas), how, emu, model, logs)
+    run.check("".join(deltas))
     assert result.final_output == "".join(deltas)

@@ -11,11 +11,13 @@ import json
 import subprocess
 import sys
 import textwrap
-from typing import Any
 
 import instructor
 import pytest
-from instructor.v2.core.errors import IncompleteOutputException, InstructorRetryException
+from instructor.v2.core.errors import (
+    IncompleteOutputException,
+    InstructorRetryException,
+)
 
 import autocontinue
 from tests.frameworks.support import (
@@ -24,11 +26,8 @@ from tests.frameworks.support import (
     OPTIONS,
     PERSONA,
     STORY,
+    Run,
     Story,
-    async_client,
-    check,
-    scope,
-    sync_client,
 )
 from tests.support.common import add
 from tests.support.emulator import Emulator
@@ -38,18 +37,18 @@ MESSAGES = [{"role": "user", "content": "Tell me the story as JSON."}]
 EXPECTED = Story.model_validate_json(STORY).model_dump()
 
 
-@pytest.mark.parametrize("how", CONTINUED)
-def test_create(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu, STORY)
-    client = instructor.from_openai(sync_client(emu, how), mode=instructor.Mode.JSON)
-    with scope(how):
+@pytest.mark.parametrize("run", CONTINUED, indirect=True)
+def test_create(run: Run) -> None:
+    model = run.add(STORY)
+    client = instructor.from_openai(run.sync_client(), mode=instructor.Mode.JSON)
+    with run.scope():
         story = client.chat.completions.create(model=model, response_model=Story, messages=MESSAGES, max_tokens=LIMIT)
-    check(story.model_dump(), how, emu, model, logs, target=EXPECTED)
+    run.check(story.model_dump(), target=EXPECTED)
 
 
 def test_plain_is_cut(emu: Emulator) -> None:
     model = add(emu, STORY)
-    client = instructor.from_openai(sync_client(emu, "plain"), mode=instructor.Mode.JSON)
+    client = instructor.from_openai(Run("plain", emu, [], model).sync_client(), mode=instructor.Mode.JSON)
     with pytest.raises(IncompleteOutputException):
         client.chat.completions.create(
             model=model, response_model=Story, messages=MESSAGES, max_tokens=LIMIT, max_retries=0
@@ -57,43 +56,43 @@ def test_plain_is_cut(emu: Emulator) -> None:
     assert len(emu.requests(model)) == 1
 
 
-@pytest.mark.parametrize("how", CONTINUED)
+@pytest.mark.parametrize("run", CONTINUED, indirect=True)
 @session_loop
-async def test_async_create(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu, STORY)
-    client = instructor.from_openai(async_client(emu, how), mode=instructor.Mode.JSON)
-    with scope(how):
+async def test_async_create(run: Run) -> None:
+    model = run.add(STORY)
+    client = instructor.from_openai(run.async_client(), mode=instructor.Mode.JSON)
+    with run.scope():
         story = await client.chat.completions.create(
             model=model, response_model=Story, messages=MESSAGES, max_tokens=LIMIT
         )
-    check(story.model_dump(), how, emu, model, logs, target=EXPECTED)
+    run.check(story.model_dump(), target=EXPECTED)
 
 
-@pytest.mark.parametrize("how", CONTINUED)
-def test_create_partial_streams(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu, STORY)
-    client = instructor.from_openai(sync_client(emu, how), mode=instructor.Mode.JSON)
-    with scope(how):
+@pytest.mark.parametrize("run", CONTINUED, indirect=True)
+def test_create_partial_streams(run: Run) -> None:
+    model = run.add(STORY)
+    client = instructor.from_openai(run.sync_client(), mode=instructor.Mode.JSON)
+    with run.scope():
         partials = list(
             client.chat.completions.create_partial(
                 model=model, response_model=Story, messages=MESSAGES, max_tokens=LIMIT
             )
         )
     assert len(partials) > 1
-    check(partials[-1].model_dump(), how, emu, model, logs, target=EXPECTED)
+    run.check(partials[-1].model_dump(), target=EXPECTED)
 
 
-@pytest.mark.parametrize("how", CONTINUED)
+@pytest.mark.parametrize("run", CONTINUED, indirect=True)
 @session_loop
-async def test_async_create_partial_streams(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu, STORY)
-    client = instructor.from_openai(async_client(emu, how), mode=instructor.Mode.JSON)
-    with scope(how):
+async def test_async_create_partial_streams(run: Run) -> None:
+    model = run.add(STORY)
+    client = instructor.from_openai(run.async_client(), mode=instructor.Mode.JSON)
+    with run.scope():
         stream = client.chat.completions.create_partial(
             model=model, response_model=Story, messages=MESSAGES, max_tokens=LIMIT
         )
         partials = [partial async for partial in stream]
-    check(partials[-1].model_dump(), how, emu, model, logs, target=EXPECTED)
+    run.check(partials[-1].model_dump(), target=EXPECTED)
 
 
 def test_client_built_before_the_first_scope(emu: Emulator) -> None:
@@ -132,7 +131,7 @@ def test_tools_mode_cut_mid_arguments_is_an_error(emu: Emulator) -> None:
     fails with TruncatedToolCallError after one retry with a doubled limit (instructor reports it as the cause of its
     own error)."""
     model = add(emu, "", tool_call={"name": "Story", "arguments": STORY})
-    client = instructor.from_openai(sync_client(emu, "wrap"))
+    client = instructor.from_openai(Run("wrap", emu, [], model).sync_client())
     with pytest.raises(InstructorRetryException) as caught:
         client.chat.completions.create(
             model=model, response_model=Story, messages=MESSAGES, max_tokens=LIMIT, max_retries=0

@@ -11,7 +11,7 @@ from typing import Any
 import litellm
 import pytest
 
-from tests.frameworks.support import ALL, CONTINUED, LIMIT, PERSONA, async_client, check, scope, sync_client
+from tests.frameworks.support import ALL, CONTINUED, LIMIT, Run
 from tests.support.common import API_KEY, add
 from tests.support.emulator import Emulator
 
@@ -21,52 +21,48 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 MESSAGES = [{"role": "user", "content": "Tell me the story."}]
 
 
-def request(emu: Emulator, how: str, model: str, client: Any) -> dict[str, Any]:
+def request(run: Run, client: Any) -> dict[str, Any]:
     """A wrapped client goes in as ``client=``; otherwise litellm makes its own for ``api_base``."""
-    where = {"client": client} if how == "wrap" else {"api_base": emu.base_url(PERSONA), "api_key": API_KEY}
-    return {"model": f"openai/{model}", "messages": MESSAGES, "max_tokens": LIMIT, **where}
+    where = {"client": client} if run.how == "wrap" else {"api_base": run.base_url, "api_key": API_KEY}
+    return {"model": f"openai/{run.model}", "messages": MESSAGES, "max_tokens": LIMIT, **where}
 
 
-@pytest.mark.parametrize("how", ALL)
-def test_completion(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        reply = litellm.completion(**request(emu, how, model, sync_client(emu, how)))
-    check(reply.choices[0].message.content, how, emu, model, logs)
+@pytest.mark.parametrize("run", ALL, indirect=True)
+def test_completion(run: Run) -> None:
+    with run.scope():
+        reply = litellm.completion(**request(run, run.sync_client()))
+    run.check(reply.choices[0].message.content)
 
 
-@pytest.mark.parametrize("how", ALL)
+@pytest.mark.parametrize("run", ALL, indirect=True)
 @session_loop
-async def test_acompletion(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        reply = await litellm.acompletion(**request(emu, how, model, async_client(emu, how)))
-    check(reply.choices[0].message.content, how, emu, model, logs)
+async def test_acompletion(run: Run) -> None:
+    with run.scope():
+        reply = await litellm.acompletion(**request(run, run.async_client()))
+    run.check(reply.choices[0].message.content)
 
 
-@pytest.mark.parametrize("how", CONTINUED)
-def test_completion_streaming(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        chunks = list(litellm.completion(**request(emu, how, model, sync_client(emu, how)), stream=True))
-    check("".join(chunk.choices[0].delta.content or "" for chunk in chunks), how, emu, model, logs)
+@pytest.mark.parametrize("run", CONTINUED, indirect=True)
+def test_completion_streaming(run: Run) -> None:
+    with run.scope():
+        chunks = list(litellm.completion(**request(run, run.sync_client()), stream=True))
+    run.check("".join(chunk.choices[0].delta.content or "" for chunk in chunks))
 
 
-@pytest.mark.parametrize("how", CONTINUED)
+@pytest.mark.parametrize("run", CONTINUED, indirect=True)
 @session_loop
-async def test_acompletion_streaming(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        stream = await litellm.acompletion(**request(emu, how, model, async_client(emu, how)), stream=True)
+async def test_acompletion_streaming(run: Run) -> None:
+    with run.scope():
+        stream = await litellm.acompletion(**request(run, run.async_client()), stream=True)
         chunks = [chunk async for chunk in stream]
-    check("".join(chunk.choices[0].delta.content or "" for chunk in chunks), how, emu, model, logs)
+    run.check("".join(chunk.choices[0].delta.content or "" for chunk in chunks))
 
 
 def test_router_under_the_decorator(emu: Emulator, logs: list[dict[str, Any]]) -> None:
     """A Router makes and keeps its own clients: the decorator reaches them."""
-    model = add(emu)
-    params = {"model": f"openai/{model}", "api_base": emu.base_url(PERSONA), "api_key": API_KEY}
+    run = Run("decorator", emu, logs, add(emu))
+    params = {"model": f"openai/{run.model}", "api_base": run.base_url, "api_key": API_KEY}
     router = litellm.Router(model_list=[{"model_name": "storyteller", "litellm_params": params}])
-    with scope("decorator"):
+    with run.scope():
         reply = router.completion(model="storyteller", messages=MESSAGES, max_tokens=LIMIT)
-    check(reply.choices[0].message.content, "decorator", emu, model, logs)
+    run.check(reply.choices[0].message.content)

@@ -10,45 +10,41 @@ from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
-from tests.frameworks.support import ALL, CONTINUED, LIMIT, PERSONA, async_client, check, scope
-from tests.support.common import API_KEY, add
-from tests.support.emulator import Emulator
+from tests.frameworks.support import ALL, CONTINUED, LIMIT, Run
+from tests.support.common import API_KEY
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 SETTINGS: Any = {"max_tokens": LIMIT}
 
 
-def agent(emu: Emulator, how: str, model: str) -> Agent[None, str]:
+def agent(run: Run) -> Agent[None, str]:
     """pydantic-ai takes an AsyncOpenAI client; without one, its provider makes its own."""
-    if how == "wrap":
-        provider = OpenAIProvider(openai_client=async_client(emu, how))
+    if run.how == "wrap":
+        provider = OpenAIProvider(openai_client=run.async_client())
     else:
-        provider = OpenAIProvider(base_url=emu.base_url(PERSONA), api_key=API_KEY)
-    return Agent(OpenAIChatModel(model, provider=provider))
+        provider = OpenAIProvider(base_url=run.base_url, api_key=API_KEY)
+    return Agent(OpenAIChatModel(run.model, provider=provider))
 
 
-@pytest.mark.parametrize("how", ALL)
-def test_run_sync(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        result = agent(emu, how, model).run_sync("Tell me the story.", model_settings=SETTINGS)
-    check(result.output, how, emu, model, logs)
+@pytest.mark.parametrize("run", ALL, indirect=True)
+def test_run_sync(run: Run) -> None:
+    with run.scope():
+        result = agent(run).run_sync("Tell me the story.", model_settings=SETTINGS)
+    run.check(result.output)
 
 
-@pytest.mark.parametrize("how", ALL)
+@pytest.mark.parametrize("run", ALL, indirect=True)
 @session_loop
-async def test_run(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        result = await agent(emu, how, model).run("Tell me the story.", model_settings=SETTINGS)
-    check(result.output, how, emu, model, logs)
+async def test_run(run: Run) -> None:
+    with run.scope():
+        result = await agent(run).run("Tell me the story.", model_settings=SETTINGS)
+    run.check(result.output)
 
 
-@pytest.mark.parametrize("how", CONTINUED)
+@pytest.mark.parametrize("run", CONTINUED, indirect=True)
 @session_loop
-async def test_run_stream(how: str, emu: Emulator, logs: list[dict[str, Any]]) -> None:
-    model = add(emu)
-    with scope(how):
-        async with agent(emu, how, model).run_stream("Tell me the story.", model_settings=SETTINGS) as result:
+async def test_run_stream(run: Run) -> None:
+    with run.scope():
+        async with agent(run).run_stream("Tell me the story.", model_settings=SETTINGS) as result:
             text = "".join([delta async for delta in result.stream_text(delta=True)])
-    check(text, how, emu, model, logs)
+    run.check(text)
