@@ -1,17 +1,23 @@
-"""The answer so far: its text, what of it a stream has handed on, its reasoning text and its logprobs.
+"""The answer so far: its text, what of it a stream has handed on, its reasoning text and its logprobs, and the
+first reply (the result's template).
 
-Rounds add to it in three ways: text decided while a reply arrives (:meth:`Answer.append`, which says what a
-stream may hand on now), a round's text made part of it when the round ends (:meth:`Answer.commit`), and what a
-broken-off reply had decided (:meth:`Answer.keep_partial`): text already generated is never dropped.
+Rounds add to it in three ways: reply text as it arrives (:meth:`Answer.feed`, through the round's seam, which says
+what a stream may hand on now), a round's text made part of it when the round ends (:meth:`Answer.commit`), and
+what a broken-off reply had decided (:meth:`Answer.keep_partial`): text already generated is never dropped.
 """
 
 from __future__ import annotations
+
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ._cut import HOLD_WINDOW, Release
 from ._logprobs import Logprobs
 from ._round import Round
 
-__all__ = ["Answer"]
+__all__ = ["RAW_HEAD", "Answer"]
+
+#: characters of each raw reply kept to recognise the same reply twice
+RAW_HEAD = 64
 
 
 class Answer:
@@ -23,6 +29,8 @@ class Answer:
         self.floor = 0  # length of the prefix sent last round: a heal never reaches back past it
         self.reasoning: list[str] = []  # reasoning text over all rounds, kept apart from the answer
         self.logprobs = Logprobs()
+        #: the first reply (a completion, or a stream's first chunk): its id, model and creation time are the result's
+        self.first: ChatCompletion | ChatCompletionChunk | None = None
 
     def release_of(self, sent: str, answer_start: int, heal: bool, strip_whitespace: bool) -> Release:
         """How a round that sends ``sent`` releases its text to a stream (see :class:`~autocontinue._cut.Release`):
@@ -40,6 +48,16 @@ class Answer:
             unreleased=sent[released:] if released < len(sent) else "",
             skip=max(0, released - len(sent)),
         )
+
+    def feed(self, current: Round, delta: str) -> str:
+        """Reply text of the round in flight, through its seam; return the text now safe to hand to a stream (the
+        round's release is made before its first text comes)."""
+        current.content_chunks += 1
+        if len(current.raw_head) < RAW_HEAD:
+            current.raw_head += delta[: RAW_HEAD - len(current.raw_head)]
+        current.raw_chars += len(delta)
+        seam = current.seam
+        return self.append(current, delta if seam.plain else seam.feed(delta))
 
     def append(self, current: Round, text: str) -> str:
         """Add decided text of the round in flight; return the part of it (and of earlier text) that can no longer

@@ -1,7 +1,8 @@
 """The round in flight: what was sent, and what its reply has brought so far.
 
-Plain state, written by the core as a reply arrives and read by the modules around it (accounting, the seam's
-release, logprobs); one object per request, dropped when the round ends.
+Plain state, written as a reply arrives (a whole reply by :meth:`Round.take`, a streamed one chunk by chunk by
+``_chunks.take_choice``) and read by the modules around the core (accounting, the seam's release, logprobs); one
+object per request, dropped when the round ends.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionUsage
 
 from ._cut import Release
+from ._replies import reasoning_of
 from .stitch import PlainSeam, Seam
 
 __all__ = ["Round"]
@@ -45,3 +48,17 @@ class Round:
     logprob_credit: int = 0  # released characters not yet matched to queued entries
     fresh_logprobs: list[Any] = field(default_factory=list)  # entries released by the last chunk
     overhead: int = 0  # prompt tokens the dialect added around the prefix (counted only with a price)
+
+    def take(self, completion: ChatCompletion) -> str:
+        """Read a whole reply (its first choice) into the round: message, usage, finish reason, reasoning text and
+        logprobs (which wait for the text they cover); return its text."""
+        choice = completion.choices[0]
+        self.message = choice.message
+        self.usage = completion.usage
+        self.finish_reason = choice.finish_reason
+        reasoning = reasoning_of(choice.message)
+        if reasoning:
+            self.reasoning.append(reasoning)
+        if choice.logprobs is not None and choice.logprobs.content:
+            self.logprob_queue.extend(choice.logprobs.content)
+        return choice.message.content or ""

@@ -30,8 +30,8 @@ from . import _limits, _log
 from ._accounting import Accounting
 from ._answer import Answer
 from ._choices import split_choices
-from ._chunks import StreamOut, malformed_chunk, take_choice
 from ._cut import Release
+from ._headroom import Headroom
 from ._options import Settings
 from ._planning import Planner
 from ._progress import Progress, repeat_removed
@@ -43,21 +43,13 @@ from ._replies import (
     is_context_overflow,
     mentions,
     merge_tool_deltas,
-    reasoning_of,
 )
 from ._round import Round
-from ._shape import completion_problem, usage_problem
+from ._shape import completion_problem
 from ._shares import Share
-from .budget import BudgetState
+from ._streaming import StreamState
 from .dialects import for_json_mode, resolve_dialect
-from .errors import (
-    ConfigurationError,
-    ContinuationFailed,
-    IncompleteStream,
-    InvalidJSONError,
-    MalformedResponse,
-    TruncatedToolCallError,
-)
+from .errors import ContinuationFailed, IncompleteStream, InvalidJSONError, MalformedResponse, TruncatedToolCallError
 from .jsoncheck import check_json
 from .request import CallRequest
 from .result import completion_of
@@ -118,10 +110,6 @@ class Fail(Action):
     error: BaseException
 
 
-#: the StreamOut of every call that does not stream (never read or written: every use is behind ``_stream``)
-_NOT_STREAMING = StreamOut("")
-
-
 class Continuation:
     """One continued chat completion: feed it responses, it tells you what to do next.
 
@@ -141,13 +129,9 @@ class Continuation:
     ) -> None:
         self._call = call = CallRequest.parse(kwargs)
         self._phase: Phase = "ready"
-        self._first: ChatCompletion | ChatCompletionChunk | None = None  # the first reply: the result's template
         self._round: Round | None = None  # the round in flight
         self._round_index = 0
-        self._limits = _limits.RoundLimits(settings.max_round_tokens)
         self._progress: Progress | None = None  # made when a round is cut, as only then can a call stall or loop
-        self._malformed: MalformedResponse | None = None  # a streamed chunk of the wrong shape ended the round
-        self._stop_reading = False  # a streamed round must end before its reply does (a budget is reached)
         # n > 1: the first request asks for every choice; this object continues choice 0, and one seeded object
         # per other choice (see take_siblings) continues that choice from the same first reply.
         self._seed = seed
@@ -162,9 +146,7 @@ class Continuation:
         price = settings.prices.require(call.model) if needs_price else settings.prices.lookup(call.model)
         self._retry = RetryTracker(settings.retry)
         self.trace = ContinuationTrace(dialect=dialect.name)
-        # What a stream hands its reader: a call that does not stream never uses it, and shares one.
-        self._out = StreamOut(call.model) if call.stream else _NOT_STREAMING
-        self._spent = Accounting(
+        self._spent = spent = Accounting(
             self.trace,
             price=price,
             counter=settings.counter,
@@ -174,15 +156,28 @@ class Continuation:
             log_text=settings.log_text,
         )
         self._answer = Answer(call.prefix)
-        # Streaming: ask upstream for usage (budgets need it) unless the server refuses the option.
-        self._stream = self._upstream_usage = call.stream
+        self._room = Headroom(
+            spent,
+            stop=settings.stop,
+            max_round_tokens=settings.max_round_tokens,
+            call=call,
+            plan=self._plan,
+            answer=self._answer,
+        )
+        # Streaming: what the reader is handed; and ask upstream for usage (budgets need it) unless it refuses.
+        self._streaming = (
+            StreamState(
+                call.model,
+                self._answer,
+                self._room.limits,
+                include_usage=bool((call.stream_options or {}).get("include_usage")),
+            )
+            if call.stream
+            else None
+        )
+        self._upstream_usage = call.stream
         if needs_price:
-            left = self._spent.tokens_left(self._budget_state())
-            if left is not None and left <= 0:
-                raise ConfigurationError(
-                    f"the cost budget does not cover the prompt of this call (about {self._spent.prompt_tokens} "
-                    f"tokens of {call.model!r})"
-                )
+            self._room.check_prompt()
 
     # ----------------------------------------------------------------------------------------------------------
     # Actions in
@@ -217,125 +212,48 @@ class Continuation:
         problem = completion_problem(completion)
         if problem is not None:
             return self._on_error(MalformedResponse(f"the provider's reply is malformed: {problem}"))
-        if self._first is None:
-            self._first = completion
+        if self._answer.first is None:
+            self._answer.first = completion
         if len(completion.choices) > 1:
-            completion = self._split_choices(completion)
-        choice = completion.choices[0]
-        content = choice.message.content or ""
-        current.message = choice.message
-        current.usage = completion.usage
-        current.finish_reason = choice.finish_reason
-        reasoning = reasoning_of(choice.message)
-        if reasoning:
-            current.reasoning.append(reasoning)
-        if choice.logprobs is not None and choice.logprobs.content:
-            current.logprob_queue.extend(choice.logprobs.content)
-        finish = choice.finish_reason
+            # Choice 0 is continued here, the others by sibling objects (see _choices).
+            spent = self._spent
+            singles, spent.share = split_choices(completion, self._settings.counter, spent.price, self._call.messages)
+            completion, self._siblings = singles[0], singles[1:]
+        content = current.take(completion)
+        finish = current.finish_reason
         if current.seam.plain and finish is not None and finish not in NOT_AN_ENDING:
             # An ordinary first request that ended by itself (most calls): nothing to join and nothing to hold
             # back, so the reply is committed as it is - what _end_round would conclude, without its seam work.
             if content:
                 current.pieces.append(content)
             self._commit(current, content)
-            tool_calls = list(getattr(choice.message, "tool_calls", None) or ())
+            tool_calls = list(getattr(current.message, "tool_calls", None) or ())
             return self._done(cause_of(finish), finish_reason=finish, tool_calls=tool_calls)
-        self._feed(current, content)
+        if current.release is None:  # made only for a reply that has a seam to pass (see _begin_round)
+            current.release = self._release_of(current.sent)
+        self._answer.feed(current, content)
         return self._end_round()
-
-    def _split_choices(self, completion: ChatCompletion) -> ChatCompletion:
-        """Keep choice 0 here and the others for sibling objects (see ``_choices``)."""
-        spent = self._spent
-        singles, spent.share = split_choices(completion, self._settings.counter, spent.price, self._call.messages)
-        self._siblings = singles[1:]
-        return singles[0]
 
     def on_chunk(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk | Action | None:
         """One streamed chunk arrived. Returns the chunk the reader should see now (or None), and reading goes on;
         or, when the round must end before its reply does (a budget is reached, a chunk of the wrong shape), the
         next :class:`Action`: close the upstream response, hand on the action's ``emit`` and do it.
         """
-        # This runs for every chunk of every stream: fields are read from the models' dicts, and the common case
-        # (a piece of text and nothing else) takes no detour. A chunk of the wrong shape (the SDK does not validate
-        # them) fails a lookup or a check below: the round then ends as a failed one (see _reject), its text kept.
-        current = self._round or self._current()
-        try:
-            # The chunk object is ours alone (fresh from the SDK's parser): it is reused rather than copied, and read
-            # and written through its dicts, as pydantic's __getattr__/__setattr__ would cost more than the rest of
-            # its handling (benchmarks/streaming.py, per chunk). This relies on pydantic v2 keeping a model's fields
-            # in its instance __dict__ and extras in __pydantic_extra__: were that to change, reading a chunk fails
-            # here, and every stream fails as malformed (the suite's streaming tests catch it at once).
-            head = chunk.__dict__
-            choices = head["choices"]
-            usage = head["usage"]
-            if self._first is None:
-                if not isinstance(chunk, ChatCompletionChunk):
-                    raise TypeError("not a chunk")
-                self._first = chunk
-                self._out.id = chunk.id or "chatcmpl-autocontinue"
-            if usage is not None:
-                problem = usage_problem(usage)
-                if problem is not None:
-                    raise TypeError(problem)
-                current.usage = usage
-                head["usage"] = None
-            head["id"] = self._out.id
-            if not choices:
-                if choices is None or choices == []:
-                    return None
-                raise TypeError("choices is not a list")
-            choice = choices[0]
-            top = choice.__dict__
-            delta = top["delta"]
-            fields = delta.__dict__
-            given = self._on_choice(current, chunk, top, delta, fields)
-        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as error:
-            self._reject(current, error)
-            given = None
-        if not self._stop_reading:
+        streaming = self._streaming
+        if streaming is None:
+            raise RuntimeError("on_chunk() is for a call made with stream=True")
+        given = streaming.take(self._round or self._current(), chunk)
+        if not streaming.stop_reading:
             return given
         action = self.on_stream_end()
         return replace(action, emit=(given, *action.emit)) if given is not None else action
 
-    def _reject(self, current: Round, error: BaseException) -> None:
-        """A streamed chunk of the wrong shape: the round stops here, as if its stream had broken."""
-        self._malformed = malformed_chunk(error)
-        current.finish_reason = None
-        self._stop_reading = True
-
-    def _on_choice(
-        self, current: Round, chunk: ChatCompletionChunk, top: dict[str, Any], delta: Any, fields: dict[str, Any]
-    ) -> ChatCompletionChunk | None:
-        content = take_choice(current, top, delta, fields)
-        limit = self._limits.current
-        if (
-            content
-            and limit is not None
-            and current.content_chunks - current.seam.echo_pieces >= max(1, limit)
-            and (current.seam.echo_pieces < current.content_chunks or current.raw_chars >= len(current.sent))
-        ):
-            # A server that ignores the request's limit: every content chunk carries at least one token, so this
-            # one would go past the budget. It is not fed (nor delivered): the round ends before it.
-            current.finish_reason = "length"
-            self._stop_reading = True
-            return None
-        released = self._feed(current, content) if content else ""
-        given = self._out.pass_on(chunk, top, delta, fields, released, current.fresh_logprobs)
-        if current.fresh_logprobs:
-            current.fresh_logprobs = []
-        # The request's own limit already stops the server at the budget. Closing early is for servers that ignore
-        # it: every content chunk carries at least one token, so more chunks than the limit prove an overrun
-        # (a tokenizer-based estimate would not: ours and the server's differ).
-        if limit is not None and current.content_chunks - current.seam.echo_pieces > limit:
-            current.finish_reason = "length"
-            self._stop_reading = True
-        return given
-
     def on_stream_end(self) -> Action:
         """The upstream stream ended."""
         current = self._current()
-        if self._malformed is not None:
-            error, self._malformed = self._malformed, None
+        streaming = self._streaming
+        if streaming is not None and streaming.malformed is not None:
+            error, streaming.malformed = streaming.malformed, None
             return self.on_error(error)
         if current.finish_reason is None:
             return self.on_error(IncompleteStream("the stream ended without a finish_reason"))
@@ -343,18 +261,10 @@ class Continuation:
 
     def _emitting(self, action: Action) -> Action:
         """``action`` with the chunks a stream's reader is to see before it is done (see :attr:`Action.emit`)."""
-        if not self._stream:
+        if self._streaming is None:
             return action
-        out, first = self._out, self._first
-        chunks = out.take_held(first)
-        if isinstance(action, Done | Fail):
-            rest = self._answer.text[self._answer.released :]
-            self._answer.released = len(self._answer.text)
-            if isinstance(action, Done):
-                usage = bool((self._call.stream_options or {}).get("include_usage"))
-                chunks += out.closing(rest, action.completion, list(self._answer.logprobs.last), usage, first)
-            else:
-                chunks += out.failing(rest, first)
+        done = action.completion if isinstance(action, Done) else None
+        chunks = self._streaming.handing_on(done=done, failed=isinstance(action, Fail))
         return replace(action, emit=tuple(chunks)) if chunks else action
 
     def on_error(self, error: BaseException) -> Action:
@@ -399,18 +309,19 @@ class Continuation:
 
     def _begin_round(self) -> Action:
         self._round_index = len(self.trace.rounds) + 1
-        answer = self._answer
+        answer, streaming = self._answer, self._streaming
         plan = self._plan.plan(
             answer.text,
             floor=answer.floor,
             released=answer.released,
             reasoning="".join(answer.reasoning) if answer.reasoning else "",
-            stream=self._stream,
+            stream=streaming is not None,
             upstream_usage=self._upstream_usage,
         )
         kwargs, sent = plan.kwargs, plan.sent
-        self._clamp(kwargs)
-        self._stop_reading = False
+        self._room.limit(kwargs, first_of_n=answer.first is None and self._seed is None)
+        if streaming is not None:
+            streaming.stop_reading = False
         self._phase = "awaiting"
         self._round = Round(
             index=self._round_index,
@@ -419,8 +330,8 @@ class Continuation:
             seam=plan.seam,
             kwargs=kwargs,
             started=self._clock(),
-            # A whole reply that needs no seam (most calls) releases nothing to anyone: see _feed.
-            release=self._release_of(sent) if self._stream or plan.added is not None else None,
+            # A whole reply that needs no seam (most calls) releases nothing to anyone: see on_response.
+            release=self._release_of(sent) if streaming is not None or plan.added is not None else None,
             released_at_start=answer.released,
             logprob_queue=answer.logprobs.carry(len(sent), answer.released) if answer.logprobs.last else deque(),
             overhead=self._spent.added(plan.added, sent) if plan.added is not None and self._spent.price else 0,
@@ -431,42 +342,11 @@ class Continuation:
         heal, strip = self._settings.heal, self._plan.dialect.strips_trailing_whitespace
         return self._answer.release_of(sent, len(self._call.prefix), heal, strip)
 
-    def _clamp(self, kwargs: dict[str, Any]) -> None:
-        """Keep the caller's per-round limit (or a retried round's larger one), lowered to what budgets allow."""
-        left = self._spent.tokens_left(self._budget_state())
-        if left is not None and self._first is None and self._seed is None and self._call.kwargs.get("n", 1) > 1:
-            # The first request of an n > 1 call: every choice may write the limit, so each gets its share.
-            left //= self._call.kwargs["n"]
-        self._limits.apply(kwargs, left=left, default_name=self._plan.dialect.limit_parameter)
-
-    def _larger_limit(self, current: Round) -> int | None:
-        """A doubled limit for retrying ``current`` once, if the budgets leave room for more than it had."""
-        if not self._limits.may_retry(current.kwargs):
-            return None
-        # The round just spent counts (it is paid for) before deciding whether another one fits.
-        usage, _ = self._spent.usage_of(current)
-        cost = self._spent.cost_of(usage) or 0.0
-        after = self._budget_state(rounds=1, tokens=usage.completion_tokens, cost=cost)
-        if self._settings.stop(after) is not None:
-            return None
-        return _limits.larger(current.kwargs, left=self._spent.tokens_left(after), cap=self._settings.max_round_tokens)
-
-    def _feed(self, current: Round, delta: str) -> str:
-        """Pass reply text through the seam; return the text now safe to hand to a stream."""
-        current.content_chunks += 1
-        if len(current.raw_head) < RAW_HEAD:
-            current.raw_head += delta[: RAW_HEAD - len(current.raw_head)]
-        current.raw_chars += len(delta)
-        if current.release is None:
-            current.release = self._release_of(current.sent)
-        seam = current.seam
-        return self._answer.append(current, delta if seam.plain else seam.feed(delta))
-
     def _end_round(self) -> Action:
         current = self._current()
         released = self._answer.append(current, current.seam.finish())
-        if self._stream:
-            self._out.hold(released, current.fresh_logprobs)
+        if self._streaming is not None:
+            self._streaming.hold(released, current.fresh_logprobs)
         current.fresh_logprobs = []
         if current.seam.restarted:
             return self._restarted(current)
@@ -483,10 +363,7 @@ class Continuation:
         self._commit(current, new_text)
         if not cut:
             return self._done(cause_of(finish), finish_reason=final_finish(finish), tool_calls=tool_calls)
-        state = self._budget_state()
-        cause = self._settings.stop(state)
-        if cause is None and self._spent.tokens_left(state) == 0:
-            cause = "token_budget"
+        cause = self._room.exhausted()
         if cause is not None:
             return self._done(cause, finish_reason="length")
         progress = self._progress = self._progress or Progress(self._settings.stop_on_repeat)
@@ -501,10 +378,9 @@ class Continuation:
             repeated=repeat_removed(current.seam.actions)
             and _limits.filled(current.usage, _limits.limit_of(current.kwargs)),
         )
-        if verdict in ("grow", "widen") and self._limits.after_stall(
-            current.kwargs,
+        if verdict in ("grow", "widen") and self._room.after_stall(
+            current,
             wider=verdict == "widen" or (current.held.isspace() and self._plan.dialect.strips_trailing_whitespace),
-            left=lambda: self._spent.tokens_left(self._budget_state()),
         ):
             # The whole round went into regenerating the text held back from the prefix (a healed word, whitespace
             # a provider refuses; tiny rounds): the next one can do better (see _limits) instead of stopping.
@@ -513,7 +389,7 @@ class Continuation:
                 self._answer.floor = floor
             return self._begin_round()
         if not stalled:
-            self._limits.progressed()
+            self._room.limits.progressed()
         # A restart on a host that ignores the prefix reproduces the reply of round 1 exactly (and looks like an
         # echo of the text so far): that, or a round that adds nothing, calls for the fallback dialect; a model
         # repeating itself in new words does not.
@@ -523,6 +399,42 @@ class Continuation:
             return self._begin_round()
         if verdict != "go":
             return self._done("no_progress", finish_reason="length")
+        return self._begin_round()
+
+    def _cut_tool_call(self, current: Round, tool_calls: list[Any]) -> Action:
+        """A tool call cut by the limit is never continued as text: retry once with room, else fail closed."""
+        # While streaming, the call's deltas have already reached the caller: a second attempt would garble them.
+        if self._streaming is None and self._room.retry_larger(current):
+            self._discard(current, "tool_call_retry")
+            return self._begin_round()
+        self._commit(current, "".join(current.pieces), extra_seam=("tool_call_cut",))
+        self.trace.stop_cause = "tool_call_truncated"
+        partial = self._completion("length", tool_calls=tool_calls)
+        return self._finished(
+            TruncatedToolCallError(
+                "the reply was cut off by the output limit inside a tool call, and there was no room to retry it "
+                "with a larger limit; a cut call is never continued as text",
+                partial=partial,
+                tool_calls=tool_calls,
+            )
+        )
+
+    def _cut_reasoning(self, current: Round) -> Action:
+        """Cut inside the reasoning phase where the dialect cannot resume it: stop, or retry once if asked to."""
+        if self._settings.reasoning_retry and self._streaming is None and self._room.retry_larger(current):
+            self._discard(current, "reasoning_retry")
+            return self._begin_round()
+        self._commit(current, "".join(current.pieces))
+        return self._done("reasoning_truncated", finish_reason="length")
+
+    def _restarted(self, current: Round) -> Action:
+        """The model began the answer again: the round is discarded and the fallback dialect takes over."""
+        self._record(current, chars_added=0, extra_seam=("restart_discarded",))
+        self._round = None
+        self._plan.switch("restart", self.trace)
+        cause = self._room.stop_cause()
+        if cause is not None:
+            return self._done(cause, finish_reason="length")
         return self._begin_round()
 
     def _commit(self, current: Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
@@ -539,46 +451,6 @@ class Continuation:
         self._record(current, chars_added=0, extra_seam=(action,))
         self._round = None
         self._retry.reset()
-
-    def _cut_tool_call(self, current: Round, tool_calls: list[Any]) -> Action:
-        """A tool call cut by the limit is never continued as text: retry once with room, else fail closed."""
-        # While streaming, the call's deltas have already reached the caller: a second attempt would garble them.
-        larger = None if self._stream else self._larger_limit(current)
-        if larger is not None:
-            self._discard(current, "tool_call_retry")
-            self._limits.retry_with(larger)
-            return self._begin_round()
-        self._commit(current, "".join(current.pieces), extra_seam=("tool_call_cut",))
-        self.trace.stop_cause = "tool_call_truncated"
-        partial = self._completion("length", tool_calls=tool_calls)
-        return self._finished(
-            TruncatedToolCallError(
-                "the reply was cut off by the output limit inside a tool call, and there was no room to retry it "
-                "with a larger limit; a cut call is never continued as text",
-                partial=partial,
-                tool_calls=tool_calls,
-            )
-        )
-
-    def _cut_reasoning(self, current: Round) -> Action:
-        """Cut inside the reasoning phase where the dialect cannot resume it: stop, or retry once if asked to."""
-        larger = self._larger_limit(current) if self._settings.reasoning_retry and not self._stream else None
-        if larger is not None:
-            self._discard(current, "reasoning_retry")
-            self._limits.retry_with(larger)
-            return self._begin_round()
-        self._commit(current, "".join(current.pieces))
-        return self._done("reasoning_truncated", finish_reason="length")
-
-    def _restarted(self, current: Round) -> Action:
-        """The model began the answer again: the round is discarded and the fallback dialect takes over."""
-        self._record(current, chars_added=0, extra_seam=("restart_discarded",))
-        self._round = None
-        self._plan.switch("restart", self.trace)
-        cause = self._settings.stop(self._budget_state())
-        if cause is not None:
-            return self._done(cause, finish_reason="length")
-        return self._begin_round()
 
     def _keep_partial(self, current: Round) -> None:
         """A reply broke off: keep every decided character (see :meth:`Answer.keep_partial`)."""
@@ -597,14 +469,6 @@ class Continuation:
             retries=self._retry.attempts,
             extra_seam=extra_seam,
         )
-
-    def _budget_state(self, *, rounds: int = 0, tokens: int = 0, cost: float = 0.0) -> BudgetState:
-        """The call so far as the stop conditions see it (see :meth:`Accounting.state`)."""
-        spent = self._spent
-        overhead = (
-            spent.overhead(self._plan.dialect, self._answer.text, self._call.prefix_template) if spent.price else 0
-        )
-        return spent.state(overhead, rounds=rounds, tokens=tokens, cost=cost)
 
     # ----------------------------------------------------------------------------------------------------------
     # Endings
@@ -627,16 +491,8 @@ class Continuation:
         return Done(completion)
 
     def _completion(self, finish_reason: str, *, tool_calls: list[Any] | None = None) -> ChatCompletion:
-        call = self._call
         return completion_of(
-            first=self._first,
-            own_prefix=call.has_prefix,
-            model=call.model,
-            answer=self._answer,
-            answer_start=len(call.prefix),
-            finish_reason=finish_reason,
-            trace=self.trace,
-            tool_calls=tool_calls or [],
+            self._call, self._answer, finish_reason=finish_reason, trace=self.trace, tool_calls=tool_calls or []
         )
 
     def _give_up(self, error: BaseException) -> Action:
@@ -664,7 +520,3 @@ class Continuation:
         if self._phase != "awaiting" or self._round is None:
             raise RuntimeError("no request is in flight: call start() or resume() first")
         return self._round
-
-
-#: characters of each raw reply kept to recognise the same reply twice
-RAW_HEAD = 64

@@ -16,6 +16,7 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 
 from ._answer import Answer
 from ._replies import plain
+from .request import CallRequest
 from .trace import ContinuationTrace, RoundTrace
 
 __all__ = [
@@ -98,22 +99,15 @@ def build_completion(
 
 
 def completion_of(
-    *,
-    first: ChatCompletion | ChatCompletionChunk | None,
-    own_prefix: bool,
-    model: str,
-    answer: Answer,
-    answer_start: int,
-    finish_reason: str,
-    trace: ContinuationTrace,
-    tool_calls: list[Any],
+    call: CallRequest, answer: Answer, *, finish_reason: str, trace: ContinuationTrace, tool_calls: list[Any]
 ) -> ChatCompletion:
-    """The completion of a call: the ``answer`` from ``answer_start`` (after the caller's own prefix, if
-    ``own_prefix``), its reasoning text and logprobs, and ``tool_calls`` (the SDK's models or dicts)."""
+    """The completion of ``call``: its ``answer`` after the caller's own prefix, the answer's reasoning text and
+    logprobs, and ``tool_calls`` (the SDK's models or dicts); the first reply gives its id, model and time."""
+    first = answer.first
     if (
         isinstance(first, ChatCompletion)
         and len(trace.rounds) == 1
-        and not own_prefix
+        and not call.has_prefix
         and len(first.choices) == 1
         and first.choices[0].finish_reason == finish_reason
     ):
@@ -124,11 +118,11 @@ def completion_of(
     if answer.reasoning:
         extra["reasoning_content"] = "".join(answer.reasoning)
     if tool_calls:
-        extra["tool_calls"] = [plain(call) for call in tool_calls]
+        extra["tool_calls"] = [plain(tool) for tool in tool_calls]
     return build_completion(
         first=first,
-        model=model,
-        content=answer.text[answer_start:],
+        model=call.model,
+        content=answer.text[len(call.prefix) :],
         finish_reason=finish_reason,
         rounds=trace.rounds,
         trace=trace,
