@@ -15,12 +15,12 @@ from openai.types.completion_usage import CompletionUsage
 
 from . import _log
 from ._estimate import added_prompt_tokens
+from ._options import Settings
 from ._replies import cached_tokens
 from ._round import Round
 from ._shares import Share
-from .budget import BudgetState, Price, StopCondition
+from .budget import BudgetState
 from .dialects import Dialect
-from .tokens import TokenCounter
 from .trace import ContinuationTrace, RoundTrace
 
 __all__ = ["Accounting"]
@@ -30,25 +30,20 @@ class Accounting:
     """The spend of one continued call (one choice of it, for ``n > 1``)."""
 
     def __init__(
-        self,
-        trace: ContinuationTrace,
-        *,
-        price: Price | None,
-        counter: TokenCounter,
-        stop: StopCondition,
-        messages: Sequence[Any],
-        share: Share | None,
-        log_text: bool,
+        self, trace: ContinuationTrace, settings: Settings, *, model: str, messages: Sequence[Any], share: Share | None
     ) -> None:
+        """The spend of a call to ``model`` whose prompt is ``messages``, under ``settings``'s budgets and prices (a
+        budget that needs a price fails here without one)."""
         self.trace = trace
-        self.price = price
+        needs_price = settings.stop.needs_price
+        self.price = price = settings.prices.require(model) if needs_price else settings.prices.lookup(model)
         self.share = share  # n > 1: how this choice shares the call's budgets
         self.completion_tokens = 0
         # The next prompt, in tokens: counted only with a price (only the cost budget needs it).
+        self._counter = counter = settings.counter
         self.prompt_tokens = counter.count_messages(messages) if price else 0
-        self._counter = counter
-        self._stop = stop
-        self._log_text = log_text
+        self._stop = settings.stop
+        self._log_text = settings.log_text
         self._overhead = (-1, 0)  # (text length, tokens) the dialect adds to the next prompt
 
     def usage_of(self, current: Round) -> tuple[CompletionUsage, bool]:
@@ -157,7 +152,9 @@ class Accounting:
         return added_prompt_tokens(messages, prefix, self._counter)
 
     def log_call(self, cause: str, *, finish_reason: str, chars: int) -> None:
-        """The call's one log event (``chars``: characters of the answer); the caller checks that info is on."""
+        """The call's one log event (``chars``: characters of the answer)."""
+        if not _log.enabled("info"):
+            return
         trace = self.trace
         _log.emit(
             "info",
@@ -170,4 +167,16 @@ class Accounting:
             dialect=trace.dialect,
             chars=chars,
             fallbacks=trace.fallbacks,
+        )
+
+    def log_retry(self, error: BaseException, *, round_index: int, attempt: int, seconds: float) -> None:
+        """A failed request of round ``round_index`` is to be sent again after ``seconds``."""
+        _log.emit(
+            "info",
+            "autocontinue.retry",
+            round=round_index,
+            attempt=attempt,
+            wait_s=round(seconds, 3),
+            error=type(error).__name__,
+            status=getattr(error, "status_code", None),
         )

@@ -13,9 +13,10 @@ from typing import Any
 from . import _limits
 from ._accounting import Accounting
 from ._answer import Answer
+from ._options import Settings
 from ._planning import Planner
 from ._round import Round
-from .budget import BudgetState, StopCondition
+from .budget import BudgetState
 from .errors import ConfigurationError
 from .request import CallRequest
 
@@ -26,31 +27,23 @@ class Headroom:
     """The budgets of one call (one choice of it, for ``n > 1``) as its rounds see them."""
 
     def __init__(
-        self,
-        spent: Accounting,
-        *,
-        stop: StopCondition,
-        max_round_tokens: int | None,
-        call: CallRequest,
-        plan: Planner,
-        answer: Answer,
+        self, spent: Accounting, settings: Settings, *, call: CallRequest, plan: Planner, answer: Answer
     ) -> None:
+        """A cost budget that does not cover the prompt is a configuration error, raised here: nothing is sent."""
         self._spent = spent
-        self._stop = stop
-        self._cap = max_round_tokens
+        self._stop = settings.stop
+        self._cap = settings.max_round_tokens
         self._call = call
         self._plan = plan
         self._answer = answer
-        self.limits = _limits.RoundLimits(max_round_tokens)
-
-    def check_prompt(self) -> None:
-        """Before anything is sent: a cost budget that does not cover the prompt is a configuration error."""
-        left = self._spent.tokens_left(self.state())
-        if left is not None and left <= 0:
-            raise ConfigurationError(
-                f"the cost budget does not cover the prompt of this call (about {self._spent.prompt_tokens} "
-                f"tokens of {self._call.model!r})"
-            )
+        self.limits = _limits.RoundLimits(settings.max_round_tokens)
+        if settings.stop.needs_price:
+            left = spent.tokens_left(self.state())
+            if left is not None and left <= 0:
+                raise ConfigurationError(
+                    f"the cost budget does not cover the prompt of this call (about {spent.prompt_tokens} "
+                    f"tokens of {call.model!r})"
+                )
 
     def state(self, *, rounds: int = 0, tokens: int = 0, cost: float = 0.0) -> BudgetState:
         """The call so far as the stop conditions see it (see :meth:`Accounting.state`)."""

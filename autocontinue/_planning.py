@@ -1,5 +1,5 @@
-"""Planning the next round: in which dialect to ask, where the answer so far is cut, the request, and the seam
-that will join its reply.
+"""Planning the next round: in which dialect to ask, where the answer so far is cut, the request, the seam that
+will join its reply, and the :class:`~autocontinue._round.Round` that waits for it.
 
 The dialect may change once per call: an unknown host starts with a prefill and falls back to the instruction when
 the prefill is refused, the model starts the answer again, or a round adds nothing (see :meth:`Planner.switch`).
@@ -8,13 +8,15 @@ Whether the provider echoes the prefix is learnt from the first long enough pref
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from . import _log
-from ._cut import resume_point
+from ._answer import Answer
+from ._cut import Release, resume_point
 from ._round import Round
-from .dialects import Dialect
+from .dialects import Dialect, for_json_mode, resolve_dialect
 from .request import CallRequest
 from .stitch import RESTART_PROBE, EchoMode, PlainSeam, Seam, SeamPlan
 from .trace import ContinuationTrace
@@ -29,47 +31,46 @@ MIN_RESTART_PROBE = 12
 
 @dataclass(slots=True)
 class RoundPlan:
-    """The next round: its request (sent to ``base_url`` when set), the prefix it sends and the text held back
-    from it, the seam that joins its reply, and the messages the dialect adds to the caller's."""
+    """The next round (its request, the prefix it sends and the text held back from it, the seam that joins its
+    reply), where to send it (``base_url``, when set), and the messages the dialect adds to the caller's."""
 
-    kwargs: dict[str, Any]
+    round: Round
     base_url: str | None
-    sent: str
-    held: str
-    seam: Seam | PlainSeam
     added: list[Any] | None  # None for a round that continues nothing
 
 
 class Planner:
     """The dialect of a call (and the fallback waiting for it), and the plan of each of its rounds."""
 
-    def __init__(
-        self, call: CallRequest, *, dialect: Dialect, fallback: Dialect | None, base_url: str, heal: bool
-    ) -> None:
-        self.dialect = dialect
-        self.fallback = fallback
+    def __init__(self, call: CallRequest, spec: str | Dialect, *, base_url: str, heal: bool) -> None:
+        """``spec``: the ``dialect=`` option (a name, "auto" or a dialect), resolved for ``base_url``."""
+        choice = resolve_dialect(spec, base_url)
+        self.dialect = for_json_mode(choice.dialect, base_url) if call.json_mode else choice.dialect
+        self.fallback = choice.fallback
         self.echo_learned: EchoMode | None = None  # what the provider was seen to do, where the dialect cannot say
         self.first_reply = ""  # round 1's reply, kept while a fallback dialect waits: evidence against a restart
         self._call = call
         self._base_url = base_url
         self._heal = heal
 
-    def plan(
-        self, text: str, *, floor: int, released: int, reasoning: str, stream: bool, upstream_usage: bool
-    ) -> RoundPlan:
-        """The round that continues ``text`` (``floor``: where the last prefix sent ended; ``released``: how much
-        of ``text`` a stream has handed on)."""
+    def plan(self, answer: Answer, *, index: int, started: float, stream: bool, upstream_usage: bool) -> RoundPlan:
+        """Round ``index`` (``started`` at that time), continuing ``answer``; ``stream``: its reply is streamed."""
         call = self._call
         dialect = self.dialect
+        text = answer.text
+        reasoning = "".join(answer.reasoning) if answer.reasoning else ""
+        base_url: str | None = None
+        added: list[Any] | None = None
+        seam: Seam | PlainSeam
         if text == "" and not call.has_prefix and not reasoning:
             kwargs = dict(call.kwargs)
             kwargs["messages"] = list(call.messages)
-            plan = RoundPlan(kwargs, None, "", "", PlainSeam(), None)
+            sent, held, seam = "", "", PlainSeam()
         else:
             cut = resume_point(
                 text,
-                floor=floor,
-                released=released,
+                floor=answer.floor,
+                released=answer.released,
                 answer_start=len(call.prefix),
                 heal=self._heal,
                 strip_whitespace=dialect.strips_trailing_whitespace,
@@ -93,14 +94,32 @@ class Planner:
                     restart_reply=self.first_reply if call.kwargs.get("temperature") == 0 else "",
                 )
             )
-            plan = RoundPlan(kwargs, dialect.base_url(self._base_url), sent, held, seam, messages[len(call.messages) :])
+            base_url, added = dialect.base_url(self._base_url), messages[len(call.messages) :]
         if stream:
             kwargs["stream"] = True
             if upstream_usage:
                 kwargs["stream_options"] = {**(call.stream_options or {}), "include_usage": True}
             elif call.stream_options:
                 kwargs["stream_options"] = dict(call.stream_options)
-        return plan
+        current = Round(
+            index=index,
+            sent=sent,
+            held=held,
+            seam=seam,
+            kwargs=kwargs,
+            started=started,
+            # A whole reply that needs no seam (most calls) releases nothing to anyone (see release_of).
+            release=self.release_of(answer, sent) if stream or added is not None else None,
+            released_at_start=answer.released,
+            logprob_queue=answer.logprobs.carry(len(sent), answer.released) if answer.logprobs.last else deque(),
+        )
+        return RoundPlan(current, base_url, added)
+
+    def release_of(self, answer: Answer, sent: str) -> Release:
+        """How a round that sends ``sent`` releases its text to a stream (see :meth:`Answer.release_of`); a whole
+        reply that has a seam to pass makes it when it arrives."""
+        strip = self.dialect.strips_trailing_whitespace
+        return answer.release_of(sent, len(self._call.prefix), self._heal, strip)
 
     def committed(self, current: Round, new_text: str) -> None:
         """A round's text became part of the answer: learn from it whether the provider echoes, and keep round 1's

@@ -29,6 +29,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from ._limits import filled, limit_of
+from ._round import Round
+
 __all__ = ["LOOP_FLOOR", "MAX_GROWTHS", "MAX_PERIOD", "Progress", "Verdict", "loops", "repeat_removed"]
 
 #: repeated text shorter than this many characters never ends a call
@@ -99,13 +102,14 @@ class Progress:
         #: short): what a host that ignores the prefix sends back (the fallback dialect's cue)
         self.same_reply = False
 
-    def judge(
-        self, *, stalled: bool, said: int, raw: tuple[int, str], held: bool, text: str, repeated: bool
-    ) -> Verdict:
-        """One cut round: ``stalled`` when the answer did not grow, ``said`` how many characters the model wrote
-        beyond an echo of the prefix, ``raw`` the reply's (length, start), ``held`` whether text was held
-        back from the prefix, ``text`` the answer so far, ``repeated`` whether the seam removed a repeat of the
-        known text and the reply used the round's whole limit (see :func:`repeat_removed`)."""
+    def judge(self, current: Round, *, stalled: bool, text: str) -> Verdict:
+        """One cut round, ``current``: ``stalled`` when the answer did not grow, ``text`` the answer so far."""
+        actions = current.seam.actions
+        # what the model wrote beyond an echo of the prefix (a restart or a repeat the seam removed counts)
+        said = current.raw_chars - (len(current.sent) if "echo_stripped" in actions else 0)
+        raw = (current.raw_chars, current.raw_head)  # the reply's length and start
+        # the seam removed a repeat of the known text, and the reply used the round's whole limit
+        repeated = repeat_removed(actions) and filled(current.usage, limit_of(current.kwargs))
         # Round 1's reply, not the last one's: a model continuing a whitespace run that a dialect may not send
         # writes the same echo and run in two rounds in a row (measured on Gemma 3), and needs the larger round.
         if self._first_raw is None:
@@ -122,7 +126,7 @@ class Progress:
                 # the same reply again and so ends the call.
                 self._widenings += 1
                 return "widen"
-            if replied and held and not again and not self.same_reply and self._growths < MAX_GROWTHS:
+            if replied and current.held and not again and not self.same_reply and self._growths < MAX_GROWTHS:
                 self._growths += 1
                 return "grow"
             return "stalled"

@@ -19,22 +19,20 @@ here.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from . import _limits, _log
 from ._accounting import Accounting
 from ._answer import Answer
 from ._choices import split_choices
-from ._cut import Release
+from ._endings import completed, failed, tool_call_cut
 from ._headroom import Headroom
 from ._options import Settings
 from ._planning import Planner
-from ._progress import Progress, repeat_removed
+from ._progress import Progress
 from ._replies import (
     LENGTH_STOPS,
     NOT_AN_ENDING,
@@ -48,11 +46,8 @@ from ._round import Round
 from ._shape import completion_problem
 from ._shares import Share
 from ._streaming import StreamState
-from .dialects import for_json_mode, resolve_dialect
-from .errors import ContinuationFailed, IncompleteStream, InvalidJSONError, MalformedResponse, TruncatedToolCallError
-from .jsoncheck import check_json
+from .errors import IncompleteStream, InvalidJSONError, MalformedResponse
 from .request import CallRequest
-from .result import completion_of
 from .retry import RetryTracker
 from .trace import ContinuationTrace
 
@@ -139,45 +134,17 @@ class Continuation:
         self._settings = settings
         self._base_url = base_url
         self._clock = clock
-        choice = resolve_dialect(settings.dialect, base_url)
-        dialect = for_json_mode(choice.dialect, base_url) if call.json_mode else choice.dialect
-        self._plan = Planner(call, dialect=dialect, fallback=choice.fallback, base_url=base_url, heal=settings.heal)
-        needs_price = settings.stop.needs_price
-        price = settings.prices.require(call.model) if needs_price else settings.prices.lookup(call.model)
+        self._plan = Planner(call, settings.dialect, base_url=base_url, heal=settings.heal)
         self._retry = RetryTracker(settings.retry)
-        self.trace = ContinuationTrace(dialect=dialect.name)
-        self._spent = spent = Accounting(
-            self.trace,
-            price=price,
-            counter=settings.counter,
-            stop=settings.stop,
-            messages=call.messages,
-            share=share,
-            log_text=settings.log_text,
-        )
-        self._answer = Answer(call.prefix)
-        self._room = Headroom(
-            spent,
-            stop=settings.stop,
-            max_round_tokens=settings.max_round_tokens,
-            call=call,
-            plan=self._plan,
-            answer=self._answer,
-        )
+        self.trace = ContinuationTrace(dialect=self._plan.dialect.name)
+        self._spent = Accounting(self.trace, settings, model=call.model, messages=call.messages, share=share)
+        self._answer = answer = Answer(call.prefix)
+        self._room = Headroom(self._spent, settings, call=call, plan=self._plan, answer=answer)
         # Streaming: what the reader is handed; and ask upstream for usage (budgets need it) unless it refuses.
-        self._streaming = (
-            StreamState(
-                call.model,
-                self._answer,
-                self._room.limits,
-                include_usage=bool((call.stream_options or {}).get("include_usage")),
-            )
-            if call.stream
-            else None
-        )
+        include_usage = bool((call.stream_options or {}).get("include_usage"))
+        limits = self._room.limits
+        self._streaming = StreamState(call.model, answer, limits, include_usage=include_usage) if call.stream else None
         self._upstream_usage = call.stream
-        if needs_price:
-            self._room.check_prompt()
 
     # ----------------------------------------------------------------------------------------------------------
     # Actions in
@@ -230,7 +197,7 @@ class Continuation:
             tool_calls = list(getattr(current.message, "tool_calls", None) or ())
             return self._done(cause_of(finish), finish_reason=finish, tool_calls=tool_calls)
         if current.release is None:  # made only for a reply that has a seam to pass (see _begin_round)
-            current.release = self._release_of(current.sent)
+            current.release = self._plan.release_of(self._answer, current.sent)
         self._answer.feed(current, content)
         return self._end_round()
 
@@ -292,15 +259,7 @@ class Continuation:
         seconds = self._retry.decide(error)
         if seconds is None:
             return self._give_up(error)
-        _log.emit(
-            "info",
-            "autocontinue.retry",
-            round=self._round_index,
-            attempt=self._retry.attempts,
-            wait_s=round(seconds, 3),
-            error=type(error).__name__,
-            status=getattr(error, "status_code", None),
-        )
+        self._spent.log_retry(error, round_index=self._round_index, attempt=self._retry.attempts, seconds=seconds)
         self._phase = "ready"
         return DoSleep(seconds)
 
@@ -309,38 +268,23 @@ class Continuation:
 
     def _begin_round(self) -> Action:
         self._round_index = len(self.trace.rounds) + 1
-        answer, streaming = self._answer, self._streaming
+        answer, streaming, spent = self._answer, self._streaming, self._spent
         plan = self._plan.plan(
-            answer.text,
-            floor=answer.floor,
-            released=answer.released,
-            reasoning="".join(answer.reasoning) if answer.reasoning else "",
+            answer,
+            index=self._round_index,
+            started=self._clock(),
             stream=streaming is not None,
             upstream_usage=self._upstream_usage,
         )
-        kwargs, sent = plan.kwargs, plan.sent
-        self._room.limit(kwargs, first_of_n=answer.first is None and self._seed is None)
+        current = plan.round
+        self._room.limit(current.kwargs, first_of_n=answer.first is None and self._seed is None)
+        if plan.added is not None and spent.price:
+            current.overhead = spent.added(plan.added, current.sent)
         if streaming is not None:
             streaming.stop_reading = False
         self._phase = "awaiting"
-        self._round = Round(
-            index=self._round_index,
-            sent=sent,
-            held=plan.held,
-            seam=plan.seam,
-            kwargs=kwargs,
-            started=self._clock(),
-            # A whole reply that needs no seam (most calls) releases nothing to anyone: see on_response.
-            release=self._release_of(sent) if streaming is not None or plan.added is not None else None,
-            released_at_start=answer.released,
-            logprob_queue=answer.logprobs.carry(len(sent), answer.released) if answer.logprobs.last else deque(),
-            overhead=self._spent.added(plan.added, sent) if plan.added is not None and self._spent.price else 0,
-        )
-        return DoRequest(kwargs, plan.base_url)
-
-    def _release_of(self, sent: str) -> Release:
-        heal, strip = self._settings.heal, self._plan.dialect.strips_trailing_whitespace
-        return self._answer.release_of(sent, len(self._call.prefix), heal, strip)
+        self._round = current
+        return DoRequest(current.kwargs, plan.base_url)
 
     def _end_round(self) -> Action:
         current = self._current()
@@ -368,16 +312,7 @@ class Continuation:
             return self._done(cause, finish_reason="length")
         progress = self._progress = self._progress or Progress(self._settings.stop_on_repeat)
         stalled = len(self._answer.text) <= before and not in_reasoning
-        verdict = progress.judge(
-            stalled=stalled,
-            # what the model wrote beyond an echo of the prefix (a restart or a repeat the seam removed counts)
-            said=current.raw_chars - (len(current.sent) if "echo_stripped" in current.seam.actions else 0),
-            raw=(current.raw_chars, current.raw_head),
-            held=bool(current.held),
-            text=self._answer.text,
-            repeated=repeat_removed(current.seam.actions)
-            and _limits.filled(current.usage, _limits.limit_of(current.kwargs)),
-        )
+        verdict = progress.judge(current, stalled=stalled, text=self._answer.text)
         if verdict in ("grow", "widen") and self._room.after_stall(
             current,
             wider=verdict == "widen" or (current.held.isspace() and self._plan.dialect.strips_trailing_whitespace),
@@ -408,16 +343,7 @@ class Continuation:
             self._discard(current, "tool_call_retry")
             return self._begin_round()
         self._commit(current, "".join(current.pieces), extra_seam=("tool_call_cut",))
-        self.trace.stop_cause = "tool_call_truncated"
-        partial = self._completion("length", tool_calls=tool_calls)
-        return self._finished(
-            TruncatedToolCallError(
-                "the reply was cut off by the output limit inside a tool call, and there was no room to retry it "
-                "with a larger limit; a cut call is never continued as text",
-                partial=partial,
-                tool_calls=tool_calls,
-            )
-        )
+        return self._finished(tool_call_cut(self._call, self._answer, self.trace, tool_calls))
 
     def _cut_reasoning(self, current: Round) -> Action:
         """Cut inside the reasoning phase where the dialect cannot resume it: stop, or retry once if asked to."""
@@ -474,43 +400,20 @@ class Continuation:
     # Endings
 
     def _done(self, cause: str, *, finish_reason: str, tool_calls: list[Any] | None = None) -> Action:
-        self.trace.stop_cause = cause
-        completion = self._completion(finish_reason, tool_calls=tool_calls)
-        if self._call.json_mode and len(self.trace.rounds) > 1:
-            problem = check_json(completion.choices[0].message.content or "", self._call.json_schema)
-            if problem is not None:
-                return self._finished(
-                    InvalidJSONError(
-                        f"the joined reply is not valid JSON ({problem}); stop cause: {cause}", partial=completion
-                    )
-                )
-        if _log.enabled("info"):
-            chars = len(self._answer.text) - len(self._call.prefix)
-            self._spent.log_call(cause, finish_reason=finish_reason, chars=chars)
+        call, answer = self._call, self._answer
+        result = completed(call, answer, self.trace, cause=cause, finish_reason=finish_reason, tool_calls=tool_calls)
+        if isinstance(result, InvalidJSONError):
+            return self._finished(result)
+        self._spent.log_call(cause, finish_reason=finish_reason, chars=len(answer.text) - len(call.prefix))
         self._phase = "finished"
-        return Done(completion)
-
-    def _completion(self, finish_reason: str, *, tool_calls: list[Any] | None = None) -> ChatCompletion:
-        return completion_of(
-            self._call, self._answer, finish_reason=finish_reason, trace=self.trace, tool_calls=tool_calls or []
-        )
+        return Done(result)
 
     def _give_up(self, error: BaseException) -> Action:
         self._round = None
         if not self.trace.rounds:
             # Nothing was generated, so nothing can be lost: the SDK's own error keeps the call a drop-in.
             return self._finished(error)
-        self.trace.stop_cause = "error"
-        partial = self._completion("length")
-        _log.emit("warning", "autocontinue.failed", rounds=len(self.trace.rounds), error=type(error).__name__)
-        failure = ContinuationFailed(
-            f"round {self._round_index} failed after {len(self.trace.rounds)} round(s) had produced "
-            f"{len(partial.choices[0].message.content or '')} characters: {type(error).__name__}: {error}",
-            partial=partial,
-            cause=error,
-        )
-        failure.__cause__ = error
-        return self._finished(failure)
+        return self._finished(failed(error, self._call, self._answer, self.trace, round_index=self._round_index))
 
     def _finished(self, error: BaseException) -> Fail:
         self._phase = "finished"
