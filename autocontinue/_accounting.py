@@ -77,7 +77,9 @@ class Accounting:
         cost = self.cost_of(usage)
         self.completion_tokens += usage.completion_tokens
         # The next prompt is this one plus the text this round added, the dialect's additions counted apart.
-        self.prompt_tokens = max(0, usage.prompt_tokens - current.overhead) + usage.completion_tokens
+        added = current.added
+        overhead = self.added(added, current.sent) if added is not None and self.price else 0
+        self.prompt_tokens = max(0, usage.prompt_tokens - overhead) + usage.completion_tokens
         record = RoundTrace(
             index=current.index,
             finish_reason=current.finish_reason,

@@ -9,7 +9,6 @@ Whether the provider echoes the prefix is learnt from the first long enough pref
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from . import _log
@@ -21,22 +20,12 @@ from .request import CallRequest
 from .stitch import RESTART_PROBE, EchoMode, PlainSeam, Seam, SeamPlan
 from .trace import ContinuationTrace
 
-__all__ = ["ECHO_EVIDENCE", "MIN_RESTART_PROBE", "Planner", "RoundPlan"]
+__all__ = ["ECHO_EVIDENCE", "MIN_RESTART_PROBE", "Planner"]
 
 #: a prefix at least this long tells, from one reply, whether the provider echoes
 ECHO_EVIDENCE = 16
 #: the shortest answer whose opening is used to recognise a restart
 MIN_RESTART_PROBE = 12
-
-
-@dataclass(slots=True)
-class RoundPlan:
-    """The next round (its request, the prefix it sends and the text held back from it, the seam that joins its
-    reply), where to send it (``base_url``, when set), and the messages the dialect adds to the caller's."""
-
-    round: Round
-    base_url: str | None
-    added: list[Any] | None  # None for a round that continues nothing
 
 
 class Planner:
@@ -53,8 +42,9 @@ class Planner:
         self._base_url = base_url
         self._heal = heal
 
-    def plan(self, answer: Answer, *, index: int, started: float, stream: bool, upstream_usage: bool) -> RoundPlan:
-        """Round ``index`` (``started`` at that time), continuing ``answer``; ``stream``: its reply is streamed."""
+    def plan(self, answer: Answer, *, index: int, started: float, stream: bool, upstream_usage: bool) -> Round:
+        """Round ``index`` (``started`` at that time), continuing ``answer``: its request, the prefix it sends and
+        the text held back from it, and the seam that will join its reply; ``stream``: its reply is streamed."""
         call = self._call
         dialect = self.dialect
         text = answer.text
@@ -101,7 +91,7 @@ class Planner:
                 kwargs["stream_options"] = {**(call.stream_options or {}), "include_usage": True}
             elif call.stream_options:
                 kwargs["stream_options"] = dict(call.stream_options)
-        current = Round(
+        return Round(
             index=index,
             sent=sent,
             held=held,
@@ -112,8 +102,9 @@ class Planner:
             release=self.release_of(answer, sent) if stream or added is not None else None,
             released_at_start=answer.released,
             logprob_queue=answer.logprobs.carry(len(sent), answer.released) if answer.logprobs.last else deque(),
+            base_url=base_url,
+            added=added,
         )
-        return RoundPlan(current, base_url, added)
 
     def release_of(self, answer: Answer, sent: str) -> Release:
         """How a round that sends ``sent`` releases its text to a stream (see :meth:`Answer.release_of`); a whole

@@ -47,7 +47,8 @@ class Round:
     logprob_queue: deque[Any] = field(default_factory=deque)
     logprob_credit: int = 0  # released characters not yet matched to queued entries
     fresh_logprobs: list[Any] = field(default_factory=list)  # entries released by the last chunk
-    overhead: int = 0  # prompt tokens the dialect added around the prefix (counted only with a price)
+    base_url: str | None = None  # where the request goes, when not to the client's own URL
+    added: list[Any] | None = None  # the messages the dialect added to the caller's (None: it continues nothing)
 
     def take(self, completion: ChatCompletion) -> str:
         """Read a whole reply (its first choice) into the round: message, usage, finish reason, reasoning text and

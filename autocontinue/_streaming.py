@@ -19,6 +19,7 @@ from ._limits import RoundLimits
 from ._round import Round
 from ._shape import usage_problem
 from .errors import MalformedResponse
+from .request import CallRequest
 
 __all__ = ["StreamState"]
 
@@ -26,11 +27,12 @@ __all__ = ["StreamState"]
 class StreamState:
     """What a streamed call reads and hands on, across its rounds (one per call)."""
 
-    def __init__(self, model: str, answer: Answer, limits: RoundLimits, *, include_usage: bool) -> None:
-        self.out = StreamOut(model)
+    def __init__(self, call: CallRequest, answer: Answer, limits: RoundLimits) -> None:
+        self.out = StreamOut(call.model)
         self._answer = answer
         self._limits = limits
-        self._include_usage = include_usage  # the caller asked for a usage chunk at the end
+        # the caller asked for a usage chunk at the end
+        self._include_usage = bool((call.stream_options or {}).get("include_usage"))
         self.stop_reading = False  # the round must end before its reply does
         self.malformed: MalformedResponse | None = None  # a chunk of the wrong shape ended the round
 

@@ -51,14 +51,7 @@ from .request import CallRequest
 from .retry import RetryTracker
 from .trace import ContinuationTrace
 
-__all__ = [
-    "Action",
-    "Continuation",
-    "DoRequest",
-    "DoSleep",
-    "Done",
-    "Fail",
-]
+__all__ = ["Action", "Continuation", "DoRequest", "DoSleep", "Done", "Fail"]
 
 
 #: where a call is: "ready" (``start()``, or after a :class:`DoSleep` ``resume()``, comes next), "awaiting" (a request
@@ -141,9 +134,7 @@ class Continuation:
         self._answer = answer = Answer(call.prefix)
         self._room = Headroom(self._spent, settings, call=call, plan=self._plan, answer=answer)
         # Streaming: what the reader is handed; and ask upstream for usage (budgets need it) unless it refuses.
-        include_usage = bool((call.stream_options or {}).get("include_usage"))
-        limits = self._room.limits
-        self._streaming = StreamState(call.model, answer, limits, include_usage=include_usage) if call.stream else None
+        self._streaming = StreamState(call, answer, self._room.limits) if call.stream else None
         self._upstream_usage = call.stream
 
     # ----------------------------------------------------------------------------------------------------------
@@ -242,19 +233,21 @@ class Continuation:
         current = self._round
         continuing = current is not None and (current.sent != "" or self._call.has_prefix)
         if continuing and self._plan.fallback is not None and self._plan.dialect.refuses(error):
-            self._round = None
             self._plan.switch(f"refused: {type(error).__name__}", self.trace)
             return self._begin_round()
         if current is not None and self._upstream_usage and mentions(error, "stream_options"):
             # A server that does not know stream_options: ask again without it and count tokens ourselves.
-            self._round = None
             self._upstream_usage = False
             return self._begin_round()
         if current is not None:
-            self._keep_partial(current)
+            # The reply broke off: keep every decided character (see Answer.keep_partial).
+            self._round = None
+            added = self._answer.keep_partial(current)
+            if added is not None:
+                current.finish_reason = "error"
+                self._record(current, chars_added=added)  # it was paid for
         if self.trace.rounds and is_context_overflow(error):
             # The prompt plus the text so far no longer fits: continuing cannot help, and the text is kept.
-            self._round = None
             return self._done("context_window", finish_reason="length")
         seconds = self._retry.decide(error)
         if seconds is None:
@@ -268,23 +261,20 @@ class Continuation:
 
     def _begin_round(self) -> Action:
         self._round_index = len(self.trace.rounds) + 1
-        answer, streaming, spent = self._answer, self._streaming, self._spent
-        plan = self._plan.plan(
+        answer, streaming = self._answer, self._streaming
+        current = self._plan.plan(
             answer,
             index=self._round_index,
             started=self._clock(),
             stream=streaming is not None,
             upstream_usage=self._upstream_usage,
         )
-        current = plan.round
         self._room.limit(current.kwargs, first_of_n=answer.first is None and self._seed is None)
-        if plan.added is not None and spent.price:
-            current.overhead = spent.added(plan.added, current.sent)
         if streaming is not None:
             streaming.stop_reading = False
         self._phase = "awaiting"
         self._round = current
-        return DoRequest(current.kwargs, plan.base_url)
+        return DoRequest(current.kwargs, current.base_url)
 
     def _end_round(self) -> Action:
         current = self._current()
@@ -338,25 +328,32 @@ class Continuation:
 
     def _cut_tool_call(self, current: Round, tool_calls: list[Any]) -> Action:
         """A tool call cut by the limit is never continued as text: retry once with room, else fail closed."""
-        # While streaming, the call's deltas have already reached the caller: a second attempt would garble them.
-        if self._streaming is None and self._room.retry_larger(current):
-            self._discard(current, "tool_call_retry")
+        if self._retried_larger(current, "tool_call_retry"):
             return self._begin_round()
         self._commit(current, "".join(current.pieces), extra_seam=("tool_call_cut",))
         return self._finished(tool_call_cut(self._call, self._answer, self.trace, tool_calls))
 
     def _cut_reasoning(self, current: Round) -> Action:
         """Cut inside the reasoning phase where the dialect cannot resume it: stop, or retry once if asked to."""
-        if self._settings.reasoning_retry and self._streaming is None and self._room.retry_larger(current):
-            self._discard(current, "reasoning_retry")
+        if self._settings.reasoning_retry and self._retried_larger(current, "reasoning_retry"):
             return self._begin_round()
         self._commit(current, "".join(current.pieces))
         return self._done("reasoning_truncated", finish_reason="length")
 
+    def _retried_larger(self, current: Round, action: str) -> bool:
+        """Whether ``current`` is sent again, once, with a doubled limit (if the budgets leave room). Its output is
+        not kept; it is paid for, so it is recorded."""
+        # While streaming, the round's deltas have already reached the caller: a second attempt would garble them.
+        if self._streaming is not None or not self._room.retry_larger(current):
+            return False
+        self._answer.released = current.released_at_start
+        self._record(current, chars_added=0, extra_seam=(action,))
+        self._retry.reset()
+        return True
+
     def _restarted(self, current: Round) -> Action:
         """The model began the answer again: the round is discarded and the fallback dialect takes over."""
         self._record(current, chars_added=0, extra_seam=("restart_discarded",))
-        self._round = None
         self._plan.switch("restart", self.trace)
         cause = self._room.stop_cause()
         if cause is not None:
@@ -366,27 +363,12 @@ class Continuation:
     def _commit(self, current: Round, new_text: str, *, extra_seam: tuple[str, ...] = ()) -> None:
         """Make the round's text (and reasoning and logprobs) part of the answer, and record the round."""
         self._plan.committed(current, new_text)
-        added = self._answer.commit(current, new_text)
-        self._record(current, chars_added=added, extra_seam=extra_seam)
-        self._round = None
+        self._record(current, chars_added=self._answer.commit(current, new_text), extra_seam=extra_seam)
         self._retry.reset()
-
-    def _discard(self, current: Round, action: str) -> None:
-        """Record a round whose output is not kept (it is paid for, so its usage counts)."""
-        self._answer.released = current.released_at_start
-        self._record(current, chars_added=0, extra_seam=(action,))
-        self._round = None
-        self._retry.reset()
-
-    def _keep_partial(self, current: Round) -> None:
-        """A reply broke off: keep every decided character (see :meth:`Answer.keep_partial`)."""
-        self._round = None
-        added = self._answer.keep_partial(current)
-        if added is not None:
-            current.finish_reason = "error"
-            self._record(current, chars_added=added)  # it was paid for
 
     def _record(self, current: Round, *, chars_added: int, extra_seam: tuple[str, ...] = ()) -> None:
+        """The round is over: record it (it is paid for, whether its text is kept or not)."""
+        self._round = None
         self._spent.record(
             current,
             chars_added=chars_added,
@@ -409,7 +391,6 @@ class Continuation:
         return Done(result)
 
     def _give_up(self, error: BaseException) -> Action:
-        self._round = None
         if not self.trace.rounds:
             # Nothing was generated, so nothing can be lost: the SDK's own error keeps the call a drop-in.
             return self._finished(error)
