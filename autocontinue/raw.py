@@ -22,7 +22,7 @@ body, not the joined answer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, cast
 
 from openai import APIResponse, AsyncAPIResponse, NotGiven
 
@@ -176,17 +176,23 @@ def _respond(
     return response
 
 
-class ContinuedLegacyAPIResponse(LegacyAPIResponse[Any]):
-    """The SDK's ``LegacyAPIResponse`` (what ``with_raw_response`` returns) for a continued call: ``parse()`` gives
-    the joined completion, the parsed result or the continued stream; the HTTP parts are the latest round's."""
+class _ParsesBody(Protocol):
+    def parse(self, *, to: Any) -> Any: ...
 
-    #: the joined completion, the parsed result or the continued stream
+
+class _ContinuedSync:
+    """What both sync response classes add to the SDK's: ``parse()`` gives the continued result (the joined
+    completion, the parsed result or the continued stream), and ``close()`` closes it with the HTTP response."""
+
     continued: Any
     continued_stream: bool
+    http_response: Any  # the SDK's (declared by its classes; named here for close())
 
     def parse(self, *, to: Any = None) -> Any:
         """The continued result (with ``to``: the latest round's body parsed into that type, as the SDK does)."""
-        return self.continued if to is None else super().parse(to=to)
+        if to is None:
+            return self.continued
+        return cast(_ParsesBody, super()).parse(to=to)  # the SDK class this one is mixed into
 
     def close(self) -> None:
         """Close the HTTP response, and the continued stream if it is one."""
@@ -195,21 +201,13 @@ class ContinuedLegacyAPIResponse(LegacyAPIResponse[Any]):
         self.http_response.close()
 
 
-class ContinuedAPIResponse(APIResponse[Any]):
+class ContinuedLegacyAPIResponse(_ContinuedSync, LegacyAPIResponse[Any]):
+    """The SDK's ``LegacyAPIResponse`` (what ``with_raw_response`` returns) for a continued call: ``parse()`` gives
+    the joined completion, the parsed result or the continued stream; the HTTP parts are the latest round's."""
+
+
+class ContinuedAPIResponse(_ContinuedSync, APIResponse[Any]):
     """The SDK's ``APIResponse`` (what ``with_streaming_response`` yields) for a continued call."""
-
-    continued: Any
-    continued_stream: bool
-
-    def parse(self, *, to: Any = None) -> Any:
-        """The continued result (with ``to``: the latest round's body parsed into that type, as the SDK does)."""
-        return self.continued if to is None else super().parse(to=to)
-
-    def close(self) -> None:
-        """Close the HTTP response, and the continued stream if it is one."""
-        if self.continued_stream:
-            self.continued.close()
-        super().close()
 
 
 class AsyncContinuedAPIResponse(AsyncAPIResponse[Any]):
