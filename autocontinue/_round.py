@@ -15,7 +15,7 @@ from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionUsage
 
 from ._cut import Release
-from ._replies import reasoning_of
+from ._replies import merge_tool_deltas, reasoning_of
 from .stitch import PlainSeam, Seam
 
 __all__ = ["Round"]
@@ -49,6 +49,10 @@ class Round:
     fresh_logprobs: list[Any] = field(default_factory=list)  # entries released by the last chunk
     base_url: str | None = None  # where the request goes, when not to the client's own URL
     added: list[Any] | None = None  # the messages the dialect added to the caller's (None: it continues nothing)
+
+    def calls(self) -> list[Any]:
+        """The tool calls the reply has brought: a whole reply's, or a streamed reply's fragments joined."""
+        return list(getattr(self.message, "tool_calls", None) or ()) or merge_tool_deltas(self.tool_calls)
 
     def take(self, completion: ChatCompletion) -> str:
         """Read a whole reply (its first choice) into the round: message, usage, finish reason, reasoning text and

@@ -33,15 +33,7 @@ from ._headroom import Headroom
 from ._options import Settings
 from ._planning import Planner
 from ._progress import Progress
-from ._replies import (
-    LENGTH_STOPS,
-    NOT_AN_ENDING,
-    cause_of,
-    final_finish,
-    is_context_overflow,
-    mentions,
-    merge_tool_deltas,
-)
+from ._replies import LENGTH_STOPS, NOT_AN_ENDING, cause_of, final_finish, is_context_overflow, mentions
 from ._round import Round
 from ._shape import completion_problem
 from ._shares import Share
@@ -185,8 +177,7 @@ class Continuation:
             if content:
                 current.pieces.append(content)
             self._commit(current, content)
-            tool_calls = list(getattr(current.message, "tool_calls", None) or ())
-            return self._done(cause_of(finish), finish_reason=finish, tool_calls=tool_calls)
+            return self._done(cause_of(finish), finish_reason=finish, tool_calls=current.calls())
         if current.release is None:  # made only for a reply that has a seam to pass (see _begin_round)
             current.release = self._plan.release_of(self._answer, current.sent)
         self._answer.feed(current, content)
@@ -286,7 +277,7 @@ class Continuation:
             return self._restarted(current)
         finish = current.finish_reason
         cut = finish in LENGTH_STOPS
-        tool_calls = list(getattr(current.message, "tool_calls", None) or []) or merge_tool_deltas(current.tool_calls)
+        tool_calls = current.calls()
         if cut and tool_calls:
             return self._cut_tool_call(current, tool_calls)
         in_reasoning = cut and current.raw_chars == 0 and bool(current.reasoning)
