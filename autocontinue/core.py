@@ -178,7 +178,7 @@ class Continuation:
                 current.pieces.append(content)
             self._commit(current, content)
             return self._done(cause_of(finish), finish_reason=finish, tool_calls=current.calls())
-        if current.release is None:  # made only for a reply that has a seam to pass (see _begin_round)
+        if current.release is None:  # made only for a reply that has a seam to pass (see Planner.plan)
             current.release = self._plan.release_of(self._answer, current.sent)
         self._answer.feed(current, content)
         return self._end_round()
