@@ -52,7 +52,10 @@ class Round:
 
     def calls(self) -> list[Any]:
         """The tool calls the reply has brought: a whole reply's, or a streamed reply's fragments joined."""
-        return list(getattr(self.message, "tool_calls", None) or ()) or merge_tool_deltas(self.tool_calls)
+        whole = getattr(self.message, "tool_calls", None)
+        if whole:
+            return list(whole)
+        return merge_tool_deltas(self.tool_calls) if self.tool_calls else []
 
     def take(self, completion: ChatCompletion) -> str:
         """Read a whole reply (its first choice) into the round: message, usage, finish reason, reasoning text and
