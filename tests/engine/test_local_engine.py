@@ -13,7 +13,6 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -32,12 +31,6 @@ USER: ChatCompletionMessageParam = {
     "content": "Write a short story about a cat who learns to fly.",
 }
 CONTINUE_EXTRA: dict[str, object] = {"continue_final_message": True, "add_generation_prompt": False}
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[LocalEngine]:
-    with LocalEngine() as eng:
-        yield eng
 
 
 @pytest.fixture(scope="module")

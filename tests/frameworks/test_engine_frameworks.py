@@ -4,7 +4,6 @@ ends by itself (greedy decoding; the engine evaluates prompts batch-invariant, s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import litellm
@@ -31,12 +30,6 @@ session_loop = pytest.mark.asyncio(loop_scope="session")
 PROMPT = "Erkläre auf Deutsch, wie ein Kühlschrank funktioniert."
 OPTIONS: dict[str, Any] = {"max_rounds": 40}
 GREEDY: dict[str, Any] = {"temperature": 0, "seed": DEFAULT_SEED}
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[LocalEngine]:
-    with LocalEngine() as eng:
-        yield eng
 
 
 class OneShot(NamedTuple):

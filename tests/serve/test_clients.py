@@ -117,12 +117,6 @@ def test_curl(emu: Emulator, proxy: Proxy) -> None:
 # ------------------------------------------------------------------------------------------- the real engine
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[LocalEngine]:
-    with LocalEngine() as eng:
-        yield eng
-
-
 QUESTION = {"role": "user", "content": "Name three colours of the rainbow and say one thing about each."}
 
 
