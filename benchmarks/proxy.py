@@ -1,10 +1,14 @@
-"""10. ``autocontinue serve`` against the upstream called directly, and LiteLLM's proxy beside it.
+"""10. ``autocontinue serve`` against the upstream called directly, with the floor of any proxy hop and LiteLLM's
+proxy beside it.
 
 Every route is measured in the same run, on the same emulator (in its own process), each server in its own process:
-``direct`` (the client talks to the emulator), ``autocontinue`` (the client talks to ``autocontinue serve`` in
-front of it), and ``litellm`` (LiteLLM's proxy in front of it, when ``litellm[proxy]`` is installed in the
-virtualenv named by ``$LITELLM_VENV``, default ``/tmp/litellm-venv``; it is not a dependency of this project).
-Every reply is untruncated (one round), so what is measured is the proxy's own cost, not continuation.
+``direct`` (the client talks to the emulator), ``relay`` (a zero-work relay on the proxy's server stack,
+``benchmarks/_relay.py``: what any Python proxy hop costs here), ``autocontinue`` (the client talks to
+``autocontinue serve`` in front of it), ``litellm`` (LiteLLM's proxy in front of it, when ``litellm[proxy]`` is
+installed in the virtualenv named by ``$LITELLM_VENV``, default ``/tmp/litellm-venv``; it is not a dependency of
+this project), and any other checkout named in ``$PROXY_BENCH_TREES`` (``name=path,...``: an earlier commit's
+``autocontinue serve``, to measure a change in the same run). Every reply is untruncated (one round), so what is
+measured is the proxy's own cost, not continuation.
 
 Two upstreams, because a proxy's cost is a fixed amount per request and per chunk, and what it means depends on
 what it is added to:
@@ -16,7 +20,11 @@ what it is added to:
 
 Measured per route and upstream: non-streamed latency p50 and p99 (calls alternate between routes); streamed time
 per chunk (a 400-token reply drained, median of the runs); and 500 concurrent streamed calls' throughput (calls per
-second for the whole batch, ``AsyncOpenAI`` with a pool of 600 connections).
+second for the whole batch, ``AsyncOpenAI`` with a pool of 600 connections), with the CPU each process spent per
+call (this client, the emulator, the proxy) and its share of a core. With 500 streams the client's own parsing of
+every chunk keeps a core busy on the direct route, so that measure is the machine's CPU shared out rather than the
+proxy's effect on a stream; on the paced upstream throughput is also measured with ``GENTLE_CONCURRENCY`` streams at
+a time, where the direct route's client is not CPU-bound.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ GOAL_CHUNK = 1.10
 GOAL_THROUGHPUT = 0.90
 #: streams at a time on the paced upstream where the client of the direct route is not CPU-bound (the 500-stream
 #: measure is: there the client's own parsing of every chunk saturates a core, for every route alike)
-GENTLE_CONCURRENCY = 20
+GENTLE_CONCURRENCY = 10
 PERSONA = "vllm"
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 #: the paced upstream: seconds before the first token, and between tokens
@@ -78,11 +86,11 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None
 
 @contextlib.contextmanager
 def _process(
-    command: list[str], ready_url: str, timeout: float, env: dict[str, str] | None = None
+    command: list[str], ready_url: str, timeout: float, env: dict[str, str] | None = None, cwd: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in the finally below, after the process)
     proc = subprocess.Popen(
-        command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+        command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, cwd=cwd
     )
     try:
         _wait_ready(ready_url, proc, timeout)
@@ -102,7 +110,8 @@ def _process(
 
 
 @contextlib.contextmanager
-def _autocontinue(upstream: str) -> Iterator[tuple[str, int]]:
+def _autocontinue(upstream: str, tree: str | None = None) -> Iterator[tuple[str, int]]:
+    """``autocontinue serve`` in front of ``upstream``: this checkout's, or the one in the source ``tree`` given."""
     port = _free_port()
     command = [
         sys.executable,
@@ -120,8 +129,16 @@ def _autocontinue(upstream: str) -> Iterator[tuple[str, int]]:
         "--max-concurrency",
         "2048",
     ]
-    with _process(command, f"http://127.0.0.1:{port}/health", 60) as proc:
+    env = {"PYTHONPATH": tree} if tree else None
+    with _process(command, f"http://127.0.0.1:{port}/health", 60, env=env, cwd=tree) as proc:
         yield f"http://127.0.0.1:{port}/v1", proc.pid
+
+
+def _other_trees() -> list[tuple[str, str]]:
+    """``$PROXY_BENCH_TREES``, ``name=path,...``: other checkouts of autocontinue (a git worktree of an earlier
+    commit, say) whose ``autocontinue serve`` is measured beside this one's, to see a change's effect in one run."""
+    spec = os.environ.get("PROXY_BENCH_TREES", "")
+    return [(name, str(Path(path).resolve())) for name, _, path in (p.partition("=") for p in spec.split(",") if p)]
 
 
 @contextlib.contextmanager
@@ -335,7 +352,7 @@ def run(quick: bool) -> dict[str, Any]:
     chunk_runs = 2 if quick else 9
     streams = 100 if quick else 500
     stream_runs = 1 if quick else 2
-    gentle_calls = 100 if quick else 400
+    gentle_calls = 100 if quick else 200
     short = synthetic_text(120, seed=3)  # about 30 tokens
     long = synthetic_text(1600, seed=4)  # about 400 tokens
     results: dict[str, Any] = {"litellm": litellm_available()}
@@ -350,6 +367,8 @@ def run(quick: bool) -> dict[str, Any]:
                 routes = {"direct": upstream}
                 for name, start in (("relay", _relay), ("autocontinue", _autocontinue)):
                     routes[name], pids[name] = stack.enter_context(start(upstream))
+                for name, tree in _other_trees():
+                    routes[name], pids[name] = stack.enter_context(_autocontinue(upstream, tree))
                 if litellm_available():
                     try:
                         routes["litellm"], pids["litellm"] = stack.enter_context(
@@ -390,6 +409,7 @@ def run(quick: bool) -> dict[str, Any]:
         "paced": PACED,
         "persona": PERSONA,
         "litellm_version": _litellm_version(),
+        "other_trees": dict(_other_trees()),
     }
     results["rows"] = [row.as_dict() for row in rows]
     return results
