@@ -31,7 +31,7 @@ from .chat import ChatRoute
 from .config import ServeConfig
 from .errors import ServeError, error_payload, failure
 from .metrics import Metrics
-from .upstream import UpstreamClient
+from .upstream import upstream_client
 
 __all__ = ["build_app"]
 
@@ -53,7 +53,7 @@ class _Proxy:
         self.http = httpx2.AsyncClient(timeout=timeout, limits=limits)
         # Without a key of the server's, the SDK's own Authorization header is left out of each request (the
         # caller's, if any, is forwarded in its place).
-        self.sdk = UpstreamClient(
+        self.sdk = upstream_client(
             base_url=config.upstream, api_key=config.upstream_key or "unused", http_client=self.http, max_retries=0
         )
         self.chat = ChatRoute(

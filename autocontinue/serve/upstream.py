@@ -15,14 +15,15 @@ the same dict. This client changes both, and nothing else:
 - SSE events of the common shape (one ``data:`` line) are cut out of the bytes directly (:class:`_SSEDecoder`).
 
 Both rely on the SDK's private hooks ``_process_response_data`` (every response and stream chunk passes through it)
-and ``_make_sse_decoder`` (each stream's decoder), and on ``SSEDecoder`` and ``ServerSentEvent`` from
-``openai._streaming``, as in openai 3.x. If a later SDK renames a hook, the override is never called and the proxy is
-as slow as before, not wrong; if it changes a hook's arguments or those classes, every request through the proxy
-fails at once (the serve tests catch it).
+and ``_make_sse_decoder`` (each stream's decoder), and on ``SSEDecoder`` (its ``decode``, ``_reset`` and
+``_last_event_id``) and ``ServerSentEvent`` from ``openai._streaming``, as in openai 3.x. :func:`upstream_client`
+checks all of them before it uses this client: an SDK where any is missing or takes other arguments gets the SDK's
+own ``AsyncOpenAI``, slower but right (and ``tests/serve/test_upstream.py`` fails, so that the change is seen).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -31,7 +32,7 @@ import pydantic
 from openai._streaming import ServerSentEvent, SSEDecoder
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-__all__ = ["UpstreamClient"]
+__all__ = ["UpstreamClient", "sdk_hooks_present", "upstream_client"]
 
 #: the reply types built by validation; anything else (models, embeddings) takes the SDK's path
 _VALIDATED: frozenset[type[Any]] = frozenset({ChatCompletion, ChatCompletionChunk})
@@ -101,3 +102,25 @@ class _SSEDecoder(SSEDecoder):
             sse = self.decode(line.decode("utf-8"))
             if sse is not None:
                 yield sse
+
+
+def sdk_hooks_present(client_class: type[Any] = openai.AsyncOpenAI, decoder_class: type[Any] = SSEDecoder) -> bool:
+    """Whether the SDK has the private hooks :class:`UpstreamClient` overrides, with the arguments it passes."""
+    process = getattr(client_class, "_process_response_data", None)
+    make_decoder = getattr(client_class, "_make_sse_decoder", None)
+    if not callable(process) or not callable(make_decoder):
+        return False
+    if not {"data", "cast_to", "response"} <= set(inspect.signature(process).parameters):
+        return False
+    if not all(callable(getattr(decoder_class, name, None)) for name in ("aiter_bytes", "decode", "_reset")):
+        return False
+    try:
+        return hasattr(decoder_class(), "_last_event_id")
+    except Exception:
+        return False
+
+
+def upstream_client(**kwargs: Any) -> openai.AsyncOpenAI:
+    """The proxy's upstream client: :class:`UpstreamClient` where the installed SDK has the hooks it overrides, else
+    the SDK's own ``AsyncOpenAI`` (the same replies, built more slowly)."""
+    return UpstreamClient(**kwargs) if sdk_hooks_present() else openai.AsyncOpenAI(**kwargs)

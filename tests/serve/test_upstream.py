@@ -19,7 +19,7 @@ import openai
 import pytest
 from openai._streaming import SSEDecoder
 
-from autocontinue.serve.upstream import _LONG_EVENT, UpstreamClient, _SSEDecoder
+from autocontinue.serve.upstream import _LONG_EVENT, UpstreamClient, _SSEDecoder, sdk_hooks_present, upstream_client
 from tests.support.hostile import Hostile, Reply, Served, body, chunk, completion, event, sse
 
 pytestmark = pytest.mark.timeout(60)
@@ -164,3 +164,22 @@ def test_a_long_event_is_decoded_whole() -> None:
     reads = [stream[i : i + 1000] for i in range(0, len(stream), 1000)]
     events = asyncio.run(_decoded(_SSEDecoder(), reads))
     assert [e[1] for e in events] == ["a", data.decode(), "b"]
+
+
+def test_the_installed_sdk_has_the_hooks_the_upstream_client_overrides() -> None:
+    # Fails on an SDK that renamed or changed them: the proxy then runs on the SDK's own client, slower.
+    assert sdk_hooks_present()
+    assert type(upstream_client(base_url="http://127.0.0.1:9/v1", api_key="k")) is UpstreamClient
+
+
+def test_an_sdk_without_the_hooks_gets_its_own_client() -> None:
+    class Bare:
+        pass
+
+    class OtherArguments(openai.AsyncOpenAI):
+        def _process_response_data(self, *, payload: object) -> Any:  # type: ignore[override]
+            return payload
+
+    assert not sdk_hooks_present(Bare, SSEDecoder)
+    assert not sdk_hooks_present(OtherArguments, SSEDecoder)
+    assert not sdk_hooks_present(openai.AsyncOpenAI, Bare)
