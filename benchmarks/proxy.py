@@ -61,6 +61,8 @@ PACED = {"first_token_delay": 0.100, "token_delay": 0.005}
 LITELLM_VENV = Path(os.environ.get("LITELLM_VENV", "/tmp/litellm-venv"))
 #: every route's client sends it: LiteLLM's proxy will not start without a master key, the others pass it on unread
 KEY = "sk-bench-0123456789abcdef"
+#: the routes every run measures: other trees' names must differ from them
+ROUTE_NAMES = frozenset({"direct", "relay", "autocontinue", "litellm"})
 
 
 def _free_port() -> int:
@@ -138,7 +140,11 @@ def _other_trees() -> list[tuple[str, str]]:
     """``$PROXY_BENCH_TREES``, ``name=path,...``: other checkouts of autocontinue (a git worktree of an earlier
     commit, say) whose ``autocontinue serve`` is measured beside this one's, to see a change's effect in one run."""
     spec = os.environ.get("PROXY_BENCH_TREES", "")
-    return [(name, str(Path(path).resolve())) for name, _, path in (p.partition("=") for p in spec.split(",") if p)]
+    trees = [(name, str(Path(path).resolve())) for name, _, path in (p.partition("=") for p in spec.split(",") if p)]
+    taken = [name for name, _ in trees if name in ROUTE_NAMES]
+    if taken or len({name for name, _ in trees}) < len(trees):
+        raise SystemExit(f"PROXY_BENCH_TREES: each name must be new and not one of {sorted(ROUTE_NAMES)}")
+    return trees
 
 
 @contextlib.contextmanager
@@ -210,7 +216,11 @@ def _latency(routes: dict[str, str], model: str, calls: int) -> dict[str, dict[s
 
 def _per_chunk(routes: dict[str, str], model: str, runs: int) -> dict[str, dict[str, float]]:
     """Time to drain a streamed reply, per chunk the upstream sent (the direct route's count: a continued stream
-    may join a whitespace chunk to the next, so its own count is smaller for the same text)."""
+    may join a whitespace chunk to the next, so its own count is smaller for the same text).
+
+    Each run drains every route once, one after another; ``ratio`` is the median over the runs of each route's
+    time against the direct route's in the same run, so that a slow stretch of a shared machine weighs on both
+    sides of each ratio alike."""
     clients = {
         name: openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120) for name, url in routes.items()
     }
@@ -230,9 +240,14 @@ def _per_chunk(routes: dict[str, str], model: str, runs: int) -> dict[str, dict[
     for client in clients.values():
         client.close()
     upstream_chunks = chunks["direct"]
+    drained = {name: [t * chunks[name] for t in times] for name, times in per_chunk.items()}  # whole streams
     return {
-        name: {"per_chunk_s": median(t) * chunks[name] / upstream_chunks, "chunks": chunks[name]}
-        for name, t in per_chunk.items()
+        name: {
+            "per_chunk_s": median(t) / upstream_chunks,
+            "chunks": chunks[name],
+            "ratio": median([mine / direct for mine, direct in zip(t, drained["direct"], strict=True)]),
+        }
+        for name, t in drained.items()
     }
 
 
@@ -279,7 +294,13 @@ async def _throughput_once(
 
 
 def _throughput(
-    routes: dict[str, str], pids: dict[str, int | None], model: str, calls: int, concurrency: int, runs: int
+    routes: dict[str, str],
+    pids: dict[str, int | None],
+    upstream_pid: int | None,
+    model: str,
+    calls: int,
+    concurrency: int,
+    runs: int,
 ) -> dict[str, dict[str, Any]]:
     """Throughput per route (median of ``runs``), with the CPU it took per call: ``client`` (this process, which
     drives every route alike), ``upstream`` (the emulator) and ``proxy`` (the route's own server, if any), and
@@ -287,7 +308,7 @@ def _throughput(
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in routes}
     for i in range(runs):
         for name in list(routes) if i % 2 == 0 else list(reversed(routes)):
-            pid_list = [pids["upstream"], pids.get(name)]
+            pid_list = [upstream_pid, pids.get(name)]
             results[name].append(asyncio.run(_throughput_once(routes[name], model, calls, concurrency, pid_list)))
     summary: dict[str, dict[str, Any]] = {}
     for name, runs_of in results.items():
@@ -305,10 +326,10 @@ def _throughput(
 # ------------------------------------------------------------------------------------------------- the run
 
 
-def _row(label: str, ours: float, base: float, unit: str, goal: str, proxy: str) -> Row:
-    """One comparison with the direct route: the goal holds for autocontinue; the relay's (the floor) and LiteLLM's
-    are reported beside it."""
-    ratio = ours / base
+def _row(label: str, ours: float, base: float, unit: str, goal: str, proxy: str, ratio: float | None = None) -> Row:
+    """One comparison with the direct route (``ours / base`` unless the measure gives its ``ratio``): the goal holds
+    for autocontinue; the relay's (the floor) and LiteLLM's are reported beside it."""
+    ratio = ours / base if ratio is None else ratio
     scale, fmt = {"ms": (1e3, "{:.1f} ms"), "µs": (1e6, "{:.0f} µs"), "/s": (1.0, "{:.0f}/s")}[unit]
     ok = (
         (ratio >= float(goal[3:]) if goal.startswith(">=") else ratio <= float(goal[3:]))
@@ -338,7 +359,15 @@ def _rows(upstream: str, latency: Any, chunk: Any, throughput: Any, calls: int, 
         measures.append((f"{gentle['calls']} streams, {gentle['concurrency']} at a time, calls per second",
                          gentle["routes"], "calls_per_s", "/s", f">= {GOAL_THROUGHPUT}"))  # fmt: skip
     return [
-        _row(f"{upstream}: {proxy} vs direct, {what}", results[proxy][key], results["direct"][key], unit, goal, proxy)
+        _row(
+            f"{upstream}: {proxy} vs direct, {what}",
+            results[proxy][key],
+            results["direct"][key],
+            unit,
+            goal,
+            proxy,
+            results[proxy].get("ratio"),
+        )
         for proxy in [name for name in latency if name != "direct"]
         for what, results, key, unit, goal in measures
     ]
@@ -349,7 +378,7 @@ def run(quick: bool) -> dict[str, Any]:
 
     calls = 40 if quick else 300
     paced_calls = 10 if quick else 60
-    chunk_runs = 2 if quick else 9
+    chunk_runs = 2 if quick else 21
     streams = 100 if quick else 500
     stream_runs = 1 if quick else 2
     gentle_calls = 100 if quick else 200
@@ -363,7 +392,7 @@ def run(quick: bool) -> dict[str, Any]:
             short_model = emu.add_script(Script(target=short, **delays))
             long_model = emu.add_script(Script(target=long, **delays))
             with contextlib.ExitStack() as stack:
-                pids: dict[str, int | None] = {"upstream": server_pid(emu)}
+                pids: dict[str, int | None] = {}  # each proxy's process
                 routes = {"direct": upstream}
                 for name, start in (("relay", _relay), ("autocontinue", _autocontinue)):
                     routes[name], pids[name] = stack.enter_context(start(upstream))
@@ -382,7 +411,7 @@ def run(quick: bool) -> dict[str, Any]:
                 print(f"[proxy] {pace}: latency {latency}", flush=True)
                 chunk = _per_chunk(routes, long_model, chunk_runs)
                 print(f"[proxy] {pace}: per chunk {chunk}", flush=True)
-                throughput = _throughput(routes, pids, short_model, streams, streams, stream_runs)
+                throughput = _throughput(routes, pids, server_pid(emu), short_model, streams, streams, stream_runs)
                 print(f"[proxy] {pace}: throughput {throughput}", flush=True)
                 gentle = None
                 if pace == "paced":  # the rate at which the direct route's client is not CPU-bound
@@ -390,7 +419,13 @@ def run(quick: bool) -> dict[str, Any]:
                         "calls": gentle_calls,
                         "concurrency": GENTLE_CONCURRENCY,
                         "routes": _throughput(
-                            routes, pids, short_model, gentle_calls, GENTLE_CONCURRENCY, stream_runs + 1
+                            routes,
+                            pids,
+                            server_pid(emu),
+                            short_model,
+                            gentle_calls,
+                            GENTLE_CONCURRENCY,
+                            stream_runs + 1,
                         ),
                     }
                     print(f"[proxy] {pace}: gentle throughput {gentle}", flush=True)

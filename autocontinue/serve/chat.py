@@ -118,7 +118,7 @@ class ChatRoute:
         try:
             # Chunks that were ready at once (one upstream read) go out in one write: see _ready.
             async for batch in ready_batches(stream):
-                yield b"".join([b"data: " + c.model_dump_json(exclude_unset=True).encode() + b"\n\n" for c in batch])
+                yield b"".join([b"data: " + _chunk_json(c) + b"\n\n" for c in batch])
             trace = stream.continuation
             yield b": autocontinue " + json.dumps(trace_summary(trace)).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
@@ -135,6 +135,13 @@ class ChatRoute:
         finally:
             await stream.close()
             self._observe("chat", status, started, True, getattr(stream, "continuation", None), kind)
+
+
+def _chunk_json(chunk: Any) -> bytes:
+    """A chunk as the JSON bytes ``model_dump_json(exclude_unset=True)`` gives, from the model's serializer directly
+    (the public ``__pydantic_serializer__``: bytes at once, without a str made and encoded again)."""
+    data: bytes = type(chunk).__pydantic_serializer__.to_json(chunk, exclude_unset=True)
+    return data
 
 
 def trace_summary(trace: ContinuationTrace) -> dict[str, Any]:

@@ -12,7 +12,10 @@ the same dict. This client changes both, and nothing else:
   ``construct_type`` makes, field for field and byte for byte once serialized. A reply of any other shape (a finish
   reason no type names, a number sent as text) fails that validation and is built by the SDK's own path as before,
   so the library sees what it sees without the proxy, malformed chunks included;
-- SSE events of the common shape (one ``data:`` line) are cut out of the bytes directly (:class:`_SSEDecoder`).
+- SSE events of the common shape (one ``data:`` line) are cut out of the bytes directly (:class:`_SSEDecoder`),
+  and their JSON is read by pydantic's parser (``pydantic_core.from_json``, Rust, about three times the standard
+  library's ``json.loads`` on a chunk). For any text that parser refuses (a lone surrogate escape, invalid JSON),
+  ``json.loads`` reads it as the SDK does, so the values, and the errors, are the SDK's.
 
 Both rely on the SDK's private hooks ``_process_response_data`` (every response and stream chunk passes through it)
 and ``_make_sse_decoder`` (each stream's decoder), and on ``SSEDecoder`` (its ``decode``, ``_reset`` and
@@ -24,11 +27,13 @@ own ``AsyncOpenAI``, slower but right (and ``tests/serve/test_upstream.py`` fail
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
 import pydantic
+import pydantic_core
 from openai._streaming import ServerSentEvent, SSEDecoder
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -58,6 +63,16 @@ class UpstreamClient(openai.AsyncOpenAI):
         return _SSEDecoder()
 
 
+class _DataEvent(ServerSentEvent):
+    """An event of one ``data:`` line, whose JSON is read by pydantic's parser (the same values as ``json.loads``)."""
+
+    def json(self) -> Any:
+        try:
+            return pydantic_core.from_json(self.data)
+        except ValueError:
+            return json.loads(self.data)  # the standard library's reading, or its error, as the SDK's
+
+
 async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield first
     async for part in rest:
@@ -85,7 +100,7 @@ class _SSEDecoder(SSEDecoder):
                 *events, pending = (pending + part).split(b"\n\n")
                 for event in events:
                     if event.startswith(b"data: ") and b"\n" not in event:
-                        yield ServerSentEvent(data=event[6:].decode("utf-8"), id=self._last_event_id)
+                        yield _DataEvent(data=event[6:].decode("utf-8"), id=self._last_event_id)
                         continue
                     for sse in self._lines([*event.split(b"\n"), b""]):  # b"": the blank line that ended it
                         yield sse

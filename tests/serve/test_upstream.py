@@ -17,9 +17,16 @@ from typing import Any
 
 import openai
 import pytest
-from openai._streaming import SSEDecoder
+from openai._streaming import ServerSentEvent, SSEDecoder
 
-from autocontinue.serve.upstream import _LONG_EVENT, UpstreamClient, _SSEDecoder, sdk_hooks_present, upstream_client
+from autocontinue.serve.upstream import (
+    _LONG_EVENT,
+    UpstreamClient,
+    _DataEvent,
+    _SSEDecoder,
+    sdk_hooks_present,
+    upstream_client,
+)
 from tests.support.hostile import Hostile, Reply, Served, body, chunk, completion, event, sse
 
 pytestmark = pytest.mark.timeout(60)
@@ -183,3 +190,39 @@ def test_an_sdk_without_the_hooks_gets_its_own_client() -> None:
     assert not sdk_hooks_present(Bare, SSEDecoder)
     assert not sdk_hooks_present(OtherArguments, SSEDecoder)
     assert not sdk_hooks_present(openai.AsyncOpenAI, Bare)
+
+
+#: texts an upstream's data line may hold: JSON of every kind of value, and texts pydantic's parser and the
+#: standard library's read differently or refuse (a lone surrogate escape, invalid JSON of several kinds)
+DATA_TEXTS = [
+    '{"a":1e400}', '{"a":-1e400}', '{"a":NaN}', '{"a":Infinity}', '{"a":-Infinity}', '{"a":-0.0}', '{"a":1E5}',
+    '{"a":123456789012345678901234567890}', '{"a":2.5e-324}', '{"a":1.7976931348623157e308}', '{"a":1,"a":2}',
+    '{"a":"\\ud800"}', '{"a":"\\ud83d\\ude00"}', '{"\\u0065rror":{"message":"m"}}', '{"a":"\\u0000 é"}',
+    '"text"', "null", "[]", " {} ", "[1,2", "", '{"a":1} x', '{"a":01}', '{"a":.5}', "{'a':1}", '{"a":1,}',
+    '{"a":"\x01"}', "[DONE",
+]  # fmt: skip
+
+
+def _json_reading(text: str, reader: Any) -> tuple[str, Any]:
+    try:
+        value = reader(text)
+    except json.JSONDecodeError as error:
+        return "error", (type(error), error.msg, error.pos)
+    return "value", (repr(value), type(value))
+
+
+@pytest.mark.parametrize("text", DATA_TEXTS + [json.dumps(c) for c in CHUNKS] + [json.dumps(r) for r in REPLIES])
+def test_a_data_event_reads_its_json_as_the_sdk_does(text: str) -> None:
+    """Values, their types and repr (so -0.0, big ints, surrogates), and the error for text that is not JSON."""
+    fast = _DataEvent(data=text)
+    assert _json_reading(text, lambda _: fast.json()) == _json_reading(text, lambda t: ServerSentEvent(data=t).json())
+
+
+def test_data_events_read_numbers_as_the_sdk_does() -> None:
+    rng = random.Random(7)
+    for _ in range(20_000):
+        number = rng.choice(
+            [rng.random() * 10 ** rng.randint(-320, 308), rng.randint(-(10**30), 10**30), rng.uniform(-1, 1)]
+        )
+        text = json.dumps({"n": number, "v": [number]})
+        assert repr(_DataEvent(data=text).json()) == repr(json.loads(text)), text
