@@ -253,27 +253,30 @@ def _per_chunk(routes: dict[str, str], model: str, runs: int) -> dict[str, dict[
     }
 
 
-def _tree_cpu(pid: int | None) -> float | None:
-    """CPU seconds of a process and its live descendants (a server may run its work in a child)."""
-    if pid is None:
-        return None
-    total = server_cpu_seconds(pid)
-    if total is None:
-        return None
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            total += _tree_cpu(int(child)) or 0.0
-    return total
-
-
-def _tasks(pid: int) -> Iterator[int]:
-    """The thread ids of a process and of its live descendants."""
+def _processes(pid: int) -> Iterator[int]:
+    """A process and its live descendants (a server may run its work in a child), as their ids."""
+    yield pid
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
-            yield int(task.name)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # a thread that has ended meanwhile
                 for child in (task / "children").read_text().split():
-                    yield from _tasks(int(child))
+                    yield from _processes(int(child))
+
+
+def _tree_cpu(pid: int | None) -> float | None:
+    """CPU seconds of a process and its live descendants."""
+    if pid is None:
+        return None
+    seconds = [server_cpu_seconds(each) for each in _processes(pid)]
+    return None if seconds[0] is None else sum(s or 0.0 for s in seconds)
+
+
+def _threads(pid: int) -> Iterator[int]:
+    """The thread ids of a process and of its live descendants."""
+    for each in _processes(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{each}/task").iterdir():
+                yield int(task.name)
 
 
 @contextlib.contextmanager
@@ -284,15 +287,15 @@ def _own_core(proxy_pid: int | None, others: list[int | None]) -> Iterator[None]
     placed = [(pid, {cores[-1]} if pid == proxy_pid else set(cores[:-1])) for pid in [*others, proxy_pid] if pid]
     try:
         for pid, on in placed:
-            for task in _tasks(pid):
+            for thread in _threads(pid):
                 with contextlib.suppress(OSError):  # a thread that has ended meanwhile
-                    os.sched_setaffinity(task, on)
+                    os.sched_setaffinity(thread, on)
         yield
     finally:
         for pid, _on in placed:
-            for task in _tasks(pid):
+            for thread in _threads(pid):
                 with contextlib.suppress(OSError):
-                    os.sched_setaffinity(task, set(cores))
+                    os.sched_setaffinity(thread, set(cores))
 
 
 def own_core_possible() -> bool:
