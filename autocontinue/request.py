@@ -19,11 +19,11 @@ from openai.resources.chat.completions import Completions
 from ._limits import NAMES
 from .errors import ConfigurationError
 
-__all__ = ["CallRequest"]
+__all__ = ["NOT_GIVEN_MARKERS", "CallRequest"]
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 #: the SDK's markers for "argument not given" (``NOT_GIVEN``, ``omit``), as the installed version has them
-_NOT_GIVEN: tuple[type, ...] = tuple(
+NOT_GIVEN_MARKERS: tuple[type, ...] = tuple(
     marker for marker in (getattr(openai, "NotGiven", None), getattr(openai, "Omit", None)) if isinstance(marker, type)
 )
 
@@ -41,7 +41,7 @@ _NO_TEMPLATE: Mapping[str, Any] = MappingProxyType({})
 
 
 def _given(value: Any) -> bool:
-    return value is not None and not isinstance(value, _NOT_GIVEN)
+    return value is not None and not isinstance(value, NOT_GIVEN_MARKERS)
 
 
 class CallRequest(NamedTuple):
@@ -70,7 +70,7 @@ class CallRequest(NamedTuple):
             raise ConfigurationError(f"chat.completions.create() got unexpected keyword argument(s): {unknown}")
         # What the caller gave: None and the SDK's NOT_GIVEN / omit mean "not given". One pass, and the checks
         # below look only at what is there (this runs before every call, so it is kept lean).
-        given = {k: v for k, v in kwargs.items() if v is not None and not isinstance(v, _NOT_GIVEN)}
+        given = {k: v for k, v in kwargs.items() if v is not None and not isinstance(v, NOT_GIVEN_MARKERS)}
         model = given.get("model")
         if not isinstance(model, str) or not model:
             raise ConfigurationError("model must be a non-empty string")

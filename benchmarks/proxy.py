@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -197,7 +198,31 @@ def _litellm(upstream: str, models: list[str]) -> Iterator[tuple[str, int]]:
 # ------------------------------------------------------------------------------------------------- measures
 
 
-def _latency(routes: dict[str, str], model: str, calls: int) -> dict[str, dict[str, float]]:
+def _agent_request() -> dict[str, Any]:
+    """A coding agent's request, about 100 KB: 40 turns of asking, a tool call and its result, and 20 tools."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a coding agent. " * 40}]
+    for turn in range(40):
+        call = {"id": f"call_{turn}", "type": "function",
+                "function": {"name": "read_file", "arguments": f'{{"path": "src/module_{turn}.py"}}'}}  # fmt: skip
+        messages += [
+            {"role": "user", "content": f"Fix the failing test in module {turn}. " * 12},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": f"def f_{turn}(x):\n    return x + 1\n" * 40},
+        ]
+    tools = [
+        {"type": "function", "function": {"name": f"tool_{i}", "description": "Does one thing well. " * 10,
+         "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "line": {"type": "integer"}},
+                        "required": ["path"]}}}
+        for i in range(20)
+    ]  # fmt: skip
+    return {"messages": messages, "tools": tools}
+
+
+def _latency(
+    routes: dict[str, str], model: str, calls: int, request: dict[str, Any] | None = None
+) -> dict[str, dict[str, float]]:
+    """Non-streamed latency per route; ``request`` (messages and more) is a one-message request by default."""
+    request = request or {"messages": MESSAGES}
     clients = {
         name: openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60) for name, url in routes.items()
     }
@@ -205,11 +230,11 @@ def _latency(routes: dict[str, str], model: str, calls: int) -> dict[str, dict[s
     order = list(routes)
     for name in order:  # warm-up: connections, imports, caches
         for _ in range(3):
-            clients[name].chat.completions.create(model=model, messages=MESSAGES, max_tokens=1000)
+            clients[name].chat.completions.create(model=model, max_tokens=1000, **request)
     for i in range(calls):
         for name in order if i % 2 == 0 else reversed(order):  # alternate, so drift hits every route alike
             started = time.perf_counter()
-            clients[name].chat.completions.create(model=model, messages=MESSAGES, max_tokens=1000)
+            clients[name].chat.completions.create(model=model, max_tokens=1000, **request)
             times[name].append(time.perf_counter() - started)
     for client in clients.values():
         client.close()
@@ -391,7 +416,9 @@ def _row(label: str, ours: float, base: float, unit: str, goal: str, proxy: str,
     )
 
 
-def _rows(upstream: str, latency: Any, chunk: Any, throughput: Any, calls: int, gentle: Any, own: Any) -> list[Row]:
+def _rows(
+    upstream: str, latency: Any, chunk: Any, throughput: Any, calls: int, gentle: Any, own: Any, agent: Any
+) -> list[Row]:
     measures = [  # (what, results, key, unit, goal)
         ("non-streamed latency p50 (one round)", latency, "p50", "ms", f"<= {GOAL_LATENCY}"),
         ("non-streamed latency p99 (one round)", latency, "p99", "ms", f"<= {GOAL_LATENCY}"),
@@ -399,6 +426,9 @@ def _rows(upstream: str, latency: Any, chunk: Any, throughput: Any, calls: int, 
          f"<= {GOAL_CHUNK}"),
         (f"{calls} concurrent streams, calls per second", throughput, "calls_per_s", "/s", f">= {GOAL_THROUGHPUT}"),
     ]  # fmt: skip
+    if agent is not None:
+        measures.append((f"non-streamed latency p50, a coding agent's {agent['kb']} KB request", agent["routes"], "p50",
+                         "ms", "info"))  # fmt: skip
     if own is not None:
         measures.append((f"{calls} concurrent streams, the proxy on a core of its own, calls per second", own,
                          "calls_per_s", "/s", "info"))  # fmt: skip
@@ -425,6 +455,7 @@ def run(quick: bool) -> dict[str, Any]:
 
     calls = 40 if quick else 300
     paced_calls = 10 if quick else 60
+    agent_calls = 10 if quick else 60
     chunk_runs = 2 if quick else 21
     streams = 100 if quick else 500
     stream_runs = 1 if quick else 2
@@ -456,6 +487,12 @@ def run(quick: bool) -> dict[str, Any]:
                 print(f"[proxy] {pace}: routes {', '.join(routes)}", flush=True)
                 latency = _latency(routes, short_model, calls if pace == "bare" else paced_calls)
                 print(f"[proxy] {pace}: latency {latency}", flush=True)
+                agent = None
+                if pace == "bare":  # a proxy's cost that grows with the request: the body's reading and sending
+                    request = _agent_request()
+                    kb = round(len(json.dumps(request)) / 1000)
+                    agent = {"kb": kb, "routes": _latency(routes, short_model, agent_calls, request)}
+                    print(f"[proxy] {pace}: latency, a {kb} KB request {agent}", flush=True)
                 chunk = _per_chunk(routes, long_model, chunk_runs)
                 print(f"[proxy] {pace}: per chunk {chunk}", flush=True)
                 throughput = _throughput(routes, pids, server_pid(emu), short_model, streams, streams, stream_runs)
@@ -488,13 +525,15 @@ def run(quick: bool) -> dict[str, Any]:
                 "throughput": throughput,
                 "throughput_own_core": own,
                 "gentle": gentle,
+                "agent_latency": agent,
             }
-            rows += _rows(pace, latency, chunk, throughput, streams, gentle, own)
+            rows += _rows(pace, latency, chunk, throughput, streams, gentle, own, agent)
     if not litellm_available():
         print(f"[proxy] LiteLLM: not measured ({LITELLM_VENV}/bin/litellm is not there)", flush=True)
     results["settings"] = {
         "calls": calls,
         "paced_calls": paced_calls,
+        "agent_calls": agent_calls,
         "chunk_runs": chunk_runs,
         "streams": streams,
         "stream_runs": stream_runs,

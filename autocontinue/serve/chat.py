@@ -30,12 +30,14 @@ from openai.resources.chat.completions import AsyncCompletions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .. import acreate
 from .._cli_output import trace_to_dict
+from .._options import make_settings
+from ..client import run_async
 from ..trace import ContinuationTrace
 from ._ready import ready_batches
 from .errors import ServeError, completion_payload, failure, stream_error_event, trace_headers
 from .options import BODY_FIELD, request_options
+from .upstream import JSONBodyTransport
 
 __all__ = ["ChatRoute"]
 
@@ -77,6 +79,8 @@ class ChatRoute:
         self._defaults = defaults
         self._server_pays = server_pays
         self._observe = observe
+        #: one transport per retry setting, as the library keeps one per client (see autocontinue.client)
+        self._transports: dict[bool, JSONBodyTransport] = {}
 
     async def handle(self, request: Request, body: Any, headers: dict[str, str]) -> Response:
         """Answer one chat completion request; ``body`` is its parsed JSON, ``headers`` those to send upstream."""
@@ -93,7 +97,7 @@ class ChatRoute:
         if headers:
             kwargs["extra_headers"] = headers
         stream = body.get("stream") is True
-        call = acreate(self._client, **kwargs, **options)
+        call = self._continued(kwargs, options)
         try:
             result = await _unless_disconnected(call, request)
         except BaseException as exc:
@@ -110,6 +114,15 @@ class ChatRoute:
         trace = getattr(result, "continuation", None)
         self._observe("chat", 200, started, False, trace, None)
         return JSONResponse(completion_payload(result), headers=trace_headers(trace))
+
+    async def _continued(self, kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+        """``acreate(client, **kwargs, **options)``, its rounds sent by :class:`JSONBodyTransport`."""
+        settings = make_settings(**options)
+        retries = settings.retry is not None
+        transport = self._transports.get(retries)
+        if transport is None:
+            transport = self._transports[retries] = JSONBodyTransport(self._client, settings)
+        return await run_async(self._client, settings, kwargs, transport=transport)
 
     async def _events(self, stream: Any, started: float) -> AsyncIterator[bytes]:
         """The SSE body of a continued stream. Cancelled when the caller disconnects (Starlette listens for it):

@@ -19,8 +19,11 @@ import openai
 import pytest
 from openai._streaming import ServerSentEvent, SSEDecoder
 
+from autocontinue._options import make_settings
+from autocontinue.core import DoRequest
 from autocontinue.serve.upstream import (
     _LONG_EVENT,
+    JSONBodyTransport,
     UpstreamClient,
     _DataEvent,
     _SSEDecoder,
@@ -226,3 +229,73 @@ def test_data_events_read_numbers_as_the_sdk_does() -> None:
         )
         text = json.dumps({"n": number, "v": [number]})
         assert repr(_DataEvent(data=text).json()) == repr(json.loads(text)), text
+
+
+# ------------------------------------------------------------------------------------------ the request's body
+
+
+#: a coding agent's request, with every kind of field: content parts, tool calls and results, tools, a JSON
+#: schema, nulls, nested objects, a provider's own field (in extra_body, as the proxy sends unknown fields)
+RICH_REQUEST: dict[str, Any] = {
+    "model": "m",
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": [{"type": "text", "text": "What is in it?"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{\"path\": \"a.py\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "x = 1\n"},
+        {"role": "user", "content": "Go on, é \u2028 \U0001f600."},
+    ],
+    "tools": [{"type": "function", "function": {"name": "read", "description": "Read a file.", "parameters": {
+        "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}],
+    "tool_choice": "auto",
+    "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
+    "temperature": None,
+    "stop": ["\n\n", "END"],
+    "logit_bias": {"50256": -100},
+    "metadata": {"k": "v"},
+    "n": 2,
+    "max_tokens": 40,
+    "seed": 7,
+    "extra_body": {"top_k": 5, "chat_template_kwargs": {"enable_thinking": False}},
+    "extra_headers": {"X-Trace": "t1"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_json_body_goes_upstream_as_the_sdks_create_sends_it(server: Hostile, stream: bool) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def record(n: int, request: dict[str, Any], served: Served) -> Reply:
+        seen.append(request)
+        return sse([event(chunk(WORD, finish="stop"))]) if stream else body(completion("Hi", "stop", None))
+
+    model = server.add("", record)
+    kwargs = {**RICH_REQUEST, "model": model, "stream": stream}
+    client = UpstreamClient(base_url=server.base_url, api_key="k", max_retries=0)
+    try:
+        transport = JSONBodyTransport(client, make_settings())
+        ours = await transport.asend(DoRequest(kwargs={**kwargs, "user": openai.omit}))
+        sdks = await client.chat.completions.create(**kwargs)
+        if stream:
+            assert [c async for c in ours] == [c async for c in sdks]
+        else:
+            assert ours == sdks
+    finally:
+        await client.close()
+    assert len(seen) == 2
+    assert seen[0] == seen[1]
+    assert seen[0]["messages"] == RICH_REQUEST["messages"] and seen[0]["top_k"] == 5 and "user" not in seen[0]
+
+
+async def test_a_body_without_messages_is_refused_as_the_sdk_refuses_it() -> None:
+    client = UpstreamClient(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0)
+    try:
+        with pytest.raises(TypeError) as ours:
+            await JSONBodyTransport(client, make_settings()).asend(DoRequest(kwargs={"model": "m"}))
+        with pytest.raises(TypeError) as sdks:
+            await client.chat.completions.create(model="m")  # type: ignore[call-overload]
+        assert str(ours.value) == str(sdks.value)
+    finally:
+        await client.close()
