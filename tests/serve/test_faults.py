@@ -1,10 +1,11 @@
-"""``autocontinue serve`` under faults: callers that go away, a full server, connections reset mid-stream,
-the pass-through of other routes, and 500 streams at once."""
+"""``autocontinue serve`` under faults: callers that go away, a full server, connections reset mid-stream, an
+upstream that sends a whole reply at once, the pass-through of other routes, and 500 streams at once."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import tests.support.hostile as H
+from autocontinue.serve._ready import FIRST_BATCH, MOST_BATCH
 from tests.support.common import API_KEY, TARGET, USER, eventually, fast_retry
 from tests.support.emulator import Emulator, Script
 from tests.support.hostile import Hostile, Reply, Served
@@ -120,6 +122,47 @@ def test_reset_mid_stream_is_resumed_exactly(hostile: Hostile) -> None:
         client = openai.OpenAI(base_url=proxy.base_url, api_key=API_KEY, max_retries=0)
         stream = client.chat.completions.create(model=model, messages=[USER], max_tokens=16, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == TARGET
+
+
+def _body_frames(base_url: str, request: dict[str, Any]) -> list[bytes]:
+    """A streamed reply's HTTP/1.1 chunked body as the proxy framed it: one frame per write."""
+    host, port = base_url.split("//")[1].split("/")[0].split(":")
+    payload = json.dumps(request).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nConnection: close\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + payload)
+        data = b""
+        while part := sock.recv(65536):
+            data += part
+    head_bytes, _, rest = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head_bytes.lower(), head_bytes
+    frames = []
+    while (size := int(rest.partition(b"\r\n")[0], 16)) > 0:
+        start = rest.index(b"\r\n") + 2
+        frames.append(rest[start : start + size])
+        rest = rest[start + size + 2 :]
+    return frames
+
+
+def test_a_reply_sent_at_once_reaches_the_caller_in_growing_writes(hostile: Hostile) -> None:
+    """A fast upstream sends the whole reply in one write: the proxy's first write holds its first chunks, not all
+    of them after the proxy has handled the last (the caller would idle meanwhile), and no write holds more than
+    ``MOST_BATCH``; the text arrives whole."""
+    words = [f" w{i}" for i in range(300)]
+    chunks = [H.chunk({"role": "assistant", "content": ""})] + [H.chunk({"content": w}) for w in words]
+    reply = b"".join(H.event(c) for c in [*chunks, H.chunk({}, finish="stop")]) + b"data: [DONE]\n\n"
+    model = hostile.add("", lambda n, r, s: H.body(None, raw=reply, headers={"content-type": "text/event-stream"}))
+    with _hostile_proxy(hostile) as proxy:
+        frames = _body_frames(proxy.url, {"model": model, "messages": [USER], "stream": True})
+    events = [[json.loads(line[6:]) for line in f.split(b"\n") if line.startswith(b"data: {")] for f in frames]
+    counts = [len(e) for e in events if e]
+    assert 0 < counts[0] <= FIRST_BATCH and max(counts) <= MOST_BATCH, counts
+    assert len(counts) < len(chunks) / 4, counts  # still batched: a handful of writes, not one per chunk
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for e in events for c in e if c.get("choices"))
+    assert text == "".join(words)
 
 
 def test_reset_mid_stream_every_time_delivers_every_character_then_an_error(hostile: Hostile) -> None:

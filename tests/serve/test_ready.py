@@ -1,9 +1,10 @@
 """``ready_batches`` (``autocontinue/serve/_ready.py``): a streamed reply's chunks written together when they were
-ready together, each as early as alone, and nothing lost or reordered on an error or a cancellation."""
+ready together, a burst's first ones at once, and nothing lost or reordered on an error or a cancellation."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -24,8 +25,8 @@ async def _source(groups: list[list[int]], fail: bool = False) -> AsyncIterator[
         raise ValueError("upstream broke off")
 
 
-async def _batches(groups: list[list[int]], fail: bool = False) -> list[list[int]]:
-    return [batch async for batch in ready_batches(_source(groups, fail))]
+async def _batches(groups: list[list[int]], fail: bool = False, most: int = 100) -> list[list[int]]:
+    return [batch async for batch in ready_batches(_source(groups, fail), first=most, most=most)]
 
 
 async def test_items_ready_together_come_together() -> None:
@@ -35,10 +36,36 @@ async def test_items_ready_together_come_together() -> None:
     assert await _batches([[], [1], []]) == [[1]]
 
 
+async def test_a_burst_goes_out_in_growing_batches_with_the_loop_run_between() -> None:
+    """A burst's first items go out at once, in batches that double up to the most, and other tasks (the server's
+    socket writes) run between them; after a wait the batches start small again."""
+    ran: list[int] = []
+
+    async def other_task() -> None:
+        while True:
+            ran.append(len(ran))
+            await asyncio.sleep(0)
+
+    burst = list(range(100))
+    other = asyncio.ensure_future(other_task())
+    await asyncio.sleep(0)
+    try:
+        seen = []
+        async for batch in ready_batches(_source([burst, [100, 101, 102]]), first=2, most=16):
+            seen.append((batch, len(ran)))
+    finally:
+        other.cancel()
+    assert [len(batch) for batch, _ in seen] == [2, 4, 8, 16, 16, 16, 16, 16, 6, 2, 1]
+    assert [item for batch, _ in seen for item in batch] == list(range(103))
+    runs = [ran_before for _, ran_before in seen]
+    assert all(later > earlier for earlier, later in itertools.pairwise(runs)), runs
+    assert await _batches([burst], most=1) == [[n] for n in burst]
+
+
 async def test_an_error_comes_after_the_items_before_it() -> None:
     seen: list[list[int]] = []
     with pytest.raises(ValueError, match="broke off"):
-        async for batch in ready_batches(_source([[1, 2], [3, 4]], fail=True)):
+        async for batch in ready_batches(_source([[1, 2], [3, 4]], fail=True), first=8):
             seen.append(batch)
     assert seen == [[1, 2], [3, 4]]
 
@@ -53,7 +80,7 @@ async def test_a_batch_goes_out_before_the_next_item_is_there() -> None:
         await gate.wait()
         yield 3
 
-    batches = ready_batches(source())
+    batches = ready_batches(source(), first=8)
     assert await batches.__anext__() == [1, 2]  # returned although item 3 is not there yet
     gate.set()
     assert await batches.__anext__() == [3]
@@ -98,6 +125,7 @@ def test_under_uvloop() -> None:
         await test_an_error_comes_after_the_items_before_it()
         await test_a_batch_goes_out_before_the_next_item_is_there()
         await test_cancelling_a_waiting_reader_closes_the_source()
+        await test_a_burst_goes_out_in_growing_batches_with_the_loop_run_between()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(every_test())
