@@ -31,7 +31,7 @@ from .chat import ChatRoute
 from .config import ServeConfig
 from .errors import ServeError, error_payload, failure
 from .metrics import Metrics
-from .upstream import upstream_client
+from .upstream import upstream_client, upstream_http
 
 __all__ = ["build_app"]
 
@@ -51,10 +51,11 @@ class _Proxy:
         # Room for every request in flight to hold its own upstream connection.
         limits = httpx2.Limits(max_connections=config.max_concurrency + 16, max_keepalive_connections=256)
         self.http = httpx2.AsyncClient(timeout=timeout, limits=limits)
+        self.sdk_http = upstream_http(timeout=timeout, limits=limits)
         # Without a key of the server's, the SDK's own Authorization header is left out of each request (the
         # caller's, if any, is forwarded in its place).
         self.sdk = upstream_client(
-            base_url=config.upstream, api_key=config.upstream_key or "unused", http_client=self.http, max_retries=0
+            base_url=config.upstream, api_key=config.upstream_key or "unused", http_client=self.sdk_http, max_retries=0
         )
         self.chat = ChatRoute(
             self.sdk, dict(config.options), server_pays=config.upstream_key is not None, observe=self.observe
@@ -182,6 +183,7 @@ def build_app(config: ServeConfig) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await proxy.http.aclose()
+        await proxy.sdk_http.aclose()
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     app = Starlette(

@@ -37,7 +37,7 @@ from ..trace import ContinuationTrace
 from ._ready import ready_batches
 from .errors import ServeError, completion_payload, failure, stream_error_event, trace_headers
 from .options import BODY_FIELD, request_options
-from .upstream import JSONBodyTransport
+from .upstream import JSONBodyTransport, timed_out
 
 __all__ = ["ChatRoute"]
 
@@ -198,7 +198,7 @@ def _error_kind(exc: BaseException) -> str | None:
     cause = getattr(exc, "cause", None) or exc
     if isinstance(cause, openai.APIStatusError):
         return str(cause.status_code)
-    if isinstance(cause, openai.APITimeoutError):
+    if timed_out(cause):
         return "timeout"
     if isinstance(cause, openai.APIConnectionError):
         return "connection"

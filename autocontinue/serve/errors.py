@@ -24,6 +24,7 @@ import openai
 from .._cli_output import trace_to_dict
 from ..errors import ConfigurationError, ContinuationFailed, MalformedResponse
 from ..trace import ContinuationTrace
+from .upstream import timed_out
 
 __all__ = [
     "ServeError",
@@ -101,15 +102,13 @@ def failure(exc: BaseException) -> tuple[int, bytes, dict[str, str]]:
         return _continuation_failed(exc)
     if isinstance(exc, openai.APIStatusError):
         return _upstream_status(exc)
-    if isinstance(exc, openai.APITimeoutError):
+    if timed_out(exc):  # the SDK's, or httpx2's when a stream's body read timed out (the SDK wraps only its start)
         return 504, _dumps(error_payload("The upstream timed out.", "upstream_error", code="upstream_timeout")), {}
     if isinstance(exc, openai.APIConnectionError):
         message = "The upstream could not be reached."
         return 502, _dumps(error_payload(message, "upstream_error", code="upstream_unreachable")), {}
     if isinstance(exc, MalformedResponse):
         return 502, _dumps(error_payload(str(exc), "upstream_error", code="upstream_malformed")), {}
-    if isinstance(exc, httpx2.TimeoutException):  # a stream's body read timed out (the SDK wraps only its start)
-        return 504, _dumps(error_payload("The upstream timed out.", "upstream_error", code="upstream_timeout")), {}
     if isinstance(exc, httpx2.HTTPError):  # a stream's body broke off before the library had any text to keep
         message = "The upstream connection broke."
         return 502, _dumps(error_payload(message, "upstream_error", code="upstream_unreachable")), {}

@@ -293,3 +293,22 @@ def test_reset_before_any_text_every_time_is_an_openai_error(hostile: Hostile) -
             assert response.status_code == 502
         assert error["type"] == "upstream_error"
         assert len(hostile.served(model)) == 4  # the library's retries
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_that_does_not_answer_is_a_504_one_that_is_not_there_a_502(hostile: Hostile, stream: bool) -> None:
+    """A timeout and a refused connection are told apart, in the status, the error code and the metric, whichever
+    HTTP client the proxy sends through (aiohttp's transport reports both as httpx2's ``ConnectTimeout``)."""
+    model = hostile.add("", lambda n, r, s: Reply([("sleep", 5.0)]))
+    with (
+        Proxy(hostile.base_url, upstream_timeout=0.5, options={"retry": None}) as slow,
+        Proxy("http://127.0.0.1:9/v1", options={"retry": None}) as missing,
+    ):
+        for proxy, status, code, kind in ((slow, 504, "upstream_timeout", "timeout"),
+                                          (missing, 502, "upstream_unreachable", "connection")):  # fmt: skip
+            client = openai.OpenAI(base_url=proxy.base_url, api_key=API_KEY, max_retries=0)
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.chat.completions.create(model=model, messages=[USER], stream=stream)
+            assert caught.value.status_code == status
+            assert caught.value.body["code"] == code  # type: ignore[index]
+            assert metric(proxy.metrics(), "autocontinue_proxy_upstream_errors_total", kind=kind) == 1

@@ -29,6 +29,7 @@ from autocontinue.serve.upstream import (
     _SSEDecoder,
     sdk_hooks_present,
     upstream_client,
+    upstream_http,
 )
 from tests.support.hostile import Hostile, Reply, Served, body, chunk, completion, event, sse
 
@@ -180,6 +181,15 @@ def test_the_installed_sdk_has_the_hooks_the_upstream_client_overrides() -> None
     # Fails on an SDK that renamed or changed them: the proxy then runs on the SDK's own client, slower.
     assert sdk_hooks_present()
     assert type(upstream_client(base_url="http://127.0.0.1:9/v1", api_key="k")) is UpstreamClient
+
+
+async def test_the_upstream_client_sends_through_aiohttp() -> None:
+    # The serve extra installs the SDK's aiohttp extra: without it the proxy runs on httpx2's pool, slower.
+    http = upstream_http()
+    try:
+        assert type(http) is openai.DefaultAioHttpClient
+    finally:
+        await http.aclose()
 
 
 def test_an_sdk_without_the_hooks_gets_its_own_client() -> None:
