@@ -2,8 +2,8 @@
 
     python -m benchmarks._relay --upstream http://127.0.0.1:8000/vllm/v1 --port 8081
 
-The same stack as ``autocontinue serve`` (Starlette on uvicorn with uvloop and httptools, one process, httpx2 to
-the upstream), doing nothing else: no JSON parsed, no SDK, no metrics, no log. The body goes upstream as it came,
+The same stack as ``autocontinue serve`` (Starlette on uvicorn with uvloop and httptools, one process, the upstream
+reached through the client the proxy's SDK sends with: httpx2 on the SDK's aiohttp transport), doing nothing else: no JSON parsed, no SDK, no metrics, no log. The body goes upstream as it came,
 and the answer comes back as the upstream's raw bytes, each read written on at once. Whatever this relay costs
 against the upstream called directly, every proxy on this stack costs at least that.
 """
@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import httpx2
+import openai
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,7 +30,7 @@ def build_relay(upstream: str) -> Starlette:
     """A Starlette app that relays ``/v1/{path}`` to ``<upstream>/{path}``."""
     base = upstream.rstrip("/")
     limits = httpx2.Limits(max_connections=4096, max_keepalive_connections=256)
-    http = httpx2.AsyncClient(timeout=httpx2.Timeout(300, connect=10), limits=limits)
+    http = openai.DefaultAioHttpClient(timeout=httpx2.Timeout(300, connect=10), limits=limits)
 
     async def relay(request: Request) -> Response:
         headers = [(k, v) for k, v in request.headers.items() if k not in _HOP]
