@@ -3,9 +3,10 @@
     python -m benchmarks._relay --upstream http://127.0.0.1:8000/vllm/v1 --port 8081
 
 The same stack as ``autocontinue serve`` (Starlette on uvicorn with uvloop and httptools, one process, the upstream
-reached through the client the proxy's SDK sends with: httpx2 on the SDK's aiohttp transport), doing nothing else: no JSON parsed, no SDK, no metrics, no log. The body goes upstream as it came,
-and the answer comes back as the upstream's raw bytes, each read written on at once. Whatever this relay costs
-against the upstream called directly, every proxy on this stack costs at least that.
+reached through the HTTP client the proxy's SDK sends with: httpx2 on the SDK's aiohttp transport), doing nothing
+else: no JSON parsed, no SDK request path, no metrics, no log. The body goes upstream as it came, and the answer
+comes back as the upstream's raw bytes, each read written on at once. Whatever this relay costs against the
+upstream called directly, every proxy on this stack costs at least that.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ and ``_make_sse_decoder`` (each stream's decoder), and on ``SSEDecoder`` (its ``
 checks all of them before it uses this client: an SDK where any is missing or takes other arguments gets the SDK's
 own ``AsyncOpenAI``, slower but right (and ``tests/serve/test_upstream.py`` fails, so that the change is seen).
 
-Requests go the other way through :class:`JSONBodyTransport`, on the SDK's public ``create()`` arguments only.
+Requests go the other way through :class:`JSONBodyTransport`, on the SDK's public ``create()`` arguments only, and
+both ways through :func:`upstream_http`, the SDK's aiohttp transport.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class JSONBodyTransport(Transport):
 
     The SDK's ``create()`` walks its arguments against its request types before it sends them (``maybe_transform``:
     aliased names, dates, models and iterables made JSON). For a body that was JSON already that walk changes
-    nothing, and it costs: about 0.4 ms of CPU on a one-message request and 35 ms on a coding agent's 100 KB
+    nothing, and it costs: about 0.4 ms of CPU on a one-message request and 35 ms on a coding agent's 88 KB
     request, with the event loop, and every other stream, held that long (``benchmarks/proxy.py``, the agent-sized
     row). ``extra_body`` is merged into the JSON as given, over the arguments (documented: "the extra values given
     here take precedence"), so the same body is sent without the walk. ``messages=[]`` is only there because
