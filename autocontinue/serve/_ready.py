@@ -62,6 +62,18 @@ class _Rest(Generic[T]):
                 return done.value  # type: ignore[no-any-return]
 
 
+async def _pause(items: AsyncIterator[Any]) -> None:
+    """One pass of the event loop. Cancelled here, the source is not waiting on anything that would carry the
+    cancellation to it (as :class:`_Rest` does), so it is closed: its ``finally`` runs now, not when collected."""
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        raise
+
+
 async def ready_batches(
     source: AsyncIterable[T], first: int = FIRST_BATCH, most: int = MOST_BATCH
 ) -> AsyncIterator[list[T]]:
@@ -84,7 +96,7 @@ async def ready_batches(
                 yield batch
                 batch = []
                 limit = min(2 * limit, most)
-                await asyncio.sleep(0)
+                await _pause(items)
             continue
         except StopAsyncIteration:
             break

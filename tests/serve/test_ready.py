@@ -116,6 +116,32 @@ async def test_cancelling_a_waiting_reader_closes_the_source() -> None:
     assert events == ["cancelled", "closed"]
 
 
+async def test_cancelling_a_reader_between_a_bursts_batches_closes_the_source() -> None:
+    """Cancelled in the pause between a burst's batches, where the source waits on nothing: it is closed at once."""
+    events: list[str] = []
+    got: list[list[int]] = []
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            for n in range(100):
+                yield n
+        finally:
+            events.append("closed")
+
+    async def read() -> None:
+        async for batch in ready_batches(source(), first=2, most=4):
+            got.append(batch)
+
+    task = asyncio.ensure_future(read())
+    while not got:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert got == [[0, 1]]
+    assert events == ["closed"]
+
+
 def test_under_uvloop() -> None:
     """The server's event loop (uvicorn takes uvloop when it is installed, as the serve extra does)."""
     uvloop = pytest.importorskip("uvloop")
@@ -126,6 +152,7 @@ def test_under_uvloop() -> None:
         await test_a_batch_goes_out_before_the_next_item_is_there()
         await test_cancelling_a_waiting_reader_closes_the_source()
         await test_a_burst_goes_out_in_growing_batches_with_the_loop_run_between()
+        await test_cancelling_a_reader_between_a_bursts_batches_closes_the_source()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(every_test())
