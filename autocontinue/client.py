@@ -139,19 +139,20 @@ class RawRounds:
         return self._keep(await self._transport.asend(_asking_raw(action)))
 
 
-_transports: weakref.WeakKeyDictionary[Any, dict[bool, Transport]] = weakref.WeakKeyDictionary()
+_transports: weakref.WeakKeyDictionary[Any, dict[tuple[type[Transport], bool], Transport]] = weakref.WeakKeyDictionary()
 
 
-def transport_for(client: Any, settings: Settings) -> Transport:
-    """The transport for ``client``: one per client and retry setting, made anew when its base URL changes."""
+def transport_for(client: Any, settings: Settings, kind: type[Transport] = Transport) -> Transport:
+    """The transport for ``client``: one per client, kind (the proxy sends its rounds through a subclass) and retry
+    setting, made anew when the client's base URL changes."""
     url = _base_url_of(client)
     per_client = _transports.setdefault(client, {})
-    key = settings.retry is not None
+    key = (kind, settings.retry is not None)
     transport = per_client.get(key)
     # The SDK's base_url is the same URL object until it is set: a different object means the client was changed
     # (one that is merely equal, were the SDK to make a new object per read, would only cost a new transport).
     if transport is None or transport.url is not url:
-        transport = per_client[key] = Transport(client, settings)
+        transport = per_client[key] = kind(client, settings)
     return transport
 
 

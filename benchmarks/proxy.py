@@ -199,7 +199,7 @@ def _litellm(upstream: str, models: list[str]) -> Iterator[tuple[str, int]]:
 
 
 def _agent_request() -> dict[str, Any]:
-    """A coding agent's request, about 100 KB: 40 turns of asking, a tool call and its result, and 20 tools."""
+    """A coding agent's request, about 88 KB: 40 turns of asking, a tool call and its result, and 20 tools."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a coding agent. " * 40}]
     for turn in range(40):
         call = {"id": f"call_{turn}", "type": "function",

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .._cli_output import trace_to_dict
 from .._options import make_settings
-from ..client import run_async
+from ..client import run_async, transport_for
 from ..trace import ContinuationTrace
 from ._ready import ready_batches
 from .errors import ServeError, completion_payload, failure, stream_error_event, trace_headers
@@ -79,8 +79,6 @@ class ChatRoute:
         self._defaults = defaults
         self._server_pays = server_pays
         self._observe = observe
-        #: one transport per retry setting, as the library keeps one per client (see autocontinue.client)
-        self._transports: dict[bool, JSONBodyTransport] = {}
 
     async def handle(self, request: Request, body: Any, headers: dict[str, str]) -> Response:
         """Answer one chat completion request; ``body`` is its parsed JSON, ``headers`` those to send upstream."""
@@ -118,10 +116,7 @@ class ChatRoute:
     async def _continued(self, kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
         """``acreate(client, **kwargs, **options)``, its rounds sent by :class:`JSONBodyTransport`."""
         settings = make_settings(**options)
-        retries = settings.retry is not None
-        transport = self._transports.get(retries)
-        if transport is None:
-            transport = self._transports[retries] = JSONBodyTransport(self._client, settings)
+        transport = transport_for(self._client, settings, JSONBodyTransport)
         return await run_async(self._client, settings, kwargs, transport=transport)
 
     async def _events(self, stream: Any, started: float) -> AsyncIterator[bytes]:
