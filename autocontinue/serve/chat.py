@@ -6,10 +6,11 @@ the upstream unchanged. The answer is the library's, byte for byte what a Python
 
 - not streamed: the ``ChatCompletion`` JSON with its trace under ``continuation`` and in ``x-autocontinue-*``
   headers;
-- streamed: the library's continued stream as SSE, one ``data:`` event per chunk, then the trace as an SSE comment
-  (``: autocontinue {...}``, which SSE readers skip) and ``data: [DONE]``. An error before any text is a plain HTTP
-  error (the library raises it from ``acreate``, as the SDK does); after the first bytes, a ``data: {"error": ...}``
-  event, which the OpenAI SDKs raise.
+- streamed: the library's continued stream as SSE, one ``data:`` event per chunk, the last chunk carrying the trace
+  under ``continuation``, then ``data: [DONE]``. Nothing but ``data:`` events: many clients' SSE readers take every
+  line for a ``data:`` line and fail on a comment (OpenRouter's keep-alive comments broke langchaingo, ms-swift and
+  others). An error before any text is a plain HTTP error (the library raises it from ``acreate``, as the SDK
+  does); after the first bytes, a ``data: {"error": ...}`` event, which the OpenAI SDKs raise.
 
 A caller that goes away cancels its call: the upstream request is closed at once, streamed or not.
 """
@@ -123,12 +124,19 @@ class ChatRoute:
         """The SSE body of a continued stream. Cancelled when the caller disconnects (Starlette listens for it):
         the ``finally`` then closes the upstream response at once."""
         status, kind = 200, None
+        held = None  # a chunk that may be the stream's last, kept until the next one or the end shows which
         try:
             # Chunks that were ready at once (one upstream read) go out in one write: see _ready.
             async for batch in ready_batches(stream):
-                yield b"".join([b"data: " + _chunk_json(c) + b"\n\n" for c in batch])
-            trace = stream.continuation
-            yield b": autocontinue " + json.dumps(trace_summary(trace)).encode() + b"\n\n"
+                if held is not None:
+                    batch.insert(0, held)
+                    held = None
+                if _may_be_last(batch[-1]):
+                    held = batch.pop()
+                if batch:
+                    yield b"".join([_event(c) for c in batch])
+            if held is not None:
+                yield _event(held, continuation=trace_to_dict(stream.continuation))
             yield b"data: [DONE]\n\n"
         except asyncio.CancelledError:
             status = 499
@@ -139,10 +147,28 @@ class ChatRoute:
                 event = stream_error_event(exc)
             except Exception:
                 raise exc from None
-            yield event
+            yield (b"" if held is None else _event(held)) + event  # the text held back, then the error
         finally:
             await stream.close()
             self._observe("chat", status, started, True, getattr(stream, "continuation", None), kind)
+
+
+def _may_be_last(chunk: Any) -> bool:
+    """Whether a chunk of the library's stream can be its last: the library ends every stream with a chunk that has
+    a finish reason (or, after it, the usage chunk, which has no choices), and an interim ``length`` never reaches
+    the caller. Only such a chunk waits for the next one; text goes out as it comes."""
+    return not chunk.choices or any(choice.finish_reason is not None for choice in chunk.choices)
+
+
+def _event(chunk: Any, continuation: dict[str, Any] | None = None) -> bytes:
+    """One SSE ``data:`` event; the stream's last carries the call's trace as one more field, ``continuation``,
+    which every OpenAI client keeps or ignores as it does a provider's own fields."""
+    data = _chunk_json(chunk)
+    if continuation is not None:  # once per stream: read back, so that the field replaces any of that name
+        fields = json.loads(data)
+        fields["continuation"] = continuation
+        data = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+    return b"data: " + data + b"\n\n"
 
 
 def _chunk_json(chunk: Any) -> bytes:
@@ -150,12 +176,6 @@ def _chunk_json(chunk: Any) -> bytes:
     (the public ``__pydantic_serializer__``: bytes at once, without a str made and encoded again)."""
     data: bytes = type(chunk).__pydantic_serializer__.to_json(chunk, exclude_unset=True)
     return data
-
-
-def trace_summary(trace: ContinuationTrace) -> dict[str, Any]:
-    """The trace a stream ends with: rounds, stop cause, cost, and each round's record."""
-    data = trace_to_dict(trace)
-    return {"rounds": len(trace.rounds), "stop_cause": trace.stop_cause, "cost_usd": trace.cost_usd, "trace": data}
 
 
 async def _unless_disconnected(call: Awaitable[Any], request: Request) -> Any:

@@ -65,11 +65,12 @@ def test_node_openai_client(emu: Emulator, proxy: Proxy, stream: bool) -> None:
     assert result["finish_reason"] == "stop"
     rounds = len(emu.requests(model))
     assert rounds > 3
+    assert result["continuation"]["stop_cause"] == "natural"
+    assert len(result["continuation"]["rounds"]) == rounds
     if stream:
         assert len(result["ids"]) == 1  # one continuous stream
     else:
-        assert result["continuation"]["stop_cause"] == "natural"
-        assert int(result["rounds"]) == rounds == len(result["continuation"]["rounds"])
+        assert int(result["rounds"]) == rounds
         assert result["stop_cause"] == "natural"
 
 
@@ -110,6 +111,8 @@ def test_curl(emu: Emulator, proxy: Proxy) -> None:
                    if json.loads(e[6:])["choices"])  # fmt: skip
     assert TARGET.startswith(text) and len(emu.requests(model)) == 3
     assert done.stdout.rstrip().endswith("data: [DONE]")
+    trace = json.loads(events[-1][6:])["continuation"]
+    assert (trace["stop_cause"], len(trace["rounds"])) == ("max_rounds", 3)
     bad = curl("-w", "%{http_code}", url, "-d", "{not json")
     assert bad.stdout.endswith("400") and '"invalid_json"' in bad.stdout
 

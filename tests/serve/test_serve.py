@@ -110,22 +110,39 @@ def test_streamed_answer_is_the_librarys(emu: Emulator, proxies: Any, persona: s
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage == expected[-1].usage
     assert len({c.id for c in chunks}) == 1
+    # The trace is a field of the last chunk only (the usage chunk here), the library's stream.continuation.
+    assert [c for c in chunks if c.model_extra and "continuation" in c.model_extra] == [chunks[-1]]
+    trace = chunks[-1].model_extra["continuation"]  # type: ignore[index]
+    assert trace["stop_cause"] == direct.continuation.stop_cause == "natural"
+    assert [r["dialect"] for r in trace["rounds"]] == [r.dialect for r in direct.continuation.rounds]
 
 
-def test_stream_ends_with_the_trace_and_done(emu: Emulator, proxies: Any) -> None:
+@pytest.mark.parametrize("usage", [False, True])
+def test_stream_is_data_events_only_the_last_with_the_trace(emu: Emulator, proxies: Any, usage: bool) -> None:
+    """What a strict SSE reader (every event one ``data:`` line of JSON, or ``[DONE]``) needs: no comment, no other
+    field. Many readers fail on anything else (OpenRouter's keep-alive comments broke several clients)."""
     model = add(emu)
     proxy = proxies("deepseek-beta", options={"dialect": "prefix"})
-    body = {"model": model, "messages": [USER], "max_tokens": 9, "stream": True}
+    body: dict[str, Any] = {"model": model, "messages": [USER], "max_tokens": 9, "stream": True}
+    if usage:
+        body["stream_options"] = {"include_usage": True}
     with httpx2.Client() as http:
         response = http.post(proxy.base_url + "/chat/completions", json=body)
-    lines = [line for line in response.text.split("\n\n") if line]
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert lines[-1] == "data: [DONE]"
-    assert lines[-2].startswith(": autocontinue ")
-    summary = json.loads(lines[-2][len(": autocontinue ") :])
-    assert summary["rounds"] == len(emu.requests(model)) > 1
-    assert summary["stop_cause"] == "natural"
-    assert [r["dialect"] for r in summary["trace"]["rounds"]][1:] == ["prefix"] * (summary["rounds"] - 1)
+    assert response.text.endswith("\n\ndata: [DONE]\n\n")
+    events = [event for event in response.text.split("\n\n") if event]
+    assert all(event.startswith("data: ") and "\n" not in event for event in events)
+    chunks = [json.loads(event[len("data: ") :]) for event in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == TARGET
+    assert [i for i, c in enumerate(chunks) if "continuation" in c] == [len(chunks) - 1]
+    last = chunks[-1]
+    assert (last["choices"] == []) is usage  # the usage chunk comes last when asked for, else the finish chunk
+    if not usage:
+        assert last["choices"][0]["finish_reason"] == "stop"
+    trace = last["continuation"]
+    assert len(trace["rounds"]) == len(emu.requests(model)) > 1
+    assert trace["stop_cause"] == "natural"
+    assert [r["dialect"] for r in trace["rounds"]][1:] == ["prefix"] * (len(trace["rounds"]) - 1)
 
 
 def test_n_choices_tools_and_json_mode(emu: Emulator, proxies: Any) -> None:

@@ -1,6 +1,7 @@
 // The official openai npm client against `autocontinue serve`: one chat completion, streamed or not.
 // Usage: node client.mjs '<JSON>' with {baseURL, apiKey, model, messages, max_tokens, stream, headers, body}.
-// Prints one JSON line: {text, finish_reason, chunks, continuation, id} or {error: {status, name, message, body}}.
+// Prints one JSON line: {text, finish_reason, chunks, ids, continuation} (the last chunk's continuation), or
+// {text, finish_reason, continuation, rounds, stop_cause} (not streamed), or {error: {status, name, message, body}}.
 import OpenAI from "openai";
 
 const spec = JSON.parse(process.argv[2]);
@@ -15,15 +16,17 @@ try {
     let finish = null;
     let chunks = 0;
     const ids = new Set();
+    let continuation = null;
     for await (const chunk of stream) {
       chunks += 1;
       ids.add(chunk.id);
+      if (chunk.continuation) continuation = chunk.continuation;
       for (const choice of chunk.choices) {
         text += choice.delta.content ?? "";
         if (choice.finish_reason) finish = choice.finish_reason;
       }
     }
-    console.log(JSON.stringify({ text, finish_reason: finish, chunks, ids: [...ids] }));
+    console.log(JSON.stringify({ text, finish_reason: finish, chunks, ids: [...ids], continuation }));
   } else {
     const { data, response } = await client.chat.completions.create(request, options).withResponse();
     console.log(JSON.stringify({
