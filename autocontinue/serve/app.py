@@ -20,6 +20,8 @@ from typing import Any
 import httpx2
 import openai
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -187,6 +189,7 @@ def build_app(config: ServeConfig) -> Starlette:
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     app = Starlette(
+        middleware=_cors(config.cors_origins, methods),
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/{path:path}", passthrough, methods=methods),
@@ -197,6 +200,37 @@ def build_app(config: ServeConfig) -> Starlette:
     )
     app.state.proxy = proxy
     return app
+
+
+#: response headers a page may read: the trace, and what the OpenAI SDKs read (request id, when to retry)
+_EXPOSED = [
+    "x-autocontinue-rounds",
+    "x-autocontinue-stop-cause",
+    "x-autocontinue-cost-usd",
+    "x-request-id",
+    "retry-after",
+]
+
+
+def _cors(origins: tuple[str, ...], methods: list[str]) -> list[Middleware]:
+    """CORS for web pages of ``origins`` (none: no CORS headers at all, and a browser keeps other origins out).
+
+    Preflights are answered here, before the key check (a browser sends them without the key), and every request
+    header asked for is allowed: the OpenAI SDKs send ``Authorization`` and their own ``x-stainless-*`` headers,
+    and a fixed list that misses one fails every request (``Authorization`` cannot be allowed by a wildcard).
+    Errors (401, 429, 502) carry the headers too, so that the page can read them."""
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=methods,
+            allow_headers=["*"],
+            expose_headers=_EXPOSED,
+            max_age=600,
+        )
+    ]
 
 
 def _holding(response: StreamingResponse, proxy: _Proxy) -> StreamingResponse:

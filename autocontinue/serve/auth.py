@@ -38,6 +38,13 @@ HOP_HEADERS = frozenset(
 )
 
 
+#: what a browser adds to a page's request, for the server it talks to (the proxy) and no other: an upstream that
+#: enforces CORS itself refuses a request with a foreign ``Origin`` (Ollama answers 403), and the cookies are the
+#: proxy's site's, not the upstream's
+BROWSER_HEADERS = frozenset({"origin", "cookie"})
+_BROWSER_PREFIXES = ("sec-fetch-", "sec-ch-", "access-control-request-")
+
+
 def load_client_keys(path: str) -> frozenset[str]:
     """The keys in ``path``: one per line; blank lines and ``#`` comments are skipped. Kept as SHA-256 digests, so
     the server's memory holds no key a caller could reuse upstream."""
@@ -80,7 +87,7 @@ def check_client(client_keys: frozenset[str] | None, headers: Mapping[str, str])
 
 
 def upstream_headers(headers: Mapping[str, str], *, forward_key: bool, through_sdk: bool) -> dict[str, str]:
-    """The caller's headers to send upstream: all but hop-by-hop ones, ours, and keys not to pass on.
+    """The caller's headers to send upstream: all but hop-by-hop ones, ours, a browser's, and keys not to pass on.
 
     The caller's key is forwarded only in the forwarding mode (``forward_key``): a client key is ours, and with a
     server-held key that one is sent. ``through_sdk``: the OpenAI SDK sends the request and sets its own
@@ -91,6 +98,8 @@ def upstream_headers(headers: Mapping[str, str], *, forward_key: bool, through_s
     for name, value in headers.items():
         lower = name.lower()
         if lower in HOP_HEADERS or lower.startswith("x-autocontinue-"):
+            continue
+        if lower in BROWSER_HEADERS or lower.startswith(_BROWSER_PREFIXES):
             continue
         if through_sdk and lower.startswith("x-stainless-"):
             continue

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +51,8 @@ class ServeConfig:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     #: seconds the upstream may take to answer one request (the SDK's timeout)
     upstream_timeout: float = 600.0
+    #: origins whose web pages may call the server from a browser (CORS); ``"*"``: any; empty: none (the default)
+    cors_origins: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         """The settings as JSON, for worker processes (``--workers``) that rebuild them with :meth:`from_json`."""
@@ -62,7 +65,8 @@ class ServeConfig:
         """The inverse of :meth:`to_json`."""
         data = json.loads(text)
         keys = data.pop("client_keys")
-        return cls(**data, client_keys=frozenset(keys) if keys is not None else None)
+        origins = tuple(data.pop("cors_origins"))
+        return cls(**data, client_keys=frozenset(keys) if keys is not None else None, cors_origins=origins)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on SIGTERM, seconds to let requests in flight finish (default %(default)s)",
     )
+    serving.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        type=cors_origin,
+        metavar="ORIGIN",
+        help="let web pages of ORIGIN (e.g. http://localhost:5173; * for any) call the server from a browser "
+        "(repeatable; default: none)",
+    )
     serving.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     cont = parser.add_argument_group("continuation (defaults; a request may override them)")
     cont.add_argument("--max-rounds", type=positive_int, default=DEFAULT_MAX_ROUNDS, help="requests per answer")
@@ -142,6 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     # The prompt command's option builder reads these; a model's price is --price here.
     parser.set_defaults(price_in=None, price_out=None)
     return parser
+
+
+#: an origin as a browser sends it: scheme://host[:port], nothing after (http, https, chrome-extension, app, ...)
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+
+
+def cors_origin(text: str) -> str:
+    """A ``--cors-origin`` value: ``*`` or an origin. A browser's ``Origin`` never ends in a slash or has a path, so
+    such a value would never match: it is refused, not left to fail in the browser."""
+    if text == "*" or _ORIGIN.fullmatch(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"must be * or an origin as a browser sends it, scheme://host[:port] with no path or trailing slash "
+        f"(e.g. http://localhost:5173), got {text!r}"
+    )
 
 
 def _prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
@@ -190,4 +218,5 @@ def config_from_args(args: argparse.Namespace, upstream: str) -> ServeConfig:
         max_body_bytes=args.max_body_bytes,
         max_concurrency=args.max_concurrency,
         upstream_timeout=args.upstream_timeout,
+        cors_origins=tuple(dict.fromkeys(args.cors_origin)),
     )

@@ -109,10 +109,17 @@ def test_keys_and_message_text_never_reach_the_log(emu: Emulator, tmp_path: Path
 
 
 def test_workers_share_the_port_and_the_metrics(emu: Emulator) -> None:
-    with ServeProcess("--upstream", emu.base_url("deepseek-beta"), "--dialect", "prefix", "--workers", "2") as proxy:
+    page = "http://localhost:5173"
+    upstream = emu.base_url("deepseek-beta")
+    with ServeProcess("--upstream", upstream, "--dialect", "prefix", "--workers", "2", "--cors-origin", page) as proxy:
         client = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
         # The port is announced before the workers start; connections wait in its backlog until they do.
         assert httpx2.get(proxy.url + "/health", timeout=60).status_code == 200
+        # Each worker rebuilds the settings: the CORS origin too.
+        preflight = {"origin": page, "access-control-request-method": "POST"}
+        for _ in range(4):
+            answer = httpx2.options(proxy.base_url + "/chat/completions", headers=preflight)
+            assert answer.headers["access-control-allow-origin"] == page
         for _ in range(6):
             reply = client.chat.completions.create(model=add(emu), messages=[USER], max_tokens=9)
             assert reply.choices[0].message.content == TARGET
@@ -135,6 +142,8 @@ def test_the_command_line() -> None:
                      "--client-keys-file", __file__)  # fmt: skip
     assert unset.returncode == 2 and "NOT_SET_ANYWHERE is not set" in unset.stderr
     assert _command("serve", "--client-keys-file", "/no/such/file").returncode == 2
+    slash = _command("serve", "--upstream", "http://x", "--cors-origin", "http://localhost:5173/")
+    assert slash.returncode == 2 and "no path or trailing slash" in slash.stderr
     # A prompt that starts with the word, given as one argument, is a prompt: the prompt's parser answers.
     prompt = _command("serve me a recipe", "--max-tokens", "0")
     assert prompt.returncode == 2 and "autocontinue: error: argument --max-tokens" in prompt.stderr
