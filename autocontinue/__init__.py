@@ -7,14 +7,14 @@ reply.continuation                 # rounds, stop cause, cost
 
 The top level holds what the README's usage shows: the ways to call (``wrap``, ``create``, ``acreate``, the
 ``autocontinue`` decorator, ``enabled``), the trace (``trace_of``, ``ContinuationTrace``), budgets (``Price``,
-``max_rounds``, ``max_cost``, ``max_total_tokens``), the retry policy (``default_retry``) and the errors a caller
-catches, with their base ``AutocontinueError``. The rest stays in its public module: the dialects in
+``max_rounds``, ``max_cost``, ``max_total_tokens``, ``max_seconds``), the retry policy (``default_retry``) and the
+errors a caller catches, with their base ``AutocontinueError``. The rest stays in its public module: the dialects in
 :mod:`autocontinue.dialects`, the other errors in :mod:`autocontinue.errors`, ``RoundTrace`` in
 :mod:`autocontinue.trace`, ``StopCondition`` in :mod:`autocontinue.budget`, ``is_transient`` in
 :mod:`autocontinue.retry`, ``ContinuedChatCompletion`` in :mod:`autocontinue.result`.
 """
 
-from .budget import Price, max_cost, max_rounds, max_total_tokens
+from .budget import Price, max_cost, max_rounds, max_seconds, max_total_tokens
 from .client import acreate, create, trace_of
 from .decorator import autocontinue, enabled
 from .errors import (
@@ -48,6 +48,7 @@ __all__ = [
     "enabled",
     "max_cost",
     "max_rounds",
+    "max_seconds",
     "max_total_tokens",
     "trace_of",
     "wrap",

@@ -115,9 +115,12 @@ class Accounting:
             fields["seam_text"] = (current.sent[-40:], "".join(current.pieces)[:40])
         _log.emit("debug", "autocontinue.round", **fields)
 
-    def state(self, overhead: int, *, rounds: int = 0, tokens: int = 0, cost: float = 0.0) -> BudgetState:
+    def state(
+        self, overhead: int, *, rounds: int = 0, tokens: int = 0, cost: float = 0.0, elapsed: float = 0.0
+    ) -> BudgetState:
         """The call so far (plus ``rounds``, ``tokens`` and ``cost`` not recorded yet), as the stop conditions see
-        it; ``overhead``: prompt tokens the dialect adds to the next request (see :meth:`overhead`)."""
+        it; ``overhead``: prompt tokens the dialect adds to the next request (see :meth:`overhead`); ``elapsed``:
+        seconds since the call started."""
         price = self.price
         trace = self.trace
         state = BudgetState(
@@ -126,6 +129,8 @@ class Accounting:
             cost_usd=(trace.cost_usd or 0.0) + cost,
             next_prompt_cost_usd=((self.prompt_tokens + overhead) * price.input / 1e6) if price else 0.0,
             output_price_per_token=(price.output / 1e6) if price else None,
+            elapsed_s=elapsed,
+            longest_round_s=max((r.latency_s for r in trace.rounds), default=0.0),
         )
         share = self.share
         if share is None or not trace.rounds:

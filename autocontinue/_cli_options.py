@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USD",
         help="most money to spend on the answer (needs the model's price: built in, or --price-in/--price-out)",
     )
+    budgets.add_argument(
+        "--max-seconds",
+        type=positive_number,
+        metavar="S",
+        help="start no round that would end past S seconds (judged by the longest round so far)",
+    )
     budgets.add_argument("--price-in", type=price, metavar="USD", help="the model's price per 1M input (prompt) tokens")
     budgets.add_argument("--price-out", type=price, metavar="USD", help="the model's price per 1M output tokens")
     budgets.add_argument(

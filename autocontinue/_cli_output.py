@@ -20,6 +20,7 @@ _INCOMPLETE_HINTS = {
     "max_rounds": "raise --max-rounds",
     "token_budget": "raise --max-total-tokens",
     "cost_budget": "raise --max-cost",
+    "time_budget": "raise --max-seconds",
     "no_progress": "the model repeated itself or added nothing; --no-repeat-stop lets a repeating answer go on",
     "context_window": "the conversation no longer fits the model's context",
     "content_filter": "the provider's content filter ended the answer",

@@ -8,6 +8,7 @@ around the prefix counted in the next round's cost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from . import _limits
@@ -27,10 +28,21 @@ class Headroom:
     """The budgets of one call (one choice of it, for ``n > 1``) as its rounds see them."""
 
     def __init__(
-        self, spent: Accounting, settings: Settings, *, call: CallRequest, plan: Planner, answer: Answer
+        self,
+        spent: Accounting,
+        settings: Settings,
+        *,
+        call: CallRequest,
+        plan: Planner,
+        answer: Answer,
+        clock: Callable[[], float],
+        started: float,
     ) -> None:
-        """A cost budget that does not cover the prompt is a configuration error, raised here: nothing is sent."""
+        """A cost budget that does not cover the prompt is a configuration error, raised here: nothing is sent.
+        ``clock`` is read for the time since ``started`` (the call's start, by the same clock)."""
         self._spent = spent
+        self._clock = clock
+        self._started = started
         self._stop = settings.stop
         self._cap = settings.max_round_tokens
         self._call = call
@@ -51,7 +63,8 @@ class Headroom:
         overhead = (
             spent.overhead(self._plan.dialect, self._answer.text, self._call.prefix_template) if spent.price else 0
         )
-        return spent.state(overhead, rounds=rounds, tokens=tokens, cost=cost)
+        elapsed = self._clock() - self._started
+        return spent.state(overhead, rounds=rounds, tokens=tokens, cost=cost, elapsed=elapsed)
 
     def stop_cause(self) -> str | None:
         """Why the call must stop now, if a stop condition says so."""

@@ -51,6 +51,7 @@ def make_settings(
     max_rounds: int = DEFAULT_MAX_ROUNDS,
     max_total_tokens: int | None = None,
     max_cost_usd: float | None = None,
+    max_seconds: float | None = None,
     stop_when: StopCondition | None = None,
     dialect: str | Dialect = "auto",
     retry: Any = _DEFAULT,
@@ -64,14 +65,16 @@ def make_settings(
 ) -> Settings:
     """Check the options and build the :class:`Settings` of a call.
 
-    ``max_rounds``, ``max_total_tokens`` and ``max_cost_usd`` build stop conditions; ``stop_when`` adds any
-    composed condition (``max_rounds(8) | max_cost(0.5)``). A call always stops after ``max_rounds``.
+    ``max_rounds``, ``max_total_tokens``, ``max_cost_usd`` and ``max_seconds`` build stop conditions; ``stop_when``
+    adds any composed condition (``max_rounds(8) | max_cost(0.5)``). A call always stops after ``max_rounds``.
     """
     stop: StopCondition = _budget.max_rounds(max_rounds)
     if max_total_tokens is not None:
         stop = stop | _budget.max_total_tokens(max_total_tokens)
     if max_cost_usd is not None:
         stop = stop | _budget.max_cost(max_cost_usd)
+    if max_seconds is not None:
+        stop = stop | _budget.max_seconds(max_seconds)
     if stop_when is not None:
         if not isinstance(stop_when, StopCondition):
             raise ConfigurationError(f"stop_when must be a stop condition, got {type(stop_when).__name__}")

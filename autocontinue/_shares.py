@@ -39,6 +39,8 @@ class Share:
             cost_usd=self.first_cost + n * (own.cost_usd - own_first_cost),
             next_prompt_cost_usd=n * own.next_prompt_cost_usd,
             output_price_per_token=own.output_price_per_token,
+            elapsed_s=own.elapsed_s,  # the call's time: the choices' rounds share the one clock
+            longest_round_s=own.longest_round_s,
         )
 
     def tokens(self, left: int | None) -> int | None:

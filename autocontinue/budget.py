@@ -23,6 +23,7 @@ __all__ = [
     "StopCondition",
     "max_cost",
     "max_rounds",
+    "max_seconds",
     "max_total_tokens",
 ]
 
@@ -131,6 +132,9 @@ class BudgetState(NamedTuple):
     cost_usd: float
     next_prompt_cost_usd: float = 0.0  # estimated cost of the next round's prompt
     output_price_per_token: float | None = None
+    #: seconds since the call started (retry waits included), and the longest round's so far
+    elapsed_s: float = 0.0
+    longest_round_s: float = 0.0
 
 
 class StopCondition:
@@ -251,3 +255,26 @@ class max_cost(StopCondition):
 
     def __repr__(self) -> str:
         return f"max_cost({self.usd})"
+
+
+class max_seconds(StopCondition):
+    """Start no round that the time left cannot fit, judged by the longest round so far: the call ends by about
+    ``seconds`` after it started, with the answer so far (``time_budget``). For a deadline of the caller's, such as an
+    HTTP client's timeout on a non-streamed call: a timeout loses every round already paid for; this keeps them.
+    A round slower than every one before it can still end past ``seconds``; a retry's wait is not shortened."""
+
+    def __init__(self, seconds: float) -> None:
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds <= 0
+        ):
+            raise ConfigurationError(f"max_seconds must be a positive number of seconds, got {seconds!r}")
+        self.seconds = float(seconds)
+
+    def __call__(self, state: BudgetState) -> str | None:
+        return "time_budget" if state.elapsed_s + state.longest_round_s > self.seconds else None
+
+    def __repr__(self) -> str:
+        return f"max_seconds({self.seconds})"

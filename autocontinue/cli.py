@@ -159,6 +159,7 @@ def build_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
     optional = {
         "max_total_tokens": args.max_total_tokens,
         "max_cost_usd": args.max_cost,
+        "max_seconds": args.max_seconds,
         "max_round_tokens": args.max_round_tokens,
     }
     options.update({name: value for name, value in optional.items() if value is not None})

@@ -219,7 +219,7 @@ def create(client: openai.OpenAI, **kwargs: Any) -> Any:
     """``client.chat.completions.create(**kwargs)``, continued until the reply is complete.
 
     Takes the SDK's keyword arguments plus autocontinue's options (``max_rounds``, ``max_total_tokens``,
-    ``max_cost_usd``, ``stop_when``, ``dialect``, ``retry``, ``prices``, ``heal``, ``log_text``,
+    ``max_cost_usd``, ``max_seconds``, ``stop_when``, ``dialect``, ``retry``, ``prices``, ``heal``, ``log_text``,
     ``reasoning_retry``, ``stop_on_repeat``, ``max_round_tokens``). Returns a ``ChatCompletion`` (with
     ``.continuation``), or a stream when ``stream=True``.
     """

@@ -94,7 +94,8 @@ class Continuation:
     """One continued chat completion: feed it responses, it tells you what to do next.
 
     ``kwargs`` are the keyword arguments of ``chat.completions.create``; ``base_url`` is the client's (it decides
-    the dialect under "auto" and where DeepSeek's continuation rounds go). ``clock`` is only read, to time rounds.
+    the dialect under "auto" and where DeepSeek's continuation rounds go). ``clock`` is only read, to time rounds
+    and the call (``max_seconds``); ``started`` is the call's start by it (now, unless given).
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class Continuation:
         clock: Callable[[], float] = time.monotonic,
         seed: ChatCompletion | None = None,
         share: Share | None = None,
+        started: float | None = None,
     ) -> None:
         self._call = call = CallRequest.parse(kwargs)
         self._phase: Phase = "ready"
@@ -119,12 +121,15 @@ class Continuation:
         self._settings = settings
         self._base_url = base_url
         self._clock = clock
+        self._started = clock() if started is None else started  # a sibling's is its call's
         self._plan = Planner(call, settings.dialect, base_url=base_url, heal=settings.heal)
         self._retry = RetryTracker(settings.retry)
         self.trace = ContinuationTrace(dialect=self._plan.dialect.name)
         self._spent = Accounting(self.trace, settings, model=call.model, messages=call.messages, share=share)
         self._answer = answer = Answer(call.prefix)
-        self._room = Headroom(self._spent, settings, call=call, plan=self._plan, answer=answer)
+        self._room = Headroom(
+            self._spent, settings, call=call, plan=self._plan, answer=answer, clock=clock, started=self._started
+        )
         # Streaming: what the reader is handed; and ask upstream for usage (budgets need it) unless it refuses.
         self._streaming = StreamState(call, answer, self._room.limits) if call.stream else None
         self._upstream_usage = call.stream
@@ -147,7 +152,13 @@ class Continuation:
         kwargs = {**self._call.kwargs, "n": None}
         return [
             Continuation(
-                kwargs, self._settings, base_url=self._base_url, clock=self._clock, seed=seed, share=self._spent.share
+                kwargs,
+                self._settings,
+                base_url=self._base_url,
+                clock=self._clock,
+                seed=seed,
+                share=self._spent.share,
+                started=self._started,
             )
             for seed in seeds
         ]

@@ -38,10 +38,11 @@ class ContinuationTrace:
 
     rounds: list[RoundTrace] = field(default_factory=list)
     # Why the call ended: "natural" (the model ended by itself), "max_rounds", "token_budget", "cost_budget",
-    # "no_progress" (a round added nothing, or the answer loops), "reasoning_truncated" (cut inside the reasoning
-    # phase where the dialect cannot resume it), "tool_call_truncated" (only on TruncatedToolCallError.partial),
-    # "content_filter", "tool_calls", "context_window" (the prompt plus the text so far no longer fits), "other"
-    # (any other finish_reason, passed through) or "error" (a round failed after retries: ContinuationFailed.partial).
+    # "time_budget" (max_seconds: the next round would not end in time), "no_progress" (a round added nothing, or
+    # the answer loops), "reasoning_truncated" (cut inside the reasoning phase where the dialect cannot resume it),
+    # "tool_call_truncated" (only on TruncatedToolCallError.partial), "content_filter", "tool_calls",
+    # "context_window" (the prompt plus the text so far no longer fits), "other" (any other finish_reason, passed
+    # through) or "error" (a round failed after retries: ContinuationFailed.partial).
     stop_cause: str = "natural"
     #: total cost in USD, or None when the model's price is unknown
     cost_usd: float | None = None

@@ -89,13 +89,13 @@ class ChatRoute:
                 400, "The request body must be a JSON object.", "invalid_request_error", code="invalid_json"
             )
         body = dict(body)
+        stream = body.get("stream") is True
         options = request_options(
-            self._defaults, body.pop(BODY_FIELD, None), request.headers, server_pays=self._server_pays
+            self._defaults, body.pop(BODY_FIELD, None), request.headers, server_pays=self._server_pays, stream=stream
         )
         kwargs = sdk_arguments(body)
         if headers:
             kwargs["extra_headers"] = headers
-        stream = body.get("stream") is True
         call = self._continued(kwargs, options)
         try:
             result = await _unless_disconnected(call, request)

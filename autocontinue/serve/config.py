@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     cont.add_argument("--max-rounds", type=positive_int, default=DEFAULT_MAX_ROUNDS, help="requests per answer")
     cont.add_argument("--max-total-tokens", type=positive_int, help="output tokens over all rounds")
     cont.add_argument("--max-cost", type=positive_number, metavar="USD", help="money per answer (needs a price)")
+    cont.add_argument(
+        "--max-seconds",
+        type=positive_number,
+        metavar="S",
+        help="time per answer: no round starts that would end past it (a non-streamed request from an OpenAI SDK "
+        "also gets most of the client's own timeout)",
+    )
     cont.add_argument("--max-round-tokens", type=positive_int, metavar="N", help="most one raised round asks for")
     cont.add_argument("--dialect", default="auto", choices=["auto", *sorted(DIALECTS)], help="how the prefix is sent")
     cont.add_argument("--no-heal", dest="heal", action="store_false", help="no token-boundary healing")

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ServeError
 
-__all__ = ["BODY_FIELD", "HEADER_PREFIX", "request_options"]
+__all__ = ["BODY_FIELD", "CLIENT_TIMEOUT_SHARE", "HEADER_PREFIX", "client_deadline", "request_options"]
 
 BODY_FIELD = "autocontinue"
 HEADER_PREFIX = "x-autocontinue-"
@@ -68,6 +68,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_rounds": _positive_int,
     "max_total_tokens": _positive_int,
     "max_cost_usd": _positive_number,
+    "max_seconds": _positive_number,
     "max_round_tokens": _positive_int,
     "dialect": _name,
     "heal": _flag,
@@ -76,7 +77,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "prices": _prices,
 }
 #: budgets a request may only lower when the server holds the key
-_BUDGETS = ("max_rounds", "max_total_tokens", "max_cost_usd", "max_round_tokens")
+_BUDGETS = ("max_rounds", "max_total_tokens", "max_cost_usd", "max_seconds", "max_round_tokens")
 
 
 def _from_header(text: str) -> Any:
@@ -129,10 +130,40 @@ def _overrides(body_value: Any, headers: Mapping[str, str]) -> dict[str, Any]:
     return options
 
 
+#: the client's timeout in seconds, as the OpenAI SDKs announce it: Python's read timeout, Node's whole timeout
+_CLIENT_TIMEOUTS = ("x-stainless-read-timeout", "x-stainless-timeout")
+#: the share of a client's timeout a non-streamed call may take; the rest covers a round slower than the longest
+#: before it (``max_seconds`` judges by that) and the way back
+CLIENT_TIMEOUT_SHARE = 0.9
+
+
+def client_deadline(headers: Mapping[str, str]) -> float | None:
+    """Seconds a non-streamed call may take before the client gives up on it, from the timeout its OpenAI SDK
+    announces (``None``: not announced). A client that times out retries from scratch: every round paid for is lost
+    and paid again. Ending by then with the answer so far (``time_budget``) keeps it."""
+    for name in _CLIENT_TIMEOUTS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds * CLIENT_TIMEOUT_SHARE
+    return None
+
+
 def request_options(
-    defaults: Mapping[str, Any], body_value: Any, headers: Mapping[str, str], *, server_pays: bool
+    defaults: Mapping[str, Any],
+    body_value: Any,
+    headers: Mapping[str, str],
+    *,
+    server_pays: bool,
+    stream: bool = False,
 ) -> dict[str, Any]:
-    """The library options of one request: the server's ``defaults`` with the request's overrides."""
+    """The library options of one request: the server's ``defaults`` with the request's overrides, and, not
+    streamed, ``max_seconds`` no later than the client's own timeout allows (:func:`client_deadline`)."""
     overrides = _overrides(body_value, headers)
     if server_pays:
         for name in _BUDGETS:
@@ -145,4 +176,8 @@ def request_options(
                     param=name,
                     code="budget_above_server_limit",
                 )
-    return {**defaults, **overrides}
+    options = {**defaults, **overrides}
+    deadline = None if stream else client_deadline(headers)
+    if deadline is not None and deadline < options.get("max_seconds", math.inf):
+        options["max_seconds"] = deadline
+    return options

@@ -292,6 +292,17 @@ def test_a_price_on_the_command_line_makes_max_cost_work(emu: Emulator) -> None:
     assert re.search(r"output tokens .*, \$\d+\.\d+, stop: cost_budget", result.stderr), result.stderr
 
 
+def test_max_seconds_ends_the_answer_in_time(emu: Emulator) -> None:
+    # Each round takes at least 0.3 s upstream: with 0.8 s, at most three start; the story needs many more.
+    script = Script(target=STORY, first_token_delay=0.3)
+    result = run_cli(*_emulated(emu, "--max-tokens", "4", "--max-seconds", "0.8", script=script), "Tell me.")
+    _no_traceback(result)
+    assert result.returncode == 3, result.stderr
+    notice = NOTICE.search(result.stderr)
+    assert notice is not None and notice.group(1) == "time_budget" and notice.group(3) == "raise --max-seconds"
+    assert 1 <= int(notice.group(2)) <= 3
+
+
 # Each must fail at once, before the engine is even looked for: the cache is empty and PATH holds no compiler, so
 # anything that got as far as the engine would fail differently (exit 1, "could not be started").
 EARLY = [
@@ -303,6 +314,7 @@ EARLY = [
     (["--max-rounds", "0"], "argument --max-rounds: must be a positive integer, got '0'"),
     (["--max-total-tokens", "-5"], "argument --max-total-tokens: must be a positive integer, got '-5'"),
     (["--max-round-tokens", "1.5"], "argument --max-round-tokens: must be a positive integer, got '1.5'"),
+    (["--max-seconds", "0"], "argument --max-seconds: must be a positive number, got '0'"),
     (["--temperature", "warm"], "argument --temperature: must be a number, got 'warm'"),
     (["--temperature", "nan"], "argument --temperature: must be a number, got 'nan'"),
     (["--seed", "x"], "argument --seed: must be an integer, got 'x'"),

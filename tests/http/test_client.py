@@ -357,6 +357,28 @@ def test_token_budget_never_overshot(emu: Emulator, sync_client: Any, mode: str,
         spent += record.usage.completion_tokens
 
 
+@pytest.mark.parametrize("mode", ["sync", "stream"])
+def test_time_budget_ends_in_time_with_the_rounds_done(emu: Emulator, sync_client: Any, mode: str) -> None:
+    """Each round takes at least 0.3 s upstream, so with 0.8 s no more than three can start (fewer on a slow
+    machine); the answer needs many more. The rounds done are kept, as a budget's stop keeps them."""
+    model = add(emu, first_token_delay=0.3)
+    result = autocontinue.create(
+        sync_client("deepseek-beta"),
+        model=model,
+        messages=[USER],
+        max_tokens=4,
+        dialect="prefix",
+        max_seconds=0.8,
+        retry=fast_retry(),
+        stream=mode == "stream",
+    )
+    text, trace, finish = _text_and_trace(result)
+    assert (trace.stop_cause, finish) == ("time_budget", "length")
+    assert 1 <= len(trace.rounds) == len(emu.requests(model)) <= 3
+    assert TARGET.startswith(text) and len(text) > 0
+    assert all(r.latency_s >= 0.3 for r in trace.rounds)
+
+
 async def test_token_budget_without_caller_limit(emu: Emulator, async_client: Any) -> None:
     """No max_tokens from the caller: the budget itself becomes each round's limit."""
     model = add(emu, output_cap=7)

@@ -17,6 +17,7 @@ import pytest
 import structlog
 
 import autocontinue
+from autocontinue.serve.options import client_deadline, request_options
 from tests.support.common import API_KEY, DIALECT_PERSONAS, TARGET, USER, add, eventually, fast_retry
 from tests.support.emulator import Emulator, Fault
 from tests.support.serve import Proxy, metric
@@ -143,6 +144,42 @@ def test_stream_is_data_events_only_the_last_with_the_trace(emu: Emulator, proxi
     assert len(trace["rounds"]) == len(emu.requests(model)) > 1
     assert trace["stop_cause"] == "natural"
     assert [r["dialect"] for r in trace["rounds"]][1:] == ["prefix"] * (len(trace["rounds"]) - 1)
+
+
+def test_a_non_streamed_call_ends_before_the_clients_timeout(emu: Emulator, proxies: Any) -> None:
+    """The Python SDK announces its timeout (``X-Stainless-Read-Timeout``): a non-streamed call ends within 90 % of
+    it with the answer so far, where the client would otherwise time out, retry, and lose every round. A stream,
+    whose timeout is the gap between its bytes, runs to its end."""
+    proxy = proxies("deepseek-beta", options={"dialect": "prefix", "max_rounds": 100})
+    model = add(emu, first_token_delay=0.15)  # each round at least 0.15 s; the whole answer needs more than 10
+    client = openai.OpenAI(base_url=proxy.base_url, api_key=API_KEY, max_retries=0, timeout=1.0)
+    reply = client.chat.completions.create(model=model, messages=[USER], max_tokens=4)
+    trace = reply.model_extra["continuation"]  # type: ignore[index]
+    assert (trace["stop_cause"], reply.choices[0].finish_reason) == ("time_budget", "length")
+    assert 1 <= len(trace["rounds"]) == len(emu.requests(model)) <= 6  # 0.9 s / 0.15 s
+    assert TARGET.startswith(reply.choices[0].message.content or "-")
+    model = add(emu, first_token_delay=0.15)
+    with client.chat.completions.create(model=model, messages=[USER], max_tokens=4, stream=True) as stream:
+        chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TARGET
+    assert chunks[-1].model_extra["continuation"]["stop_cause"] == "natural"  # type: ignore[index]
+    assert len(emu.requests(model)) > 10
+
+
+def test_the_clients_timeout_and_the_time_budget_options() -> None:
+    assert client_deadline({"x-stainless-read-timeout": "600.0"}) == pytest.approx(540)  # the Python SDK's
+    assert client_deadline({"x-stainless-timeout": "20"}) == pytest.approx(18)  # the Node SDK's, whole seconds
+    assert client_deadline({}) is None
+    assert client_deadline({"x-stainless-read-timeout": "None"}) is None
+    assert client_deadline({"x-stainless-read-timeout": "-1"}) is None
+    headers = {"x-stainless-read-timeout": "100"}
+    assert request_options({}, None, headers, server_pays=False)["max_seconds"] == pytest.approx(90)
+    assert "max_seconds" not in request_options({}, None, headers, server_pays=False, stream=True)
+    lower = request_options({"max_seconds": 30.0}, None, headers, server_pays=False)  # the lower one holds
+    assert lower["max_seconds"] == 30.0
+    asked = request_options({}, {"max_seconds": 5}, headers, server_pays=False)
+    assert asked["max_seconds"] == 5.0
+    assert request_options({}, None, {"x-autocontinue-max-seconds": "7.5"}, server_pays=False)["max_seconds"] == 7.5
 
 
 def test_n_choices_tools_and_json_mode(emu: Emulator, proxies: Any) -> None:

@@ -37,6 +37,7 @@ def make_core(
     prices: Any = None,
     counter: TokenCounter | None = None,
     stop_on_repeat: bool = True,
+    clock: Callable[[], float] = lambda: 0.0,
     **kwargs: Any,
 ) -> Continuation:
     flavour = provider.flavour if provider is not None else FLAVOURS["dashscope"]
@@ -52,7 +53,7 @@ def make_core(
     call: dict[str, Any] = {"model": MODEL, "messages": messages or [dict(USER)], **kwargs}
     if stream:
         call["stream"] = True
-    return Continuation(call, settings, base_url=base_url or flavour.base_url, clock=lambda: 0.0)
+    return Continuation(call, settings, base_url=base_url or flavour.base_url, clock=clock)
 
 
 class _ProviderAssertion(BaseException):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autocontinue import ConfigurationError, Price, max_cost, max_rounds, max_total_tokens
+from autocontinue import ConfigurationError, Price, max_cost, max_rounds, max_seconds, max_total_tokens
 from autocontinue.budget import DEFAULT_PRICES, BudgetState, PriceTable, StopCondition
 from autocontinue.client import make_settings
 from autocontinue.core import Continuation, DoRequest
@@ -316,6 +316,67 @@ def test_custom_stop_condition() -> None:
 
 
 # ================================================================================================================
+# max_seconds
+
+
+class Clock:
+    """A fake clock that each request moves on by that round's duration (``durations``, the last one repeated)."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.now = 0.0
+        self.durations = durations
+        self.requests = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def timed(self, send: Any) -> Any:
+        def sent(action: DoRequest) -> Any:
+            self.now += self.durations[min(self.requests, len(self.durations) - 1)]
+            self.requests += 1
+            return send(action)
+
+        return sent
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("durations", "seconds", "rounds"),
+    [
+        ([2.0], 7.0, 3),  # after 3 rounds: 6 s spent + 2 s for the next > 7
+        ([2.0], 8.0, 4),  # a round that would end exactly at the limit still starts
+        ([1.0, 1.0, 4.0, 1.0], 10.0, 4),  # judged by the longest round so far, not the last
+        ([30.0], 10.0, 1),  # the first round always goes; none after a round longer than the budget
+    ],
+)
+def test_max_seconds_starts_no_round_that_would_end_past_it(
+    stream: bool, durations: list[float], seconds: float, rounds: int
+) -> None:
+    provider = Counting(TARGET, FLAVOURS["dashscope"])
+    clock = Clock(durations)
+    core = make_core(provider, stop=max_seconds(seconds), stream=stream, max_tokens=5, heal=False, clock=clock)
+    if stream:
+        result = run_stream(core, clock.timed(provider.chunks))
+        assert result.text == content_of(result.completion)
+        completion = result.completion
+    else:
+        completion = run(core, clock.timed(provider.completion))
+    assert len(provider.requests) == rounds
+    assert core.trace.stop_cause == "time_budget"
+    assert completion.choices[0].finish_reason == "length"
+    assert content_of(completion) == "".join(tokenize(TARGET)[: 5 * rounds])  # every round's text kept
+    assert [r.latency_s for r in core.trace.rounds] == [durations[min(i, len(durations) - 1)] for i in range(rounds)]
+
+
+def test_max_seconds_lets_an_answer_end_by_itself() -> None:
+    provider = Counting("A short answer.", FLAVOURS["dashscope"])
+    clock = Clock([1.0])
+    core = make_core(provider, stop=max_seconds(100), max_tokens=2, heal=False, clock=clock)
+    assert content_of(run(core, clock.timed(provider.completion))) == "A short answer."
+    assert core.trace.stop_cause == "natural"
+
+
+# ================================================================================================================
 # Constructors and prices
 
 
@@ -330,6 +391,15 @@ def test_bad_counts(condition: Any, n: Any) -> None:
 def test_bad_cost(usd: Any) -> None:
     with pytest.raises(ConfigurationError):
         max_cost(usd)
+
+
+@pytest.mark.parametrize("seconds", [0, -0.5, float("nan"), float("inf"), True, "1", None])
+def test_bad_seconds(seconds: Any) -> None:
+    with pytest.raises(ConfigurationError, match="max_seconds"):
+        max_seconds(seconds)
+    if seconds is not None:  # the option's None is "no time budget"
+        with pytest.raises(ConfigurationError, match="max_seconds"):
+            make_settings(max_seconds=seconds)
 
 
 @pytest.mark.parametrize(
