@@ -32,7 +32,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check autocontinue
 	$(VENV)/bin/mypy autocontinue
 
-# The official openai npm package, for the proxy's Node client test (tests/serve/test_clients.py), from its lock file.
+# The official openai npm package and the Vercel AI SDK, for the proxy's Node client tests (tests/serve/test_clients.py),
+# from their lock file.
 NODE_CLIENT := tests/serve/node/node_modules/.package-lock.json
 $(NODE_CLIENT): tests/serve/node/package.json tests/serve/node/package-lock.json
 	cd tests/serve/node && npm ci --no-audit --no-fund --loglevel=error

@@ -1,8 +1,8 @@
-"""Clients in other languages through ``autocontinue serve``: the official ``openai`` npm package under Node, and
-``curl``; against the emulator and the real local engine, where the answer through the proxy must be the answer
-the library gives for the same request.
+"""Clients in other languages through ``autocontinue serve``: the official ``openai`` npm package and the Vercel AI
+SDK under Node, and ``curl``; against the emulator and the real local engine, where the answer through the proxy
+must be the answer the library gives for the same request.
 
-The npm package is installed by ``make test`` (``npm ci`` in tests/serve/node, from its lock file); these tests fail,
+The npm packages are installed by ``make test`` (``npm ci`` in tests/serve/node, from its lock file); these tests fail,
 never skip, when it or ``node`` / ``curl`` is missing.
 """
 
@@ -92,6 +92,48 @@ def test_node_client_sees_options_errors_and_failures(emu: Emulator, proxy: Prox
     streamed = node({**spec, "model": add(emu, faults={n: Fault("status", status=500, retry_after=0.01)
                                                        for n in range(3, 7)}), "stream": True})  # fmt: skip
     assert "characters generated were streamed" in streamed["error"]["message"]
+
+
+def aisdk(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run tests/serve/node/aisdk.mjs (the Vercel AI SDK) with ``spec``; its one line of JSON."""
+    executable = shutil.which("node")
+    assert executable is not None, "node is not installed (Node 20 is part of the test set-up)"
+    assert (NODE_DIR / "node_modules" / "ai").is_dir(), "run `make test` (it runs npm ci in tests/serve/node)"
+    done = subprocess.run(
+        [executable, str(NODE_DIR / "aisdk.mjs"), json.dumps(spec)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vercel_ai_sdk(emu: Emulator, proxy: Proxy, stream: bool) -> None:
+    """The AI SDK's OpenAI-compatible provider, as opencode and TypeScript apps use it: it checks every chunk
+    against its schema, so this is also the test that the trace's extra field and the error event pass one."""
+    model = add(emu)
+    spec = {"baseURL": proxy.base_url, "apiKey": API_KEY, "model": model, "prompt": "Tell me.", "max_tokens": 9}
+    result = aisdk({**spec, "stream": stream})
+    assert result.get("error") is None, result
+    assert (result["text"], result["finish_reason"], result["errors"]) == (TARGET, "stop", [])
+    requests = emu.requests(model)
+    assert len(requests) > 3
+    assert result["continuation"]["stop_cause"] == "natural"
+    assert len(result["continuation"]["rounds"]) == len(requests)
+    assert result["output_tokens"] == sum(r["usage"]["completion_tokens"] for r in result["continuation"]["rounds"])
+    # A failure after some rounds: the text so far, then the error, each as the AI SDK reports them.
+    from tests.support.emulator import Fault
+
+    failing = add(emu, faults={n: Fault("status", status=500, retry_after=0.01) for n in range(3, 7)})
+    failed = aisdk({**spec, "model": failing, "stream": stream})
+    if stream:
+        assert len(failed["text"]) > 5 and TARGET.startswith(failed["text"])
+        assert any("characters generated were streamed" in e for e in failed["errors"]), failed
+    else:
+        assert (failed["error"]["name"], failed["error"]["status"]) == ("AI_APICallError", 502), failed
+        partial = failed["error"]["body"]["error"]["partial"]["choices"][0]["message"]["content"]
+        assert len(partial) > 5 and TARGET.startswith(partial)  # the text so far is in the error, not lost
 
 
 def test_curl(emu: Emulator, proxy: Proxy) -> None:
