@@ -45,6 +45,11 @@ BROWSER_HEADERS = frozenset({"origin", "cookie"})
 _BROWSER_PREFIXES = ("sec-fetch-", "sec-ch-", "access-control-request-")
 
 
+#: what says whose account a request is billed to: the caller's only when its key is what goes upstream (with a
+#: server-held key, an organization or project header of the caller's would pick where the server's key is billed)
+_CREDENTIALS = frozenset({"authorization", "api-key", "openai-organization", "openai-project"})
+
+
 def load_client_keys(path: str) -> frozenset[str]:
     """The keys in ``path``: one per line; blank lines and ``#`` comments are skipped. Kept as SHA-256 digests, so
     the server's memory holds no key a caller could reuse upstream."""
@@ -89,10 +94,11 @@ def check_client(client_keys: frozenset[str] | None, headers: Mapping[str, str])
 def upstream_headers(headers: Mapping[str, str], *, forward_key: bool, through_sdk: bool) -> dict[str, str]:
     """The caller's headers to send upstream: all but hop-by-hop ones, ours, a browser's, and keys not to pass on.
 
-    The caller's key is forwarded only in the forwarding mode (``forward_key``): a client key is ours, and with a
-    server-held key that one is sent. ``through_sdk``: the OpenAI SDK sends the request and sets its own
-    ``content-type``, ``accept`` and ``user-agent``; the SDK's markers (``x-stainless-*``) of the caller's own SDK
-    are dropped there, since one of them (``x-stainless-raw-response``) would change what our SDK returns.
+    The caller's key, and the organization and project it names, are forwarded only in the forwarding mode
+    (``forward_key``): a client key is ours, and with a server-held key that one is sent. ``through_sdk``: the
+    OpenAI SDK sends the request and sets its own ``content-type``, ``accept`` and ``user-agent``; the SDK's markers
+    (``x-stainless-*``) of the caller's own SDK are dropped there, since one of them (``x-stainless-raw-response``)
+    would change what our SDK returns.
     """
     kept: dict[str, str] = {}
     for name, value in headers.items():
@@ -103,7 +109,7 @@ def upstream_headers(headers: Mapping[str, str], *, forward_key: bool, through_s
             continue
         if through_sdk and lower.startswith("x-stainless-"):
             continue
-        if lower in ("authorization", "api-key") and not forward_key:
+        if lower in _CREDENTIALS and not forward_key:
             continue
         if through_sdk and lower in ("content-type", "content-encoding", "accept", "user-agent"):
             continue

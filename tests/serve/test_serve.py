@@ -355,17 +355,27 @@ def test_client_keys_401_before_anything_goes_upstream(emu: Emulator, proxies: A
         assert http.get(proxy.base_url + "/models").status_code == 401  # the pass-through too
         assert http.post(proxy.base_url + "/chat/completions", content=b"{bad").status_code == 401
     assert emu.requests(model) == []
-    reply = sdk(proxy, key="client-key").chat.completions.create(model=model, messages=[USER], max_tokens=9)
+    billed = {"OpenAI-Organization": "org-other", "OpenAI-Project": "proj-other", "X-App": "mine"}
+    reply = sdk(proxy, key="client-key").chat.completions.create(
+        model=model, messages=[USER], max_tokens=9, extra_headers=billed
+    )
     assert reply.choices[0].message.content == TARGET
-    sent = {r["headers"].get("authorization") for r in emu.requests(model)}
-    assert sent == {"Bearer server-key"}  # the server's key went upstream, never the client's
+    sent = [{k.lower(): v for k, v in r["headers"].items()} for r in emu.requests(model)]
+    assert {h.get("authorization") for h in sent} == {"Bearer server-key"}  # the server's key, never the client's
+    # Nor may a caller choose where the server's key is billed; its other headers go.
+    assert all("openai-organization" not in h and "openai-project" not in h and h["x-app"] == "mine" for h in sent)
 
 
 def test_the_callers_key_is_forwarded_by_default(emu: Emulator, proxies: Any) -> None:
     model = add(emu)
     proxy = proxies("deepseek-beta", options={"dialect": "prefix"})
-    sdk(proxy, key="callers-own-key").chat.completions.create(model=model, messages=[USER], max_tokens=9)
-    assert {r["headers"].get("authorization") for r in emu.requests(model)} == {"Bearer callers-own-key"}
+    billed = {"OpenAI-Organization": "org-mine", "OpenAI-Project": "proj-mine"}
+    sdk(proxy, key="callers-own-key").chat.completions.create(
+        model=model, messages=[USER], max_tokens=9, extra_headers=billed
+    )
+    sent = [{k.lower(): v for k, v in r["headers"].items()} for r in emu.requests(model)]
+    assert {h.get("authorization") for h in sent} == {"Bearer callers-own-key"}
+    assert {(h.get("openai-organization"), h.get("openai-project")) for h in sent} == {("org-mine", "proj-mine")}
     model = add(emu)
     post(proxy, json.dumps({"model": model, "messages": [USER]}))  # no Authorization at all: none sent upstream
     assert [r["headers"].get("authorization") for r in emu.requests(model)] == [None]
