@@ -29,18 +29,28 @@ pytestmark = pytest.mark.timeout(600)
 NODE_DIR = Path(__file__).parent / "node"
 
 
-def node(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run tests/serve/node/client.mjs with ``spec``; its one line of JSON."""
+def _run_node(script: str, package: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run tests/serve/node/``script`` (which imports ``package``) with ``spec``; its one line of JSON."""
     executable = shutil.which("node")
     assert executable is not None, "node is not installed (Node 20 is part of the test set-up)"
-    assert (NODE_DIR / "node_modules" / "openai").is_dir(), "run `make test` (it runs npm ci in tests/serve/node)"
+    assert (NODE_DIR / "node_modules" / package).is_dir(), "run `make test` (it runs npm ci in tests/serve/node)"
     done = subprocess.run(
-        [executable, str(NODE_DIR / "client.mjs"), json.dumps(spec)],
+        [executable, str(NODE_DIR / script), json.dumps(spec)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def node(spec: dict[str, Any]) -> dict[str, Any]:
+    """The official ``openai`` npm client (client.mjs)."""
+    return _run_node("client.mjs", "openai", spec)
+
+
+def aisdk(spec: dict[str, Any]) -> dict[str, Any]:
+    """The Vercel AI SDK's OpenAI-compatible provider (aisdk.mjs)."""
+    return _run_node("aisdk.mjs", "ai", spec)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -92,20 +102,6 @@ def test_node_client_sees_options_errors_and_failures(emu: Emulator, proxy: Prox
     streamed = node({**spec, "model": add(emu, faults={n: Fault("status", status=500, retry_after=0.01)
                                                        for n in range(3, 7)}), "stream": True})  # fmt: skip
     assert "characters generated were streamed" in streamed["error"]["message"]
-
-
-def aisdk(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run tests/serve/node/aisdk.mjs (the Vercel AI SDK) with ``spec``; its one line of JSON."""
-    executable = shutil.which("node")
-    assert executable is not None, "node is not installed (Node 20 is part of the test set-up)"
-    assert (NODE_DIR / "node_modules" / "ai").is_dir(), "run `make test` (it runs npm ci in tests/serve/node)"
-    done = subprocess.run(
-        [executable, str(NODE_DIR / "aisdk.mjs"), json.dumps(spec)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 @pytest.mark.parametrize("stream", [False, True])
