@@ -17,7 +17,7 @@ from ._answer import Answer
 from ._options import Settings
 from ._planning import Planner
 from ._round import Round
-from .budget import BudgetState
+from .budget import BudgetState, conditions_of
 from .errors import ConfigurationError
 from .request import CallRequest
 
@@ -69,6 +69,14 @@ class Headroom:
     def stop_cause(self) -> str | None:
         """Why the call must stop now, if a stop condition says so."""
         return self._stop(self.state())
+
+    def out_of_time(self, *, after: float) -> bool:
+        """Whether waiting ``after`` seconds (a retry's wait) would leave no time for the round: then the call ends
+        now, with its error, rather than wait past a deadline such as a client's timeout."""
+        state = self.state()
+        later = state._replace(elapsed_s=state.elapsed_s + after)
+        # Each condition on its own: another budget's cause, first in the composition, must not hide this one.
+        return any(condition(later) == "time_budget" for condition in conditions_of(self._stop))
 
     def exhausted(self) -> str | None:
         """Why a call whose round was cut must stop now: a stop condition, or no completion tokens left."""

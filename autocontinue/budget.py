@@ -166,6 +166,11 @@ def _parts(condition: StopCondition) -> tuple[StopCondition, ...]:
     return condition.conditions if isinstance(condition, _StopAny) else (condition,)
 
 
+def conditions_of(condition: StopCondition) -> tuple[StopCondition, ...]:
+    """The conditions a composed condition is made of (a single one: itself)."""
+    return _parts(condition)
+
+
 class _StopAny(StopCondition):
     def __init__(self, conditions: tuple[StopCondition, ...]) -> None:
         self.conditions = conditions
@@ -261,7 +266,8 @@ class max_seconds(StopCondition):
     """Start no round that the time left cannot fit, judged by the longest round so far: the call ends by about
     ``seconds`` after it started, with the answer so far (``time_budget``). For a deadline of the caller's, such as an
     HTTP client's timeout on a non-streamed call: a timeout loses every round already paid for; this keeps them.
-    A round slower than every one before it can still end past ``seconds``; a retry's wait is not shortened."""
+    A round slower than every one before it can still end past ``seconds``. A retry that the time left cannot fit
+    (its wait plus a round) is not waited for: the call ends with the error (the text so far in its ``partial``)."""
 
     def __init__(self, seconds: float) -> None:
         if (

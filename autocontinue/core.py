@@ -252,7 +252,7 @@ class Continuation:
             # The prompt plus the text so far no longer fits: continuing cannot help, and the text is kept.
             return self._done("context_window", finish_reason="length")
         seconds = self._retry.decide(error)
-        if seconds is None:
+        if seconds is None or self._room.out_of_time(after=seconds):
             return self._give_up(error)
         self._spent.log_retry(error, round_index=self._round_index, attempt=self._retry.attempts, seconds=seconds)
         self._phase = "ready"

@@ -13,11 +13,12 @@ from autocontinue import ConfigurationError, Price, max_cost, max_rounds, max_se
 from autocontinue.budget import DEFAULT_PRICES, BudgetState, PriceTable, StopCondition
 from autocontinue.client import make_settings
 from autocontinue.core import Continuation, DoRequest
-from autocontinue.errors import UnknownPriceError
+from autocontinue.errors import ContinuationFailed, UnknownPriceError
 from autocontinue.tokens import TokenCounter
 from tests.support.cases import SETTINGS
+from tests.support.common import fast_retry
 from tests.support.drive import COUNTER, content_of, make_core, run, run_stream, scripted
-from tests.support.fakes import FLAVOURS, MODEL, USER, Provider, make_completion, tokenize
+from tests.support.fakes import FLAVOURS, MODEL, USER, Provider, connection_error, make_completion, tokenize
 
 # Distinct words: no two rounds can repeat each other, so only the budgets stop a call.
 TARGET = " ".join(f"w{i}" for i in range(400)) + "."
@@ -366,6 +367,34 @@ def test_max_seconds_starts_no_round_that_would_end_past_it(
     assert completion.choices[0].finish_reason == "length"
     assert content_of(completion) == "".join(tokenize(TARGET)[: 5 * rounds])  # every round's text kept
     assert [r.latency_s for r in core.trace.rounds] == [durations[min(i, len(durations) - 1)] for i in range(rounds)]
+
+
+@pytest.mark.parametrize(("seconds", "gives_up"), [(10.0, True), (20.0, False)])
+def test_max_seconds_waits_for_no_retry_it_has_no_time_for(seconds: float, gives_up: bool) -> None:
+    """Round 2 fails once after 2 s; the retry would wait 5 s. With 10 s: 4 s spent + 5 s + a 2 s round is past it,
+    so the call ends at once, its error carrying round 1's text (a client waiting on it keeps that much). With
+    20 s the retry goes, and the call goes on."""
+    provider = Counting(TARGET, FLAVOURS["dashscope"])
+    clock = Clock([2.0])
+    retry = fast_retry(4, wait=5.0)
+    core = make_core(provider, stop=max_seconds(seconds), max_tokens=5, heal=False, clock=clock, retry=retry)
+    failed = False
+
+    def send(action: DoRequest) -> Any:
+        nonlocal failed
+        if len(provider.requests) == 1 and not failed:
+            failed = True
+            raise connection_error()
+        return provider.completion(action)
+
+    if gives_up:
+        with pytest.raises(ContinuationFailed) as caught:
+            run(core, clock.timed(send))
+        assert content_of(caught.value.partial) == "".join(tokenize(TARGET)[:5])
+        assert len(provider.requests) == 1
+    else:
+        run(core, clock.timed(send))
+        assert len(provider.requests) > 2 and core.trace.rounds[1].retries == 1
 
 
 def test_max_seconds_lets_an_answer_end_by_itself() -> None:
