@@ -19,14 +19,14 @@ what it is added to:
   5 ms (200 tokens a second).
 
 Measured per route and upstream: non-streamed latency p50 and p99 (calls alternate between routes); streamed time
-per chunk (a 400-token reply drained by every route in turn, 21 runs; the ratio is the median of each run's ratio
-to the direct route); and 500 concurrent streamed calls' throughput (calls per second for the whole batch, the
-median of 4 batches, ``AsyncOpenAI`` with a pool of 600 connections), with the CPU each process spent per call (this client, the
-emulator, the proxy) and its share of a core. With 500 streams the client's own parsing of every chunk keeps a core
-busy on the direct route, so that measure is the machine's CPU shared out rather than the proxy's effect on a
-stream. Two more views of it: the same batch with the proxy on a core of its own and the client and the emulator on
-the other (as where a proxy runs on its own machine; Linux, two cores or more), and, on the paced upstream,
-``GENTLE_CONCURRENCY`` streams at a time, where the direct route's client is not CPU-bound.
+per chunk (a 400-token reply drained by every route in turn, 21 runs; the ratio is the median of each run's ratio to
+the direct route); and 500 concurrent streamed calls' throughput (calls per second for the whole batch, the median
+of 4 batches, ``AsyncOpenAI`` with a pool of 600 connections), with the CPU each process spent per call (this
+client, the emulator, the proxy) and its share of a core. With 500 streams the client's own parsing of every chunk
+keeps a core busy on the direct route, so that measure is the machine's CPU shared out rather than the proxy's
+effect on a stream. Two more views of it: the same batch with the proxy on a core of its own and the client and the
+emulator on the other (as where a proxy runs on its own machine; Linux, two cores or more), and, on the paced
+upstream, ``GENTLE_CONCURRENCY`` streams at a time, where the direct route's client is not CPU-bound.
 """
 
 from __future__ import annotations
