@@ -29,7 +29,7 @@ build-tools:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check autocontinue tests benchmarks
-	$(VENV)/bin/ruff format --check autocontinue
+	$(VENV)/bin/ruff format --check autocontinue tests benchmarks
 	$(VENV)/bin/mypy autocontinue
 
 # The official openai npm package and the Vercel AI SDK, for the proxy's Node client tests (tests/serve/test_clients.py),

@@ -78,9 +78,7 @@ def _run_one(name: str, quick: bool, fidelity_subset: bool = False) -> dict[str,
     if name == "fidelity":
         command = _fidelity_command(quick, fidelity_subset)
         if command is None:
-            print(
-                "[bench] fidelity: SKIPPED - benchmarks/fidelity/ is not there (it is owned separately)", flush=True
-            )
+            print("[bench] fidelity: SKIPPED - benchmarks/fidelity/ is not there (it is owned separately)", flush=True)
             return {"name": name, "status": "skipped", "seconds": 0.0, "detail": "benchmarks.fidelity not present"}
     else:
         command = [sys.executable, "-m", f"benchmarks.{name}"] + (["--quick"] if quick else [])

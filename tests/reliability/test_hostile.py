@@ -781,4 +781,3 @@ def test_what_closes_a_sync_streams_upstream(server: Hostile) -> None:
         assert rest.endswith(" w4"), "a stream left with break reads on where it stopped"
     finally:
         client.close()
-
