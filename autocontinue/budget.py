@@ -205,6 +205,12 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
+def _positive_number(name: str, value: object, unit: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of {unit}, got {value!r}")
+    return float(value)
+
+
 class max_rounds(StopCondition):
     """Stop after ``n`` rounds (requests that produced text); always bounded."""
 
@@ -238,9 +244,7 @@ class max_cost(StopCondition):
     """Stop when the call has cost ``usd``; the next round is clamped to what its estimated prompt leaves."""
 
     def __init__(self, usd: float) -> None:
-        if isinstance(usd, bool) or not isinstance(usd, int | float) or not math.isfinite(usd) or usd <= 0:
-            raise ConfigurationError(f"max_cost_usd must be a positive number of USD, got {usd!r}")
-        self.usd = float(usd)
+        self.usd = _positive_number("max_cost_usd", usd, "USD")
 
     def __call__(self, state: BudgetState) -> str | None:
         if state.cost_usd >= self.usd:
@@ -270,14 +274,7 @@ class max_seconds(StopCondition):
     (its wait plus a round) is not waited for: the call ends with the error (the text so far in its ``partial``)."""
 
     def __init__(self, seconds: float) -> None:
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not math.isfinite(seconds)
-            or seconds <= 0
-        ):
-            raise ConfigurationError(f"max_seconds must be a positive number of seconds, got {seconds!r}")
-        self.seconds = float(seconds)
+        self.seconds = _positive_number("max_seconds", seconds, "seconds")
 
     def __call__(self, state: BudgetState) -> str | None:
         return "time_budget" if state.elapsed_s + state.longest_round_s > self.seconds else None
