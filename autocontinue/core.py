@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ._accounting import Accounting
+from ._actions import Action, Done, DoRequest, DoSleep, Fail
 from ._answer import Answer
 from ._choices import split_choices
 from ._endings import completed, failed, tool_call_cut
@@ -50,44 +51,6 @@ __all__ = ["Action", "Continuation", "DoRequest", "DoSleep", "Done", "Fail"]
 #: is in flight: its reply, its chunks or its error come next) or "finished" (:class:`Done` or :class:`Fail` was
 #: returned)
 Phase = Literal["ready", "awaiting", "finished"]
-
-
-@dataclass(frozen=True)
-class Action:
-    """What to do next. ``emit``: while streaming, the chunks to hand to the reader before doing it (text released
-    when a round ended; after :class:`Done`, the rest of the answer, its finish_reason and usage; before
-    :class:`Fail`, the text kept in the error's partial that the reader has not seen yet)."""
-
-    emit: tuple[ChatCompletionChunk, ...] = field(default=(), kw_only=True)
-
-
-@dataclass(frozen=True)
-class DoRequest(Action):
-    """Send ``kwargs`` to ``chat.completions.create`` (to ``base_url`` when set)."""
-
-    kwargs: dict[str, Any]
-    base_url: str | None = None
-
-
-@dataclass(frozen=True)
-class DoSleep(Action):
-    """Wait ``seconds``, then call :meth:`Continuation.resume`."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Done(Action):
-    """The call is complete."""
-
-    completion: ChatCompletion
-
-
-@dataclass(frozen=True)
-class Fail(Action):
-    """The call failed; raise ``error``."""
-
-    error: BaseException
 
 
 class Continuation:
