@@ -158,7 +158,7 @@ def upstream_http(**kwargs: Any) -> httpx2.AsyncClient:
 
     Profiled under 500 concurrent streams, httpx2's connection pool took a fifth of the proxy's CPU: it looks at
     every idle connection on each request and each release (httpcore's ``has_expired``, through anyio's typed
-    attributes). Through aiohttp the proxy's CPU per call fell from 15.0 to 6.8 ms (``benchmarks/proxy.py``).
+    attributes). Through aiohttp the proxy's CPU per call fell from 14.7 to 6.1 ms (``benchmarks/proxy.py``).
     """
     try:
         return openai.DefaultAioHttpClient(**kwargs)
