@@ -42,7 +42,8 @@ class Headroom:
         ``clock`` is read for the time since ``started`` (the call's start, by the same clock)."""
         self._spent = spent
         self._clock = clock
-        self._started = started
+        #: when the call started, by ``clock``
+        self.started = started
         self._stop = settings.stop
         self._cap = settings.max_round_tokens
         self._call = call
@@ -63,7 +64,7 @@ class Headroom:
         overhead = (
             spent.overhead(self._plan.dialect, self._answer.text, self._call.prefix_template) if spent.price else 0
         )
-        elapsed = self._clock() - self._started
+        elapsed = self._clock() - self.started
         return spent.state(overhead, rounds=rounds, tokens=tokens, cost=cost, elapsed=elapsed)
 
     def stop_cause(self) -> str | None:

@@ -84,14 +84,19 @@ class Continuation:
         self._settings = settings
         self._base_url = base_url
         self._clock = clock
-        self._started = clock() if started is None else started  # a sibling's is its call's
         self._plan = Planner(call, settings.dialect, base_url=base_url, heal=settings.heal)
         self._retry = RetryTracker(settings.retry)
         self.trace = ContinuationTrace(dialect=self._plan.dialect.name)
         self._spent = Accounting(self.trace, settings, model=call.model, messages=call.messages, share=share)
         self._answer = answer = Answer(call.prefix)
         self._room = Headroom(
-            self._spent, settings, call=call, plan=self._plan, answer=answer, clock=clock, started=self._started
+            self._spent,
+            settings,
+            call=call,
+            plan=self._plan,
+            answer=answer,
+            clock=clock,
+            started=clock() if started is None else started,  # a sibling's is its call's
         )
         # Streaming: what the reader is handed; and ask upstream for usage (budgets need it) unless it refuses.
         self._streaming = StreamState(call, answer, self._room.limits) if call.stream else None
@@ -121,7 +126,7 @@ class Continuation:
                 clock=self._clock,
                 seed=seed,
                 share=self._spent.share,
-                started=self._started,
+                started=self._room.started,
             )
             for seed in seeds
         ]
