@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install build-tools engine node-client test lint unit demo demo-proxy bench bench-quick clean
+.PHONY: install build-tools engine node-client system-packages test lint unit demo demo-proxy bench bench-quick clean
 
 # The frameworks extra is for tests/frameworks; instructor goes in without its pins (pyproject.toml says why).
 $(STAMP): pyproject.toml Makefile
@@ -41,7 +41,11 @@ $(NODE_CLIENT): tests/serve/node/package.json tests/serve/node/package-lock.json
 
 node-client: $(NODE_CLIENT)
 
-test: build-tools lint engine node-client
+# nginx and Chromium, which the proxy's deployment and browser tests run (Debian packages; see the script).
+system-packages:
+	@sh tests/serve/system-packages.sh
+
+test: build-tools lint engine node-client system-packages
 	$(PY) -m pytest -q
 
 # Exit status 3 (an answer cut short by a budget, or a loop of the small model stopped) is still a working demo:
