@@ -1,7 +1,8 @@
 """``--cors-origin``: web pages of the origins given may call the proxy from a browser, and no others.
 
-There is no browser here, so each exchange is judged by the Fetch standard's CORS check, as a browser makes it
-(:func:`browser_allows`): the preflight's status and ``Access-Control-Allow-*`` headers for the method and every
+Each exchange is judged by the Fetch standard's CORS check, as a browser makes it (:func:`browser_allows`), so that
+every case is cheap to test; tests/serve/test_browser.py has a real browser (Chromium) make the same decisions for
+the main ones. The check: the preflight's status and ``Access-Control-Allow-*`` headers for the method and every
 header the page sends, then the answer's ``Access-Control-Allow-Origin``, and which headers the page may read. The
 headers a page sends are those of the official ``openai`` npm client in a browser (``x-stainless-*`` included):
 a server that allows a fixed list and misses one of them fails every request.
