@@ -11,7 +11,6 @@ the http block of the nginx image's own nginx.conf, in one process as the user r
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -26,26 +25,10 @@ import pytest
 from tests.serve.test_deploy import DEPLOY, compose_service
 from tests.support.common import TARGET, USER, add
 from tests.support.emulator import Emulator
-from tests.support.serve import ServeProcess, metric
+from tests.support.serve import ServeProcess, free_port, metric, nginx_binary
 
 CLIENT_KEY = "a-client-key"
 HELD_KEY = "sk-held"
-
-
-def nginx_binary() -> str:
-    """nginx on the PATH, or where Debian puts it (``/usr/sbin`` is not on every user's PATH)."""
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    assert found, "nginx is not installed: `make test` installs Debian's nginx-light, or install nginx yourself"
-    return found
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def site_config(replicas: list[str], port: int) -> str:
@@ -72,8 +55,10 @@ class Gateway:
             f"  proxy_temp_path {directory}/proxy;\n  include {directory}/default.conf;\n}}\n"
         )
         self.error_log = directory / "error.log"
+        nginx = nginx_binary()
+        assert nginx, "nginx is not installed: `make test` installs Debian's nginx-light, or install nginx yourself"
         self.proc = subprocess.Popen(
-            [nginx_binary(), "-p", str(directory), "-e", str(self.error_log), "-c", str(directory / "nginx.conf")],
+            [nginx, "-p", str(directory), "-e", str(self.error_log), "-c", str(directory / "nginx.conf")],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +23,19 @@ from autocontinue.serve import ServeConfig, build_app
 from tests.support.emulator.server import bind_socket
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server another program starts (nginx, a benchmark's proxy)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def nginx_binary() -> str | None:
+    """nginx on the PATH, or where Debian puts it (``/usr/sbin`` is not on every user's PATH); ``None`` if neither."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 
 
 class ThreadServer:
