@@ -219,6 +219,7 @@ def test_a_body_above_the_limit_is_refused_at_the_gateway(deployment: tuple[Gate
         timeout=60,
     )
     assert answer.status_code == 413
+    assert answer.json()["error"]["code"] == "request_too_large"  # OpenAI's shape, as the proxy's own 413
     for each in replicas:  # no replica saw it
         seen = metric(httpx2.get(each.url + "/metrics").text, "autocontinue_proxy_requests_total",
                       route="chat", status="413")  # fmt: skip
