@@ -51,7 +51,8 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 
-from tests.support.serve import free_port, nginx_binary
+from tests.support.emulator.server import stop_process
+from tests.support.serve import free_port, nginx_binary, nginx_command, wait_ready
 
 from ._common import Row, cli, median, percentile, synthetic_text
 from ._emulator import server_cpu_seconds, server_pid, start_emulator
@@ -75,20 +76,6 @@ ROUTE_NAMES = frozenset({"direct", "nginx", "relay", "autocontinue", "litellm"})
 REFERENCES = frozenset({"nginx", "litellm"})
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            if httpx2.get(url, timeout=2).status_code < 500:
-                return
-        except httpx2.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
 @contextlib.contextmanager
 def _process(
     command: list[str], ready_url: str, timeout: float, env: dict[str, str] | None = None, cwd: str | None = None
@@ -98,19 +85,14 @@ def _process(
         command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, cwd=cwd
     )
     try:
-        _wait_ready(ready_url, proc, timeout)
+        wait_ready(ready_url, proc, timeout)
         yield proc
     except RuntimeError:
         log.seek(0)
         sys.stderr.write(log.read()[-3000:].decode(errors="replace"))
         raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=30)
         log.close()
 
 
@@ -170,20 +152,15 @@ def _nginx(upstream: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     base = urlsplit(upstream)
     with tempfile.TemporaryDirectory() as prefix:
-        conf = Path(prefix, "nginx.conf")
-        conf.write_text(
-            f"master_process off; daemon off; worker_processes 1; pid {prefix}/nginx.pid;\n"
-            f"error_log {prefix}/error.log warn;\n"
-            "events { worker_connections 4096; }\n"
-            f"http {{ access_log off; client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;\n"
+        command = nginx_command(
+            Path(prefix),
             f"  upstream emulator {{ server {base.hostname}:{base.port}; keepalive 1024; }}\n"
             f"  server {{ listen 127.0.0.1:{port};\n"
             "    location = /health { return 200 ok; }\n"
             f"    location /v1/ {{ proxy_pass http://emulator{base.path.rstrip('/')}/;\n"
             '      proxy_http_version 1.1; proxy_set_header Connection "";\n'
-            "      proxy_buffering off; proxy_request_buffering off; } } }\n"
+            "      proxy_buffering off; proxy_request_buffering off; } }\n",
         )
-        command = [str(nginx_binary()), "-p", prefix, "-e", f"{prefix}/error.log", "-c", str(conf)]
         with _process(command, f"http://127.0.0.1:{port}/health", 30) as proc:
             yield f"http://127.0.0.1:{port}/v1", proc.pid
 

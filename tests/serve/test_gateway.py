@@ -25,7 +25,8 @@ import pytest
 from tests.serve.test_deploy import DEPLOY, compose_service
 from tests.support.common import TARGET, USER, add
 from tests.support.emulator import Emulator
-from tests.support.serve import ServeProcess, free_port, metric, nginx_binary
+from tests.support.emulator.server import stop_process
+from tests.support.serve import ServeProcess, free_port, metric, nginx_command, wait_ready
 
 CLIENT_KEY = "a-client-key"
 HELD_KEY = "sk-held"
@@ -48,42 +49,19 @@ class Gateway:
         port = free_port()
         (directory / "default.conf").write_text(site_config(replicas, port))
         # The http block of the nginx image's nginx.conf, which includes conf.d/default.conf (deploy/compose.yaml).
-        (directory / "nginx.conf").write_text(
-            f"daemon off;\nmaster_process off;\npid {directory}/nginx.pid;\nerror_log {directory}/error.log warn;\n"
-            "events { worker_connections 1024; }\n"
-            f"http {{\n  access_log off;\n  keepalive_timeout 65;\n  client_body_temp_path {directory}/body;\n"
-            f"  proxy_temp_path {directory}/proxy;\n  include {directory}/default.conf;\n}}\n"
-        )
-        self.error_log = directory / "error.log"
-        nginx = nginx_binary()
-        assert nginx, "nginx is not installed: `make test` installs Debian's nginx-light, or install nginx yourself"
-        self.proc = subprocess.Popen(
-            [nginx, "-p", str(directory), "-e", str(self.error_log), "-c", str(directory / "nginx.conf")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        command = nginx_command(directory, f"  keepalive_timeout 65;\n  include {directory}/default.conf;\n")
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{port}"
         self.base_url = self.url + "/v1"
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc.poll() is None, f"nginx exited: {self.proc.stderr.read() if self.proc.stderr else ''}"
-            try:
-                if httpx2.get(self.url + "/health", timeout=2).status_code == 200:  # through to a replica
-                    break
-            except httpx2.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "nginx did not answer /health within 30 s"
-            time.sleep(0.1)
+        try:
+            wait_ready(self.url + "/health", self.proc, 30)  # through to a replica: nginx says 502 until one answers
+        except RuntimeError as error:
+            error.add_note((directory / "error.log").read_text())
+            stop_process(self.proc)
+            raise
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def replica(emu: Emulator, keys: Path, *extra: str) -> ServeProcess:

@@ -17,10 +17,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import uvicorn
 
 from autocontinue.serve import ServeConfig, build_app
-from tests.support.emulator.server import bind_socket
+from tests.support.emulator.server import bind_socket, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,9 +34,41 @@ def free_port() -> int:
         return port
 
 
+def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Wait until ``url`` answers below 500 (a server another program started), or raise ``RuntimeError`` when
+    ``proc`` exits or ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            if httpx2.get(url, timeout=2).status_code < 500:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
 def nginx_binary() -> str | None:
     """nginx on the PATH, or where Debian puts it (``/usr/sbin`` is not on every user's PATH); ``None`` if neither."""
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+def nginx_command(directory: Path, http: str) -> list[str]:
+    """Write ``directory``/nginx.conf, an nginx of one process run as the current user (no user of its own to
+    switch to), everything it writes kept in ``directory``, with ``http`` in its http block; the command that runs
+    it in the foreground."""
+    nginx = nginx_binary()
+    assert nginx, "nginx is not installed: `make test` installs Debian's nginx-light, or install nginx yourself"
+    conf = directory / "nginx.conf"
+    conf.write_text(
+        f"daemon off;\nmaster_process off;\npid {directory}/nginx.pid;\nerror_log {directory}/error.log warn;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {directory}/body;\n"
+        f"  proxy_temp_path {directory}/proxy;\n{http}}}\n"
+    )
+    return [nginx, "-p", str(directory), "-e", f"{directory}/error.log", "-c", str(conf)]
 
 
 class ThreadServer:
@@ -145,12 +178,7 @@ class ServeProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, timeout=20)
 
     def __enter__(self) -> ServeProcess:
         return self

@@ -45,6 +45,17 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+def stop_process(proc: _subprocess.Popen[Any], timeout: float = 10) -> None:
+    """End a server process started for a test or a benchmark: SIGTERM, then SIGKILL if it is still there after
+    ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except _subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def build_server(app: EmulatorApp, log_level: str = "warning") -> uvicorn.Server:
     """A uvicorn server tuned for the emulator, wired back into ``app`` (see ``EmulatorApp.server``)."""
     config = uvicorn.Config(
@@ -159,12 +170,7 @@ class Emulator:
             self._thread.join(timeout=10)
             self._server = self._thread = None
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except _subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_process(self._proc)
             if self._proc.stdout is not None:
                 self._proc.stdout.close()
             self._proc = None
