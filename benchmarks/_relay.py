@@ -23,6 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from autocontinue.serve.config import DEFAULT_KEEP_ALIVE_TIMEOUT
+from autocontinue.serve.upstream import UPSTREAM_KEEPALIVE_EXPIRY
+
 #: request and response headers that describe one hop, not the message
 _HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"})
 
@@ -30,7 +33,9 @@ _HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "cont
 def build_relay(upstream: str) -> Starlette:
     """A Starlette app that relays ``/v1/{path}`` to ``<upstream>/{path}``."""
     base = upstream.rstrip("/")
-    limits = httpx2.Limits(max_connections=4096, max_keepalive_connections=256)
+    limits = httpx2.Limits(
+        max_connections=4096, max_keepalive_connections=256, keepalive_expiry=UPSTREAM_KEEPALIVE_EXPIRY
+    )
     http = openai.DefaultAioHttpClient(timeout=httpx2.Timeout(300, connect=10), limits=limits)
 
     async def relay(request: Request) -> Response:
@@ -77,6 +82,7 @@ def main() -> None:
         access_log=False,
         server_header=False,
         backlog=4096,
+        timeout_keep_alive=DEFAULT_KEEP_ALIVE_TIMEOUT,  # as autocontinue serve's: no client sees its connection reset
     )
 
 

@@ -33,7 +33,7 @@ from .chat import ChatRoute
 from .config import ServeConfig
 from .errors import ServeError, error_payload, failure
 from .metrics import Metrics
-from .upstream import upstream_client, upstream_http
+from .upstream import UPSTREAM_KEEPALIVE_EXPIRY, upstream_client, upstream_http
 
 __all__ = ["build_app"]
 
@@ -51,7 +51,11 @@ class _Proxy:
         self.forward_key = config.upstream_key is None and config.client_keys is None
         timeout = httpx2.Timeout(config.upstream_timeout, connect=10.0)
         # Room for every request in flight to hold its own upstream connection.
-        limits = httpx2.Limits(max_connections=config.max_concurrency + 16, max_keepalive_connections=256)
+        limits = httpx2.Limits(
+            max_connections=config.max_concurrency + 16,
+            max_keepalive_connections=256,
+            keepalive_expiry=UPSTREAM_KEEPALIVE_EXPIRY,
+        )
         self.http = httpx2.AsyncClient(timeout=timeout, limits=limits)
         self.sdk_http = upstream_http(timeout=timeout, limits=limits)
         # Without a key of the server's, the SDK's own Authorization header is left out of each request (the

@@ -31,6 +31,11 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_CONCURRENCY = 1024
 #: seconds SIGTERM waits for requests in flight (streams included) before closing them
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: seconds an idle client connection stays open: above the 60 s after which nginx's upstream pool and most cloud
+#: load balancers (AWS's, ingress-nginx) drop an idle connection, so that they close it, never the server under
+#: them. A server that closes first races the client's next request on that connection, which then fails with a
+#: reset (uvicorn's own default, 5 s, is httpx's pool expiry too: seen as ReadErrors under sustained load).
+DEFAULT_KEEP_ALIVE_TIMEOUT = 75.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DRAIN_TIMEOUT,
         metavar="S",
         help="on SIGTERM, seconds to let requests in flight finish (default %(default)s)",
+    )
+    serving.add_argument(
+        "--keep-alive-timeout",
+        type=positive_number,
+        default=DEFAULT_KEEP_ALIVE_TIMEOUT,
+        metavar="S",
+        help="seconds an idle client connection stays open; keep it above the idle timeout of the load balancer "
+        "in front (default %(default)s)",
     )
     serving.add_argument(
         "--cors-origin",

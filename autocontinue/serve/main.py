@@ -70,6 +70,7 @@ def _serve(uvicorn: Any, config: ServeConfig, args: argparse.Namespace) -> None:
         "log_level": args.log_level,
         "access_log": False,  # ours (autocontinue.serve.request) counts rounds; a query string could carry a key
         "timeout_graceful_shutdown": args.drain_timeout,
+        "timeout_keep_alive": args.keep_alive_timeout,
         "server_header": False,
         "backlog": 4096,
     }

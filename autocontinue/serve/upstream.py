@@ -48,6 +48,7 @@ from ..core import DoRequest
 from ..request import NOT_GIVEN_MARKERS
 
 __all__ = [
+    "UPSTREAM_KEEPALIVE_EXPIRY",
     "JSONBodyTransport",
     "UpstreamClient",
     "sdk_hooks_present",
@@ -56,6 +57,11 @@ __all__ = [
     "upstream_http",
 ]
 
+#: seconds an idle upstream connection is kept for the next request: under the 5 s after which the servers most
+#: often behind the proxy close one (uvicorn's default: vLLM, SGLang, LiteLLM's proxy; Node's http server), so
+#: that the proxy drops it first. Reusing one the server is closing at that moment fails the request with a reset
+#: (a retry, at best); httpx's and aiohttp's own 5 s pool expiry is that race.
+UPSTREAM_KEEPALIVE_EXPIRY = 4.0
 #: the reply types built by validation; anything else (models, embeddings) takes the SDK's path
 _VALIDATED: frozenset[type[Any]] = frozenset({ChatCompletion, ChatCompletionChunk})
 #: bytes of one unfinished event past which the rest of the stream goes to the SDK's decoder, which does not copy

@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from starlette.routing import Route
 
 import tests.support.hostile as H
 from autocontinue.serve._ready import FIRST_BATCH, MOST_BATCH
+from autocontinue.serve.upstream import UPSTREAM_KEEPALIVE_EXPIRY
 from tests.support.common import API_KEY, TARGET, USER, eventually, fast_retry
 from tests.support.emulator import Emulator, Script
 from tests.support.hostile import Hostile, Reply, Served
@@ -145,6 +147,26 @@ def _body_frames(base_url: str, request: dict[str, Any]) -> list[bytes]:
         frames.append(rest[start : start + size])
         rest = rest[start + size + 2 :]
     return frames
+
+
+def test_an_upstream_connection_idle_near_the_servers_keep_alive_timeout_is_not_reused() -> None:
+    """uvicorn (vLLM, SGLang, LiteLLM's proxy) and Node close a connection idle for 5 s; a request sent on it as
+    it closes meets a reset. The proxy's pool drops an idle connection after 4 s, and reuses it before."""
+    with Hostile() as server, Proxy(server.base_url, options={"dialect": "partial", "retry": None}) as proxy:
+        model = server.add(TARGET, lambda n, request, served: H.good(TARGET, 400, request, served))
+        client = openai.OpenAI(base_url=proxy.base_url, api_key=API_KEY, max_retries=0)
+
+        def ask() -> str:
+            reply = client.chat.completions.create(model=model, messages=[USER], max_tokens=400)
+            return reply.choices[0].message.content or ""
+
+        assert ask() == TARGET
+        time.sleep(1)
+        assert ask() == TARGET
+        assert server.connections == 1  # idle 1 s: the same connection
+        time.sleep(UPSTREAM_KEEPALIVE_EXPIRY + 0.5)
+        assert ask() == TARGET
+        assert server.connections == 2  # idle 4.5 s: a new one, not the one the server is about to close
 
 
 def test_a_reply_sent_at_once_reaches_the_caller_in_growing_writes(hostile: Hostile) -> None:

@@ -4,6 +4,7 @@ and the command line (``serve`` is a subcommand only as the whole first argument
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
@@ -77,6 +78,34 @@ def _refused(url: str) -> bool:
     except httpx2.HTTPError:
         return False
     return False
+
+
+def _asks_again_after(proxy: ServeProcess, idle: float) -> bool:
+    """Whether one connection, idle for ``idle`` seconds after an answer, carries the next request."""
+    host, port = proxy.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        for wait in (0.0, idle):
+            time.sleep(wait)
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            assert response.status == 200
+            response.read()
+        return True
+    except (http.client.RemoteDisconnected, ConnectionError):
+        return False
+    finally:
+        connection.close()
+
+
+def test_an_idle_client_connection_stays_open_past_five_seconds(emu: Emulator) -> None:
+    # A load balancer's pool (nginx's, AWS's: 60 s) keeps idle connections to the server for reuse. A server that
+    # closes them first (uvicorn's default: 5 s) races the next request sent on one, which then fails with a reset.
+    with ServeProcess("--upstream", emu.base_url("vllm")) as proxy:
+        assert _asks_again_after(proxy, 6.0)
+    with ServeProcess("--upstream", emu.base_url("vllm"), "--keep-alive-timeout", "1") as proxy:
+        assert _asks_again_after(proxy, 0.2)
+        assert not _asks_again_after(proxy, 2.0)
 
 
 def test_keys_and_message_text_never_reach_the_log(emu: Emulator, tmp_path: Path) -> None:

@@ -174,6 +174,7 @@ class Hostile:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self.connections = 0  # accepted so far: a client that reuses its connections opens few
         self._stopped = False
         threading.Thread(target=self._accept, daemon=True, name="hostile-accept").start()
 
@@ -213,6 +214,7 @@ class Hostile:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small SSE writes go out at once
             with self._lock:
                 self._open.add(conn)
+                self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
