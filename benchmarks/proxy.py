@@ -21,15 +21,20 @@ what it is added to:
 
 Measured per route and upstream: non-streamed latency p50 and p99 (calls alternate between routes); streamed time
 per chunk (a 400-token reply drained by every route in turn, 21 runs; the ratio is the median of each run's ratio to
-the direct route); and 500 concurrent streamed calls' throughput (calls per second for the whole batch, the median
-of 8 batches, ``AsyncOpenAI`` with a pool of 600 connections), with the CPU each process spent per call (this
-client, the emulator, the proxy) and its share of a core. 8 batches, because with 4 one run's direct batches
-ranged from 62 to 89 calls/s, and nginx, which does nothing, came out at 0.86 of the direct route. With 500
-streams the client's own parsing of every chunk keeps a core busy on the direct route, so that measure is the
-machine's CPU shared out rather than the proxy's effect on a stream. Two more views of it: the same batch with
-the proxy on a core of its own and the client and the emulator on the other (as where a proxy runs on its own
-machine; Linux, two cores or more), and, on the paced upstream, ``GENTLE_CONCURRENCY`` streams at a time, where
-the direct route's client is not CPU-bound.
+the direct route); and the throughput of 500 concurrent streams, ``AsyncOpenAI`` with a pool of 600 connections,
+with the CPU each process spent per call (this client, the emulator, the proxy) and its share of a core:
+
+- sustained (the goal): 1,500 calls with 500 in flight all the time, calls per second over the middle half of the
+  answers, the median of 4 runs. The middle half leaves out the ramp, when 500 calls start at once, and the tail,
+  when fewer than 500 are left: what remains is the rate of 500 streams in flight;
+- a burst (information): 500 calls started at once, calls per second to the last answer, the median of 8 batches
+  (with 4, one run's direct batches ranged from 62 to 89 calls/s, and nginx, which does nothing, came out at 0.86
+  of the direct route). Most of its time is the ramp and the tail: a proxy takes in 500 requests and sends them
+  on before the first answers flow back, and the last streams end one by one.
+
+With 500 streams the client's own parsing of every chunk keeps a core busy on the direct route, so both are the
+machine's CPU shared out rather than the proxy's effect on one stream. On the paced upstream,
+``GENTLE_CONCURRENCY`` streams at a time are measured too, where the direct route's client is not CPU-bound.
 """
 
 from __future__ import annotations
@@ -309,55 +314,32 @@ def _tree_cpu(pid: int | None) -> float | None:
     return None if seconds[0] is None else sum(s or 0.0 for s in seconds)
 
 
-def _threads(pid: int) -> Iterator[int]:
-    """The thread ids of a process and of its live descendants."""
-    for each in _processes(pid):
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{each}/task").iterdir():
-                yield int(task.name)
-
-
-@contextlib.contextmanager
-def _own_core(proxy_pid: int | None, others: list[int | None]) -> Iterator[None]:
-    """The proxy's process on a core of its own, and ``others`` (this client, the emulator) on the other cores, as
-    in a deployment where the proxy runs on its own machine; every process back on every core afterwards."""
-    cores = sorted(os.sched_getaffinity(0))
-    placed = [(pid, {cores[-1]} if pid == proxy_pid else set(cores[:-1])) for pid in [*others, proxy_pid] if pid]
-    try:
-        for pid, on in placed:
-            for thread in _threads(pid):
-                with contextlib.suppress(OSError):  # a thread that has ended meanwhile
-                    os.sched_setaffinity(thread, on)
-        yield
-    finally:
-        for pid, _on in placed:
-            for thread in _threads(pid):
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(thread, set(cores))
-
-
-def own_core_possible() -> bool:
-    """Whether this machine can give the proxy a core of its own (two usable cores or more, on Linux)."""
-    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
-
-
 async def _throughput_once(
-    url: str, model: str, calls: int, concurrency: int, pids: list[int | None]
+    url: str, model: str, calls: int, concurrency: int, pids: list[int | None], *, steady: bool = False
 ) -> dict[str, Any]:
     """``calls`` streamed calls, at most ``concurrency`` at once: calls per second, and the CPU seconds per call
-    spent by this client and by each process in ``pids`` (the emulator, the proxy)."""
+    spent by this client and by each process in ``pids`` (the emulator, the proxy).
+
+    Calls per second are the whole run's (``calls`` over the time to the last answer) or, with ``steady``, those of
+    its middle half: the answers between the first and the last quarter of them over the time between. That leaves
+    out the ramp (every call starting at once) and the tail (fewer than ``concurrency`` calls left), so that the rate
+    is that of ``concurrency`` streams in flight all the time."""
     limits = httpx2.Limits(max_connections=concurrency + 100, max_keepalive_connections=concurrency + 100)
     http = httpx2.AsyncClient(limits=limits, timeout=300)
     client = openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, http_client=http)
     gate = asyncio.Semaphore(concurrency)
+    answered: list[float] = []  # when each measured call's stream ended
 
     async def one() -> int:
         async with gate:
             stream = await client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1000, stream=True)
-            return len([c async for c in stream])
+            count = len([c async for c in stream])
+            answered.append(time.perf_counter())
+            return count
 
     try:
         await asyncio.gather(*(one() for _ in range(20)))  # warm-up: the SDK's lazy imports, first connections
+        answered.clear()
         cpu_before = [time.process_time(), *(_tree_cpu(pid) for pid in pids)]
         started = time.perf_counter()
         counts = await asyncio.gather(*(one() for _ in range(calls)))
@@ -367,7 +349,12 @@ async def _throughput_once(
         await client.close()
     assert min(counts) > 3, "a stream came back empty"
     cpu = [None if a is None or b is None else (b - a) for a, b in zip(cpu_before, cpu_after, strict=True)]
-    return {"calls_per_s": calls / elapsed, "elapsed_s": elapsed, "cpu_s": cpu}
+    rate = calls / elapsed
+    if steady:
+        quarter = calls // 4
+        answered.sort()
+        rate = (calls - 2 * quarter) / (answered[-quarter - 1] - answered[quarter])
+    return {"calls_per_s": rate, "elapsed_s": elapsed, "cpu_s": cpu}
 
 
 def _throughput(
@@ -378,12 +365,13 @@ def _throughput(
     calls: int,
     concurrency: int,
     runs: int,
-    own_core: bool = False,
+    *,
+    steady: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Throughput per route (median of ``runs``), with the CPU it took per call: ``client`` (this process, which
-    drives every route alike), ``upstream`` (the emulator) and ``proxy`` (the route's own server, if any), and
-    each as a share of one core over the run (a share near 1 is a process that is CPU-bound). With ``own_core``,
-    each proxy runs on a core of its own, the client and the emulator on the others (the direct route too)."""
+    """Throughput per route (median of ``runs``; ``steady``: see :func:`_throughput_once`), with the CPU it took per
+    call: ``client`` (this process, which drives every route alike), ``upstream`` (the emulator) and ``proxy`` (the
+    route's own server, if any), and each as a share of one core over the run (a share near 1 is a process that is
+    CPU-bound)."""
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in routes}
     failed: dict[str, str] = {}
     for i in range(runs):
@@ -391,18 +379,16 @@ def _throughput(
             if name in failed:
                 continue
             pid_list = [upstream_pid, pids.get(name)]
-            placing = _own_core(pids.get(name), [os.getpid(), upstream_pid]) if own_core else contextlib.nullcontext()
-            with placing:
-                try:
-                    once = asyncio.run(_throughput_once(routes[name], model, calls, concurrency, pid_list))
-                except Exception as error:
-                    if name not in REFERENCES:
-                        error.add_note(f"[proxy] on the {name} route, {concurrency} streams at a time")
-                        raise
-                    # A reference that fails under load is reported, and the routes measured all the same.
-                    failed[name] = f"{type(error).__name__}: {error}"
-                    print(f"[proxy] {name} failed, {concurrency} streams at a time: {failed[name]}", flush=True)
-                    continue
+            try:
+                once = asyncio.run(_throughput_once(routes[name], model, calls, concurrency, pid_list, steady=steady))
+            except Exception as error:
+                if name not in REFERENCES:
+                    error.add_note(f"[proxy] on the {name} route, {concurrency} streams at a time")
+                    raise
+                # A reference that fails under load is reported, and the routes measured all the same.
+                failed[name] = f"{type(error).__name__}: {error}"
+                print(f"[proxy] {name} failed, {concurrency} streams at a time: {failed[name]}", flush=True)
+                continue
             results[name].append(once)
     summary: dict[str, dict[str, Any]] = {name: {"failed": reason} for name, reason in failed.items()}
     for name, runs_of in results.items():
@@ -444,21 +430,21 @@ def _row(label: str, ours: float, base: float, unit: str, goal: str, proxy: str,
 
 
 def _rows(
-    upstream: str, latency: Any, chunk: Any, throughput: Any, calls: int, gentle: Any, own: Any, agent: Any
+    upstream: str, latency: Any, chunk: Any, throughput: Any, streams: int, burst: Any, gentle: Any, agent: Any
 ) -> list[Row]:
     measures = [  # (what, results, key, unit, goal)
         ("non-streamed latency p50 (one round)", latency, "p50", "ms", f"<= {GOAL_LATENCY}"),
         ("non-streamed latency p99 (one round)", latency, "p99", "ms", f"<= {GOAL_LATENCY}"),
         (f"streamed time per upstream chunk ({chunk['direct']['chunks']} chunks)", chunk, "per_chunk_s", "µs",
          f"<= {GOAL_CHUNK}"),
-        (f"{calls} concurrent streams, calls per second", throughput, "calls_per_s", "/s", f">= {GOAL_THROUGHPUT}"),
+        (f"{streams} concurrent streams, sustained ({throughput['calls']} calls), calls per second",
+         throughput["routes"], "calls_per_s", "/s", f">= {GOAL_THROUGHPUT}"),
+        (f"{streams} streams started at once, calls per second to the last answer", burst, "calls_per_s", "/s",
+         "info"),
     ]  # fmt: skip
     if agent is not None:
         measures.append((f"non-streamed latency p50, a coding agent's {agent['kb']} KB request", agent["routes"], "p50",
                          "ms", "info"))  # fmt: skip
-    if own is not None:
-        measures.append((f"{calls} concurrent streams, the proxy on a core of its own, calls per second", own,
-                         "calls_per_s", "/s", "info"))  # fmt: skip
     if gentle is not None:
         measures.append((f"{gentle['calls']} streams, {gentle['concurrency']} at a time, calls per second",
                          gentle["routes"], "calls_per_s", "/s", f">= {GOAL_THROUGHPUT}"))  # fmt: skip
@@ -487,6 +473,8 @@ def run(quick: bool) -> dict[str, Any]:
     chunk_runs = 2 if quick else 21
     streams = 100 if quick else 500
     stream_runs = 1 if quick else 8
+    sustained_calls = 3 * streams
+    sustained_runs = 1 if quick else 4
     gentle_calls = 100 if quick else 200
     short = synthetic_text(120, seed=3)  # about 30 tokens
     long = synthetic_text(1600, seed=4)  # about 400 tokens
@@ -529,14 +517,22 @@ def run(quick: bool) -> dict[str, Any]:
                     print(f"[proxy] {pace}: latency, a {kb} KB request {agent}", flush=True)
                 chunk = _per_chunk(routes, long_model, chunk_runs)
                 print(f"[proxy] {pace}: per chunk {chunk}", flush=True)
-                throughput = _throughput(routes, pids, server_pid(emu), short_model, streams, streams, stream_runs)
-                print(f"[proxy] {pace}: throughput {throughput}", flush=True)
-                own = None
-                if own_core_possible():
-                    own = _throughput(
-                        routes, pids, server_pid(emu), short_model, streams, streams, stream_runs, own_core=True
-                    )
-                    print(f"[proxy] {pace}: throughput, the proxy on its own core {own}", flush=True)
+                throughput = {
+                    "calls": sustained_calls,
+                    "routes": _throughput(
+                        routes,
+                        pids,
+                        server_pid(emu),
+                        short_model,
+                        sustained_calls,
+                        streams,
+                        sustained_runs,
+                        steady=True,
+                    ),
+                }
+                print(f"[proxy] {pace}: sustained throughput {throughput}", flush=True)
+                burst = _throughput(routes, pids, server_pid(emu), short_model, streams, streams, stream_runs)
+                print(f"[proxy] {pace}: a burst's throughput {burst}", flush=True)
                 gentle = None
                 if pace == "paced":  # the rate at which the direct route's client is not CPU-bound
                     gentle = {
@@ -557,11 +553,11 @@ def run(quick: bool) -> dict[str, Any]:
                 "latency": latency,
                 "per_chunk": chunk,
                 "throughput": throughput,
-                "throughput_own_core": own,
+                "burst": burst,
                 "gentle": gentle,
                 "agent_latency": agent,
             }
-            rows += _rows(pace, latency, chunk, throughput, streams, gentle, own, agent)
+            rows += _rows(pace, latency, chunk, throughput, streams, burst, gentle, agent)
     if not litellm_available():
         print(f"[proxy] LiteLLM: not measured ({LITELLM_VENV}/bin/litellm is not there)", flush=True)
     results["settings"] = {
@@ -571,6 +567,8 @@ def run(quick: bool) -> dict[str, Any]:
         "chunk_runs": chunk_runs,
         "streams": streams,
         "stream_runs": stream_runs,
+        "sustained_calls": sustained_calls,
+        "sustained_runs": sustained_runs,
         "gentle_calls": gentle_calls,
         "gentle_concurrency": GENTLE_CONCURRENCY,
         "paced": PACED,
